@@ -1,0 +1,27 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: run test lint bench clean
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements-dev.txt requirements.txt $(VENV)/.installed
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.installed  ## start gunicorn + gevent on 127.0.0.1:8000 (demo provider)
+	$(VENV)/bin/gunicorn -c conf/gunicorn.conf.py wsgi:app
+
+test: $(VENV)/.installed-dev  ## run the whole suite
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q tests
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

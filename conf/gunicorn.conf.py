@@ -1,0 +1,40 @@
+"""gunicorn settings for streamapp: gevent workers holding many long streams."""
+
+import multiprocessing
+import os
+
+bind = os.environ.get("STREAMAPP_BIND", "127.0.0.1:8000").split(",")
+worker_class = "gevent"
+# The memory store lives in one process, so one worker unless Redis shares streams.
+workers = int(os.environ.get("STREAMAPP_WORKERS",
+                             multiprocessing.cpu_count() if os.environ.get("REDIS_URL") else 1))
+worker_connections = int(os.environ.get("STREAMAPP_WORKER_CONNECTIONS", 10000))
+# For gevent, timeout is only the worker's own heartbeat; streams may last far longer.
+timeout = 60
+# Producers get this long to finish at shutdown while their readers resume elsewhere.
+graceful_timeout = int(os.environ.get("STREAMAPP_GRACEFUL_TIMEOUT", 30))
+keepalive = 5
+preload_app = False  # the app must be imported after the worker patched with gevent
+accesslog = os.environ.get("STREAMAPP_ACCESS_LOG", "-") or None
+loglevel = os.environ.get("STREAMAPP_LOG_LEVEL", "info")
+
+
+def post_worker_init(worker):
+    """Tell the app's streams when this worker starts shutting down."""
+    import gevent
+
+    manager = worker.wsgi.extensions["streams"]
+
+    def watch_alive():
+        while worker.alive:
+            gevent.sleep(0.1)
+        manager.begin_shutdown()
+
+    gevent.spawn(watch_alive)
+
+
+def worker_exit(server, worker):
+    """Let producers finish (their readers resume elsewhere), then stop them."""
+    manager = getattr(worker, "wsgi", None) and worker.wsgi.extensions.get("streams")
+    if manager is not None:
+        manager.drain(max(1, graceful_timeout - 3))

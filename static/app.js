@@ -1,0 +1,125 @@
+// streamapp demo page: fetch + ReadableStream for POST /api/chat, EventSource for GET /stream.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const history = [];
+let current = null; // {streamId, controller}
+
+// SSE parsing per WHATWG: CR, LF or CRLF line ends; "data:" lines joined by "\n".
+function sseParser(onEvent) {
+  let buffer = "";
+  let data = [];
+  let event = "";
+  let id = null;
+  return (text) => {
+    buffer += text;
+    const lines = buffer.split(/\r\n|\r|\n/);
+    buffer = lines.pop(); // an incomplete line (or a lone CR waiting for its LF) stays
+    for (const line of lines) {
+      if (line === "") {
+        if (data.length) onEvent({ event: event || "message", data: data.join("\n"), id });
+        data = []; event = "";
+        continue;
+      }
+      if (line.startsWith(":")) continue;
+      const i = line.indexOf(":");
+      const field = i < 0 ? line : line.slice(0, i);
+      let value = i < 0 ? "" : line.slice(i + 1);
+      if (value.startsWith(" ")) value = value.slice(1);
+      if (field === "data") data.push(value);
+      else if (field === "event") event = value;
+      else if (field === "id" && !value.includes("\0")) id = value;
+    }
+  };
+}
+
+function bubble(role, text) {
+  const div = document.createElement("div");
+  div.className = `msg ${role}`;
+  div.textContent = text;
+  $("log").appendChild(div);
+  return div;
+}
+
+async function readStream(response, out, state) {
+  // A streaming TextDecoder keeps a multi-byte character split across chunks whole.
+  const reader = response.body.pipeThrough(new TextDecoderStream("utf-8")).getReader();
+  const feed = sseParser((ev) => {
+    state.lastEventId = ev.id || state.lastEventId;
+    const payload = JSON.parse(ev.data);
+    if (ev.event === "stream") { state.streamId = payload.stream_id; return; }
+    if (ev.event === "error") { state.error = payload.message; return; }
+    if (payload.is_end) { state.finish = payload.finish_reason; return; }
+    state.text += payload.delta;
+    out.textContent = state.text;
+    out.dataset.chunks = String(Number(out.dataset.chunks || 0) + 1);
+  });
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    feed(value);
+  }
+}
+
+async function send(message) {
+  const provider = $("provider").value;
+  const body = { uid: 1, message, history: history.slice() };
+  if (provider) body.provider = provider;
+  bubble("user", message);
+  const out = bubble("assistant", "");
+  const state = { text: "", streamId: null, lastEventId: null, finish: null, error: null };
+  current = state;
+  $("stop").disabled = false;
+  $("send").disabled = true;
+  $("status").textContent = "streaming…";
+  try {
+    let url = "/api/chat";
+    for (let attempt = 0; attempt < 5 && !state.finish && !state.error; attempt++) {
+      if (attempt > 0) url = `/api/streams/${state.streamId}?last_event_id=${encodeURIComponent(state.lastEventId)}`;
+      const resp = attempt === 0
+        ? await fetch(url, { method: "POST", headers: { "Content-Type": "application/json", Accept: "text/event-stream" }, body: JSON.stringify(body) })
+        : await fetch(url);
+      if (resp.status === 204) break;
+      if (!resp.ok) {
+        const err = await resp.json().catch(() => ({}));
+        state.error = (err.error && err.error.message) || `HTTP ${resp.status}`;
+        break;
+      }
+      state.streamId = resp.headers.get("X-Stream-Id") || state.streamId;
+      try { await readStream(resp, out, state); } catch (e) { /* dropped: resume below */ }
+      if (!state.lastEventId) break;
+    }
+  } catch (e) {
+    state.error = String(e);
+  }
+  if (state.error) { out.classList.add("error"); out.textContent = state.text + `\n[${state.error}]`; }
+  history.push({ role: "user", content: message }, { role: "assistant", content: state.text });
+  out.dataset.done = "true";
+  $("status").textContent = state.error ? "failed" : `done (${state.finish || "ended"})`;
+  $("stop").disabled = true;
+  $("send").disabled = false;
+  current = null;
+}
+
+$("chat").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const message = $("message").value.trim();
+  if (!message) return;
+  $("message").value = "";
+  send(message);
+});
+
+$("stop").addEventListener("click", async () => {
+  if (!current || !current.streamId) return;
+  $("stop").disabled = true;
+  await fetch(`/api/streams/${current.streamId}/cancel`, { method: "POST" });
+});
+
+$("es-start").addEventListener("click", () => {
+  const out = $("es-out");
+  out.textContent = "";
+  const es = new EventSource("/stream");
+  es.onmessage = (ev) => { out.textContent += ev.data; };
+  es.addEventListener("end", () => es.close());
+  es.addEventListener("error", () => { if (es.readyState === EventSource.CLOSED) es.close(); });
+});

@@ -1,0 +1,49 @@
+"""streamapp: stream AI chat answers token by token over SSE and chunked HTTP."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from werkzeug.exceptions import HTTPException
+
+from . import config as settings
+from . import streams
+from .errors import ApiError, error_response
+from .providers import build_providers
+
+__all__ = ["create_app"]
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then environment, then ``test_config``."""
+    app = Flask(__name__, template_folder="../templates", static_folder="../static")
+    app.config.update(settings.DEFAULTS)
+    app.config.update(settings.from_environ())
+    app.config.from_prefixed_env("STREAMAPP")
+    if test_config:
+        app.config.update(test_config)
+    settings.validate(app.config)
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    logging.basicConfig(level=logging.INFO)
+
+    app.extensions["providers"] = build_providers(app.config)
+    streams.init_app(app)
+
+    from .routes import chat, pages, sse
+
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(sse.bp)
+    app.register_blueprint(chat.bp)
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.field)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    return app

@@ -1,0 +1,80 @@
+"""Every setting in one place: defaults, environment, validation.
+
+``STREAMAPP_<NAME>`` environment variables override ``DEFAULTS`` (values are
+parsed as JSON when they can be, so ``STREAMAPP_HEARTBEAT_S=0.5`` is a float).
+The standard ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OLLAMA_HOST`` and
+``REDIS_URL`` are read as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "DEFAULT_PROVIDER": "demo",        # provider when a request names none
+    "DEMO_DELAY_MS": 40,               # pace of the demo provider's tokens
+    "STREAM_DEFAULT_DELAY_MS": 50,     # GET /stream delay_ms default
+    "STREAM_MAX_DELAY_MS": 5000,       # GET /stream delay_ms is capped here
+    "STREAM_MAX_TEXT": 20000,          # GET /stream text length limit
+    "MAX_BODY_BYTES": 1 << 20,         # request bodies above this get 413
+    "CONNECT_TIMEOUT_S": 5.0,          # upstream TCP connect
+    "READ_TIMEOUT_S": 120.0,           # upstream silence before giving up
+    "OPENAI_MODEL": "gpt-4o-mini",
+    "OLLAMA_MODEL": "llama3.2",
+    "HEARTBEAT_S": 15.0,               # SSE comment when nothing else was sent
+    "RETRY_MS": 2000,                  # SSE retry: field sent first on every stream
+    "HEADER_WAIT_S": 1.0,              # hold headers this long for a first token
+    "RESUME_TTL_S": 300.0,             # a finished stream's log is kept this long
+    "RESUME_GRACE_S": 10.0,            # a stream with no reader lives this long
+    "WRITE_TIMEOUT_S": 30.0,           # a client that reads nothing this long is dropped
+    "LEASE_S": 30.0,                   # a reader's presence lease (Redis store)
+    "REDIS_PREFIX": "streamapp",       # every Redis key starts with this
+}
+
+_FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S",
+           "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S")
+_INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
+         "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS")
+PROVIDERS = ("demo", "openai", "ollama")
+
+
+def from_environ(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Settings from the standard variables (the STREAMAPP_* ones come via Flask)."""
+    env = os.environ if environ is None else environ
+    return {
+        "OPENAI_API_KEY": env.get("OPENAI_API_KEY", ""),
+        "OPENAI_BASE_URL": env.get("OPENAI_BASE_URL", "https://api.openai.com/v1").rstrip("/"),
+        "OLLAMA_HOST": _ollama_url(env.get("OLLAMA_HOST", "http://127.0.0.1:11434")),
+        "REDIS_URL": env.get("REDIS_URL", ""),
+    }
+
+
+def _ollama_url(value: str) -> str:
+    # Ollama's own clients accept "host:port" without a scheme.
+    value = value.rstrip("/")
+    return value if "://" in value else f"http://{value}"
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Coerce types and reject impossible values, naming the setting."""
+    for key in _FLOATS:
+        config[key] = _number(config, key, float)
+    for key in _INTS:
+        config[key] = _number(config, key, int)
+    if config["DEFAULT_PROVIDER"] not in PROVIDERS:
+        raise ValueError(f"STREAMAPP_DEFAULT_PROVIDER must be one of {', '.join(PROVIDERS)}")
+    if config["HEARTBEAT_S"] <= 0:
+        raise ValueError("STREAMAPP_HEARTBEAT_S must be > 0")
+    config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
+
+
+def _number(config: dict[str, Any], key: str, kind: type) -> Any:
+    try:
+        value = kind(config[key])
+    except (TypeError, ValueError):
+        raise ValueError(f"STREAMAPP_{key} must be a number, got {config[key]!r}") from None
+    if value < 0:
+        raise ValueError(f"STREAMAPP_{key} must be >= 0, got {value}")
+    return value

@@ -1,0 +1,73 @@
+"""streamapp's exceptions, one per layer, and the one JSON error shape.
+
+    StreamappError
+     ├── ApiError        the HTTP layer: a request we refuse (4xx) -> JSON body
+     └── UpstreamError   the provider layer: any failure of an LLM upstream
+                         (unreachable, timeout, HTTP status, bad response, auth,
+                         in-band error). Before the first byte it becomes a 502
+                         (504 on timeout) JSON response; after it, a final
+                         ``event: error`` (see ``streamapp.streams.consumer``).
+
+Every error body is ``{"error": {"code", "message", "field"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify
+
+
+class StreamappError(Exception):
+    """Base of every error streamapp raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.status = status or self.status
+        self.field = field
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON error object."""
+        return {"code": self.code, "message": self.message, "field": self.field}
+
+
+class ApiError(StreamappError):
+    """A request streamapp refuses; ``status`` is a 4xx."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class UpstreamError(StreamappError):
+    """An LLM upstream failed. Codes:
+
+    ``upstream_unreachable``, ``upstream_timeout`` (status 504),
+    ``upstream_http_error`` (the upstream's status in ``upstream_status``),
+    ``upstream_auth`` (401/403 from the upstream), ``upstream_bad_response``,
+    ``upstream_error`` (an in-band error object), ``upstream_disconnected``.
+    """
+
+    status = 502
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, code: str | None = None,
+                 upstream_status: int | None = None) -> None:
+        status = 504 if code == "upstream_timeout" else 502
+        super().__init__(message, code=code, status=status)
+        self.upstream_status = upstream_status
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    """The one JSON error response every route and handler uses."""
+    resp = jsonify({"error": {"code": code, "message": message, "field": field}})
+    resp.status_code = status
+    for key, value in (headers or {}).items():
+        resp.headers[key] = value
+    return resp

@@ -1,0 +1,101 @@
+"""HTTP plumbing shared by the upstream providers (``requests`` streaming).
+
+One choke point, :func:`translate_errors`, maps every ``requests``/``urllib3``
+failure to ``UpstreamError``, around both the request and the body iteration,
+so a failure mid-stream is mapped the same way as one before it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import requests
+import urllib3
+
+from ..errors import UpstreamError
+
+READ_SIZE = 65536
+
+
+def new_session(pool_size: int = 100) -> requests.Session:
+    """A session with a connection pool big enough for many parallel streams."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Raise ``UpstreamError`` for any transport failure inside the block."""
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except (requests.ConnectTimeout, requests.ReadTimeout,
+            urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+        raise UpstreamError(f"{what} timed out: {exc}", code="upstream_timeout") from exc
+    except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError,
+            ConnectionResetError) as exc:
+        raise UpstreamError(f"{what} closed the connection mid-stream: {exc}",
+                            code="upstream_disconnected") from exc
+    except requests.ConnectionError as exc:
+        raise UpstreamError(f"{what} is unreachable: {exc}", code="upstream_unreachable") from exc
+    except requests.RequestException as exc:
+        raise UpstreamError(f"{what} request failed: {exc}", code="upstream_bad_response") from exc
+
+
+def post_stream(session: requests.Session, what: str, url: str, payload: dict[str, Any],
+                headers: dict[str, str], timeouts: tuple[float, float]) -> requests.Response:
+    """POST and return the open streaming response, or raise ``UpstreamError``.
+
+    A non-2xx status raises with the upstream's own message read from its body.
+    """
+    with translate_errors(what):
+        resp = session.post(url, json=payload, headers=headers, stream=True, timeout=timeouts)
+        if resp.status_code < 300:
+            return resp
+        try:
+            body = resp.raw.read(65536, decode_content=True) or b""
+        finally:
+            resp.close()
+    message = upstream_message(body) or resp.reason or "no message"
+    code = "upstream_auth" if resp.status_code in (401, 403) else "upstream_http_error"
+    raise UpstreamError(f"{what} answered {resp.status_code}: {message}", code=code,
+                        upstream_status=resp.status_code)
+
+
+def upstream_message(body: bytes) -> str:
+    """The human message in an OpenAI (``{"error": {"message"}}``) or Ollama
+    (``{"error": "..."}``) error body, else the body's start."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()[:500]
+    return error_text(data) or body.decode("utf-8", "replace")[:500]
+
+
+def error_text(data: Any) -> str | None:
+    """The message of an ``error`` member, in either upstream's shape."""
+    if not isinstance(data, dict) or "error" not in data:
+        return None
+    err = data["error"]
+    if isinstance(err, dict):
+        return str(err.get("message") or err.get("type") or err)
+    return str(err)
+
+
+def iter_chunks(resp: requests.Response, what: str) -> Iterator[bytes]:
+    """The body's bytes as they arrive: ``read1`` returns what one read gave,
+    so no line waits for a buffer to fill (requests #3577, #5536)."""
+    raw = resp.raw
+    with translate_errors(what):
+        while True:
+            chunk = raw.read1(READ_SIZE)
+            if not chunk:
+                return
+            yield chunk

@@ -1,0 +1,75 @@
+"""Ollama: ``POST {OLLAMA_HOST}/api/chat``, NDJSON, one JSON object per line.
+
+Each line has ``message.content``; the last has ``done: true`` with
+``done_reason``, ``prompt_eval_count`` and ``eval_count``. A line with an
+``error`` member is a failure. Closing the response stops generation
+(ollama #1695).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import requests
+
+from .. import sse
+from ..errors import UpstreamError
+from ..events import Delta, Done, Event, Opened
+from ._http import error_text, iter_chunks, new_session, post_stream
+from .base import ChatRequest
+
+
+class OllamaProvider:
+    """Streams ``/api/chat`` from an Ollama server."""
+
+    name = "ollama"
+    what = "Ollama upstream"
+
+    def __init__(self, host: str, default_model: str, timeouts: tuple[float, float],
+                 session: requests.Session | None = None) -> None:
+        self.url = f"{host.rstrip('/')}/api/chat"
+        self.default_model = default_model
+        self.timeouts = timeouts
+        self.session = session or new_session()
+
+    def stream(self, request: ChatRequest) -> Iterator[Event]:
+        """Yield ``Opened``, ``Delta``s, ``Done``; raise ``UpstreamError``."""
+        payload = {"model": request.model or self.default_model,
+                   "messages": request.messages, "stream": True}
+        resp = post_stream(self.session, self.what, self.url, payload,
+                           {"Accept": "application/x-ndjson"}, self.timeouts)
+        try:
+            yield Opened()
+            yield from self._events(sse.iter_lines(iter_chunks(resp, self.what)))
+        finally:
+            resp.close()
+
+    def _events(self, lines: Iterator[str]) -> Iterator[Event]:
+        index = 0
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise UpstreamError(f"{self.what} sent a line that is not JSON: {line[:200]!r}",
+                                    code="upstream_bad_response") from None
+            message = error_text(obj)
+            if message is not None:
+                raise UpstreamError(f"{self.what} reported an error: {message}", code="upstream_error")
+            if not isinstance(obj, dict):
+                raise UpstreamError(f"{self.what} sent an unexpected line: {line[:200]!r}",
+                                    code="upstream_bad_response")
+            text = (obj.get("message") or {}).get("content") or obj.get("response")
+            if text:
+                yield Delta(text, index)
+                index += 1
+            if obj.get("done"):
+                prompt, completion = obj.get("prompt_eval_count", 0), obj.get("eval_count", 0)
+                yield Done(obj.get("done_reason") or "stop",
+                           {"prompt_tokens": prompt, "completion_tokens": completion,
+                            "total_tokens": prompt + completion})
+                return
+        raise UpstreamError(f"{self.what} ended the stream before done: true",
+                            code="upstream_disconnected")

@@ -1,0 +1,89 @@
+"""OpenAI-compatible upstreams: ``POST {base}/chat/completions`` with ``stream: true``.
+
+The body is SSE (decoded by ``streamapp.sse``); each ``data:`` is a
+``chat.completion.chunk`` JSON object until ``data: [DONE]``. An event whose
+JSON has an ``error`` member is an in-band failure. With
+``stream_options.include_usage`` the last chunk before ``[DONE]`` carries usage
+and no choices.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import requests
+
+from .. import sse
+from ..errors import UpstreamError
+from ..events import Delta, Done, Event, Opened
+from ._http import error_text, iter_chunks, new_session, post_stream
+from .base import ChatRequest
+
+
+class OpenAIProvider:
+    """Streams chat completions from any OpenAI-compatible server."""
+
+    name = "openai"
+    what = "OpenAI upstream"
+
+    def __init__(self, base_url: str, api_key: str, default_model: str,
+                 timeouts: tuple[float, float], session: requests.Session | None = None) -> None:
+        self.url = f"{base_url.rstrip('/')}/chat/completions"
+        self.api_key = api_key
+        self.default_model = default_model
+        self.timeouts = timeouts
+        self.session = session or new_session()
+
+    def stream(self, request: ChatRequest) -> Iterator[Event]:
+        """Yield ``Opened``, ``Delta``s, ``Done``; raise ``UpstreamError``."""
+        payload = {
+            "model": request.model or self.default_model,
+            "messages": request.messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        headers = {"Accept": "text/event-stream"}
+        if not self.api_key and "api.openai.com" in self.url:
+            raise UpstreamError("OPENAI_API_KEY is not set, so api.openai.com will refuse the request",
+                                code="upstream_auth")
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        resp = post_stream(self.session, self.what, self.url, payload, headers, self.timeouts)
+        try:
+            yield Opened()
+            yield from self._events(sse.iter_events(iter_chunks(resp, self.what)))
+        finally:
+            resp.close()  # however the stream ends: done, error, or the reader left
+
+    def _events(self, events: Iterator[sse.ServerSentEvent]) -> Iterator[Event]:
+        index = 0
+        finish_reason: str | None = None
+        usage: dict[str, int] = {}
+        for event in events:
+            if event.data == "[DONE]":
+                yield Done(finish_reason or "stop", usage)
+                return
+            if not event.data:
+                continue
+            try:
+                chunk = json.loads(event.data)
+            except ValueError:
+                raise UpstreamError(f"{self.what} sent a line that is not JSON: {event.data[:200]!r}",
+                                    code="upstream_bad_response") from None
+            message = error_text(chunk)
+            if message is not None:
+                raise UpstreamError(f"{self.what} reported an error: {message}", code="upstream_error")
+            if not isinstance(chunk, dict):
+                raise UpstreamError(f"{self.what} sent an unexpected chunk: {event.data[:200]!r}",
+                                    code="upstream_bad_response")
+            if chunk.get("usage"):
+                usage = {k: v for k, v in chunk["usage"].items() if isinstance(v, int)}
+            for choice in chunk.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    yield Delta(text, index)
+                    index += 1
+                finish_reason = choice.get("finish_reason") or finish_reason
+        raise UpstreamError(f"{self.what} ended the stream without [DONE]",
+                            code="upstream_disconnected")

@@ -1,0 +1,80 @@
+"""GET streams (``/stream``, ``/ai-stream``, ``/local-ai``) and the stream API."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from ..errors import ApiError
+from ..providers import ChatRequest
+from ..schemas import PromptQuery, StreamQuery, parse
+from ..streams import get_manager
+from .streaming import requested_resume, resume_stream, start_stream
+
+bp = Blueprint("sse", __name__)
+
+DEFAULT_TEXT = "Hello! 你好，世界！This is streamapp, streaming one token at a time."
+
+
+def _resume_or(start):
+    """Resume the stream named by ``Last-Event-ID``, else call ``start()``."""
+    point = requested_resume()
+    if point is False:
+        return Response(status=204)
+    if point is not None:
+        return resume_stream(*point)
+    return start()
+
+
+@bp.get("/stream")
+def stream() -> Response:
+    """SSE demo: ``text`` one token per event every ``delay_ms``."""
+    query = parse(StreamQuery, request.args.to_dict())
+    config = current_app.config
+    delay = query.delay_ms if query.delay_ms is not None else config["STREAM_DEFAULT_DELAY_MS"]
+    text = query.text or DEFAULT_TEXT
+    if len(text) > config["STREAM_MAX_TEXT"]:
+        raise ApiError(f"text must be at most {config['STREAM_MAX_TEXT']} characters", field="text")
+    options = {"text": text, "delay_ms": min(delay, config["STREAM_MAX_DELAY_MS"])}
+    provider = current_app.extensions["providers"]["demo"]
+    chat = ChatRequest([{"role": "user", "content": text}], options=options)
+    return _resume_or(lambda: start_stream(provider.stream(chat), "plain", {"route": "stream"}))
+
+
+def _prompt_stream(provider_name: str) -> Response:
+    def start() -> Response:
+        query = parse(PromptQuery, request.args.to_dict())
+        provider = current_app.extensions["providers"][provider_name]
+        chat = ChatRequest([{"role": "user", "content": query.prompt}], model=query.model)
+        return start_stream(provider.stream(chat), "plain", {"route": provider_name})
+    return _resume_or(start)
+
+
+@bp.get("/ai-stream")
+def ai_stream() -> Response:
+    """The OpenAI provider as SSE, one ``data:`` per delta."""
+    return _prompt_stream("openai")
+
+
+@bp.get("/local-ai")
+def local_ai() -> Response:
+    """The Ollama provider as SSE, one ``data:`` per delta."""
+    return _prompt_stream("ollama")
+
+
+@bp.get("/api/streams/<sid>")
+def resume(sid: str) -> Response:
+    """Replay stream ``sid`` after ``Last-Event-ID`` (or from the start), then follow it."""
+    point = requested_resume()
+    after = point[1] if point and point[0] == sid else 0
+    return resume_stream(sid, after)
+
+
+@bp.post("/api/streams/<sid>/cancel")
+def cancel(sid: str) -> Response:
+    """Stop generation of ``sid`` on whichever worker or host runs it."""
+    state = get_manager().cancel(sid)
+    if state is None:
+        raise ApiError(f"no stream {sid}", code="not_found", status=404, field="stream_id")
+    resp = jsonify({"stream_id": sid, "status": state})
+    resp.status_code = 202 if state == "cancelling" else 200
+    return resp

@@ -1,0 +1,31 @@
+"""Stream lifecycle: producers, stores (memory, Redis), readers, cancel, resume."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app
+
+from .manager import StreamManager
+from .store import MemoryStore, Store
+
+__all__ = ["StreamManager", "get_manager", "init_app"]
+
+
+def make_store(config: dict) -> Store:
+    """The Redis store when ``REDIS_URL`` is set, else the memory store."""
+    if config["REDIS_URL"]:
+        from .redis_store import RedisStore  # only needed with Redis
+
+        return RedisStore(config["REDIS_URL"], config["REDIS_PREFIX"], config["RESUME_TTL_S"],
+                          running_ttl=config["READ_TIMEOUT_S"] + config["RESUME_GRACE_S"] + 3600,
+                          lease=config["LEASE_S"])
+    return MemoryStore(config["RESUME_TTL_S"])
+
+
+def init_app(app: Flask) -> None:
+    """Create this app's stream manager in ``app.extensions['streams']``."""
+    app.extensions["streams"] = StreamManager(make_store(app.config), app.config["RESUME_GRACE_S"])
+
+
+def get_manager() -> StreamManager:
+    """The current app's stream manager."""
+    return current_app.extensions["streams"]

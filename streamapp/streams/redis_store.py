@@ -1,0 +1,167 @@
+"""The Redis store: stream logs shared by every worker and host.
+
+Keys (``P`` is ``STREAMAPP_REDIS_PREFIX``), each with a TTL so nothing grows
+without bound:
+
+- ``P:log:<sid>``      a Redis stream; entry ``0-<seq>`` holds ``{"e": json}``
+- ``P:meta:<sid>``     a hash: flavor, owner, state, ...
+- ``P:readers:<sid>``  a sorted set: reader id -> lease expiry (unix time)
+- ``P:cancel:<sid>``   set when a cancel was requested
+
+Control messages ("cancel <sid>", "idle <sid>") go by pub/sub to
+``P:ctl:<owner>``, the channel of the process that runs the producer. Readers
+on other processes block on ``XREAD`` for new entries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import gevent
+import gevent.event
+import redis
+
+from ..events import Event, from_dict, to_dict
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class RedisStore(Store):
+    """Streams in Redis; see the module docstring for the key layout."""
+
+    shared = True
+
+    def __init__(self, url: str, prefix: str, ttl: float, running_ttl: float, lease: float,
+                 max_connections: int = 2000) -> None:
+        super().__init__()
+        self.url, self.prefix, self.ttl, self.lease = url, prefix, int(ttl) or 1, lease
+        self.running_ttl = int(running_ttl) + self.ttl
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=10,
+            socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        self.redis = redis.Redis(connection_pool=pool)
+        self._listener: gevent.Greenlet | None = None
+        self._owner = ""
+
+    def _key(self, kind: str, sid: str) -> str:
+        return f"{self.prefix}:{kind}:{sid}"
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self, owner: str) -> None:
+        self._owner = owner
+        self._listener = gevent.spawn(self._listen)
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.kill(block=False)
+        self.redis.connection_pool.disconnect()
+
+    def _listen(self) -> None:
+        """Deliver control messages; survives idle periods and Redis restarts."""
+        channel = f"{self.prefix}:ctl:{self._owner}"
+        while True:
+            # No socket timeout: an idle subscriber must not die (flask-sse #6).
+            client = redis.Redis.from_url(self.url, socket_timeout=None,
+                                          socket_keepalive=True, health_check_interval=30)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(channel)
+                for message in pubsub.listen():
+                    kind, _, sid = message["data"].decode().partition(" ")
+                    self.control_handler(kind, sid)
+            except redis.RedisError as exc:
+                logger.warning("control listener lost Redis (%s); reconnecting", exc)
+                gevent.sleep(0.5)
+            finally:
+                pubsub.close()
+                client.close()
+
+    def _tell_owner(self, sid: str, kind: str) -> None:
+        owner = self.redis.hget(self._key("meta", sid), "owner")
+        if owner is None:
+            return
+        if owner.decode() == self._owner:
+            self.control_handler(kind, sid)  # no round trip for our own streams
+        else:
+            self.redis.publish(f"{self.prefix}:ctl:{owner.decode()}", f"{kind} {sid}")
+
+    # -- streams -----------------------------------------------------------
+    def create(self, sid: str, meta: dict[str, Any]) -> None:
+        key = self._key("meta", sid)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, mapping={k: json.dumps(v) for k, v in meta.items()})
+            pipe.hset(key, "owner", self._owner)
+            pipe.expire(key, self.running_ttl)
+            pipe.execute()
+
+    def meta(self, sid: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(self._key("meta", sid))
+        if not raw:
+            return None
+        out: dict[str, Any] = {}
+        for k, v in raw.items():
+            try:
+                out[k.decode()] = json.loads(v)
+            except ValueError:
+                out[k.decode()] = v.decode()
+        return out
+
+    def append(self, sid: str, seq: int, event: Event, final: bool) -> None:
+        log, meta = self._key("log", sid), self._key("meta", sid)
+        ttl = self.ttl if final else self.running_ttl
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(log, {"e": json.dumps(to_dict(event), ensure_ascii=False)}, id=f"0-{seq}")
+            pipe.expire(log, ttl)
+            if final or seq == 1:
+                if final:
+                    pipe.hset(meta, "state", json.dumps("finished"))
+                pipe.expire(meta, ttl)
+                pipe.expire(self._key("readers", sid), ttl)
+                pipe.expire(self._key("cancel", sid), ttl)
+            pipe.execute()
+
+    def read(self, sid: str, after: int) -> list[tuple[int, Event]]:
+        entries = self.redis.xrange(self._key("log", sid), min=f"(0-{after}")
+        return [(int(eid.split(b"-")[1]), from_dict(json.loads(fields[b"e"])))
+                for eid, fields in entries]
+
+    def wait(self, sid: str, after: int, timeout: float,
+             interrupt: gevent.event.Event) -> None:
+        # XREAD blocks in Redis; keep each block short so an interrupt is seen soon.
+        block = max(1, int(min(timeout, 0.5) * 1000))
+        if not interrupt.is_set():
+            self.redis.xread({self._key("log", sid): f"0-{after}"}, count=1, block=block)
+
+    def attach(self, sid: str, reader: str) -> None:
+        key = self._key("readers", sid)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {reader: time.time() + self.lease})
+            pipe.expire(key, self.running_ttl)
+            pipe.execute()
+
+    def detach(self, sid: str, reader: str) -> int:
+        key = self._key("readers", sid)
+        with self.redis.pipeline() as pipe:
+            pipe.zrem(key, reader)
+            pipe.zcount(key, time.time(), "+inf")
+            removed, left = pipe.execute()
+        if removed and not left:
+            self._tell_owner(sid, "idle")
+        return left
+
+    def detach_quietly(self, sid: str, reader: str) -> None:
+        self.redis.zrem(self._key("readers", sid), reader)
+
+    def readers(self, sid: str) -> int:
+        return self.redis.zcount(self._key("readers", sid), time.time(), "+inf")
+
+    def request_cancel(self, sid: str) -> None:
+        self.redis.set(self._key("cancel", sid), 1, ex=self.running_ttl)
+        self._tell_owner(sid, "cancel")
+
+    def cancel_requested(self, sid: str) -> bool:
+        return bool(self.redis.exists(self._key("cancel", sid)))

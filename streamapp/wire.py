@@ -1,0 +1,100 @@
+"""Encoders: one per wire format, turning numbered stream events into bytes.
+
+Every route writes through one of these; none formats ``data:`` lines itself.
+Flavors of SSE:
+
+- ``chat`` (``POST /api/chat``): ``data:`` is JSON, ``{"delta", "index"}`` per
+  token and a final ``{"is_end": true, "finish_reason", "usage"}``.
+- ``plain`` (``/stream``, ``/ai-stream``, ``/local-ai``): ``data:`` is the raw
+  token text; the stream ends with ``event: end``.
+
+Both open with ``event: stream`` (``{"stream_id"}``) carrying the first
+``retry:``, give every event the id ``<stream_id>-<seq>``, and end a failure
+with ``event: error`` and ``{"code", "message"}``. ``TextEncoder`` writes the
+tokens alone, one chunk each, for ``Accept: text/plain``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import sse
+from .events import Delta, Done, Event, Failed, Opened
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def event_id(sid: str, seq: int) -> str:
+    """The SSE id of event ``seq`` of stream ``sid``."""
+    return f"{sid}-{seq}"
+
+
+def parse_event_id(value: str) -> tuple[str, int] | None:
+    """``(stream_id, seq)`` from an SSE id, or ``None`` if it is not one of ours."""
+    sid, sep, seq = sse.clean_field(value).strip().rpartition("-")
+    if not sep or not sid or not seq.isdigit():
+        return None
+    return sid, int(seq)
+
+
+class SSEEncoder:
+    """Server-sent events in the ``chat`` or ``plain`` flavor."""
+
+    content_type = "text/event-stream; charset=utf-8"
+    resumable = True
+
+    def __init__(self, flavor: str, retry_ms: int) -> None:
+        self.flavor = flavor
+        self.retry_ms = retry_ms
+
+    def open(self, sid: str) -> bytes:
+        """Written right after the headers so proxies see the stream open."""
+        return sse.comment(f"stream {sid}")
+
+    def heartbeat(self) -> bytes:
+        """Written when nothing else was sent for a while."""
+        return sse.comment("keep-alive")
+
+    def event(self, sid: str, seq: int, event: Event, first: bool) -> bytes:
+        """One event; the first one written on a connection carries ``retry:``."""
+        eid = event_id(sid, seq)
+        retry = self.retry_ms if first else None
+        if isinstance(event, Delta):
+            data = _json({"delta": event.text, "index": event.index}) \
+                if self.flavor == "chat" else event.text
+            return sse.encode(data, id=eid, retry=retry)
+        if isinstance(event, Opened):
+            return sse.encode(_json({"stream_id": sid}), event="stream", id=eid, retry=retry)
+        if isinstance(event, Done):
+            end = {"is_end": True, "finish_reason": event.finish_reason, "usage": event.usage}
+            if self.flavor == "chat":
+                return sse.encode(_json(end), id=eid, retry=retry)
+            return sse.encode(_json(end), event="end", id=eid, retry=retry)
+        if isinstance(event, Failed):
+            return sse.encode(_json({"code": event.code, "message": event.message}),
+                              event="error", id=eid, retry=retry)
+        raise TypeError(f"no SSE form for {event!r}")
+
+
+class TextEncoder:
+    """Plain chunked text: one chunk per delta, nothing else."""
+
+    content_type = "text/plain; charset=utf-8"
+    resumable = False
+
+    def open(self, sid: str) -> bytes:
+        return b""
+
+    def heartbeat(self) -> bytes:
+        return b""
+
+    def event(self, sid: str, seq: int, event: Event, first: bool) -> bytes:
+        if isinstance(event, Delta):
+            return event.text.encode("utf-8")
+        if isinstance(event, Failed):
+            # The status line is long gone: say it in the text, on its own line.
+            return f"\n[error {event.code}: {event.message}]\n".encode()
+        return b""
