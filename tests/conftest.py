@@ -1,0 +1,176 @@
+"""Fixtures that start real parts: gunicorn + gevent, the fake upstream, Redis.
+
+Every server binds a free loopback port, is waited for with a deadline, and
+is stopped at teardown. A missing binary fails the test with the command that
+installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.helpers import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def require_binary(name: str, install: str) -> str:
+    """The path of ``name``, or fail naming the command that installs it."""
+    path = shutil.which(name) or (str(VENV_BIN / name) if (VENV_BIN / name).exists() else None)
+    if path is None:
+        pytest.fail(f"{name} is not installed; install it with: {install}", pytrace=False)
+    return path
+
+
+class Process:
+    """A child process started for a test, stopped at teardown."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._logfile = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._logfile,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._logfile.close()
+
+
+@pytest.fixture(scope="session")
+def fake_upstream(tmp_path_factory) -> Iterator[str]:
+    """Base URL of the fake OpenAI/Ollama upstream (one process per test session)."""
+    port = free_port()
+    proc = Process([sys.executable, "tests/fake_upstream.py", "--port", str(port)],
+                   dict(os.environ), tmp_path_factory.mktemp("upstream") / "upstream.log")
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _answers(f"{url}/_health"), 15, f"fake upstream on {port}", proc)
+    yield url
+    proc.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+class Server:
+    """A running gunicorn + gevent streamapp."""
+
+    def __init__(self, url: str, process: Process, port: int) -> None:
+        self.url, self.process, self.port = url, process, port
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.process.stop(sig)
+
+
+@pytest.fixture(scope="session")
+def start_server(fake_upstream, tmp_path_factory) -> Iterator:
+    """Factory: ``start_server(**settings)`` runs gunicorn with the production config.
+
+    Settings become ``STREAMAPP_<NAME>`` environment variables, except the
+    standard names (``REDIS_URL``, ``OPENAI_*``, ``OLLAMA_HOST``) kept as they are.
+    """
+    gunicorn = require_binary("gunicorn", "make test (pip install -r requirements-dev.txt)")
+    started: list[Server] = []
+
+    def start(port: int | None = None, **settings: object) -> Server:
+        port = port or free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMAPP_", "REDIS_URL"))}
+        env.update({
+            "STREAMAPP_BIND": f"127.0.0.1:{port}",
+            "STREAMAPP_WORKERS": "1",
+            "STREAMAPP_ACCESS_LOG": "",
+            "OPENAI_BASE_URL": f"{fake_upstream}/v1",
+            "OPENAI_API_KEY": "sk-test",
+            "OLLAMA_HOST": fake_upstream,
+        })
+        for key, value in settings.items():
+            name = key if key in ("REDIS_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "OLLAMA_HOST") \
+                else f"STREAMAPP_{key}"
+            env[name] = str(value)
+        log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+        proc = Process([gunicorn, "-c", "conf/gunicorn.conf.py", "wsgi:app"], env, log)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(f"{url}/healthz"), 20, f"gunicorn on {port}", proc)
+        server = Server(url, proc, port)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(start_server) -> Server:
+    """A shared server with quick settings (memory store)."""
+    return start_server(HEARTBEAT_S=0.5, RESUME_GRACE_S=0, HEADER_WAIT_S=0.3,
+                        READ_TIMEOUT_S=3, CONNECT_TIMEOUT_S=2, MAX_BODY_BYTES=4096,
+                        DEMO_DELAY_MS=20)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A Redis URL: the machine's on 127.0.0.1:6379 if it answers, else one started here."""
+    if _redis_ping("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    binary = require_binary("redis-server", "apt-get install -y redis-server")
+    port = free_port()
+    proc = Process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no"], dict(os.environ),
+                   tmp_path_factory.mktemp("redis") / "redis.log")
+    wait_until(lambda: _redis_ping("127.0.0.1", port), 10, f"redis-server on {port}", proc)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.stop()
+
+
+def _redis_ping(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test run uses."""
+    return f"streamapp-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def tag() -> str:
+    """A tag to find this test's connections in the fake upstream's log."""
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def deadline() -> float:
+    """Monotonic time by which a test's network loops must be done."""
+    return time.monotonic() + 30

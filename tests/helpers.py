@@ -1,0 +1,117 @@
+"""Test helpers: free ports, bounded waits, a recording SSE client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from streamapp.sse import EventParser, LineSplitter, ServerSentEvent
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, process: Any = None,
+               interval: float = 0.02) -> Any:
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        if process is not None and process.proc.poll() is not None:
+            raise AssertionError(f"{what} exited early:\n{process.output()[-3000:]}")
+        time.sleep(interval)  # polling interval of a bounded wait, not a pause
+    detail = f"\n{process.output()[-3000:]}" if process is not None else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
+
+
+class SSEClient:
+    """An HTTP request whose streamed body is read chunk by chunk, with arrival times."""
+
+    def __init__(self, url: str, method: str = "GET", body: Any = None,
+                 headers: dict[str, str] | None = None, timeout: float = 10) -> None:
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        data = None
+        headers = dict(headers or {})
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.started = time.monotonic()
+        self.conn.request(method, path, body=data, headers=headers)
+        self.resp = self.conn.getresponse()
+        self.status = self.resp.status
+        self.headers = self.resp.headers
+        self.chunks: list[tuple[float, bytes]] = []
+        self.events: list[tuple[float, ServerSentEvent]] = []
+        self._splitter = LineSplitter()
+        self._parser = EventParser()
+
+    def json(self) -> Any:
+        return json.loads(self.resp.read())
+
+    def iter_chunks(self) -> Iterator[bytes]:
+        while True:
+            chunk = self.resp.read1(65536)
+            if not chunk:
+                return
+            self.chunks.append((time.monotonic(), chunk))
+            yield chunk
+
+    def iter_events(self) -> Iterator[ServerSentEvent]:
+        """Events as they arrive (also kept in ``self.events``)."""
+        for chunk in self.iter_chunks():
+            for line in self._splitter.feed(chunk):
+                event = self._parser.feed_line(line)
+                if event is not None:
+                    self.events.append((time.monotonic(), event))
+                    yield event
+
+    def read_all(self) -> list[ServerSentEvent]:
+        for _ in self.iter_events():
+            pass
+        return [e for _, e in self.events]
+
+    def body(self) -> bytes:
+        for _ in self.iter_chunks():
+            pass
+        return b"".join(c for _, c in self.chunks)
+
+    def close(self) -> None:
+        """Drop the connection (a client going away)."""
+        sock = self.conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conn.close()
+
+    def __enter__(self) -> SSEClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def upstream_log(upstream: str, tag: str) -> list[dict]:
+    """The fake upstream's records of connections tagged ``tag``."""
+    return requests.get(f"{upstream}/_log", params={"tag": tag}, timeout=5).json()
+
+
+def data_events(events: list[ServerSentEvent]) -> list[ServerSentEvent]:
+    """The token events (default ``message`` type)."""
+    return [e for e in events if e.event == "message"]

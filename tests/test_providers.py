@@ -1,0 +1,125 @@
+"""Providers against the fake upstream: wire formats, errors, prompt delivery."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from streamapp.errors import UpstreamError
+from streamapp.events import Delta, Done, Opened
+from streamapp.providers import ChatRequest
+from streamapp.providers.demo import DemoProvider, tokenize
+from streamapp.providers.ollama import OllamaProvider
+from streamapp.providers.openai import OpenAIProvider
+from tests.fake_upstream import token_list
+from tests.helpers import free_port, upstream_log
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(params=["openai", "ollama"])
+def provider(request, fake_upstream):
+    if request.param == "openai":
+        return OpenAIProvider(f"{fake_upstream}/v1", "sk-test", "normal", (2, 2))
+    return OllamaProvider(fake_upstream, "normal", (2, 2))
+
+
+def run(provider, model: str) -> list:
+    return list(provider.stream(ChatRequest(MESSAGES, model=model)))
+
+
+def text_of(events: list) -> str:
+    return "".join(e.text for e in events if isinstance(e, Delta))
+
+
+def test_normal_stream(provider, fake_upstream, tag) -> None:
+    events = run(provider, f"normal?tokens=6&tag={tag}")
+    assert isinstance(events[0], Opened)
+    assert text_of(events) == "".join(token_list(6))
+    assert [e.index for e in events if isinstance(e, Delta)] == list(range(6))
+    done = events[-1]
+    assert isinstance(done, Done) and done.finish_reason == "stop"
+    assert done.usage["prompt_tokens"] == 7
+    (record,) = upstream_log(fake_upstream, tag)
+    assert record["messages"] == MESSAGES and record["stream"] is True
+
+
+def test_openai_asks_for_usage_and_sends_the_key(fake_upstream, tag) -> None:
+    provider = OpenAIProvider(f"{fake_upstream}/v1", "sk-test", "normal", (2, 2))
+    run(provider, f"normal?tag={tag}")
+    (record,) = upstream_log(fake_upstream, tag)
+    assert record["stream_options"] == {"include_usage": True}
+    assert record["authorization"] == "Bearer sk-test"
+
+
+def test_split_multibyte_characters_and_crlf(provider) -> None:
+    assert text_of(run(provider, "split")) == "h\u00e9llo \u4f60\u597d w\u00f6rld"
+
+
+def test_tokens_are_handed_over_as_they_arrive(provider) -> None:
+    times = []
+    for event in provider.stream(ChatRequest(MESSAGES, model="slow?tokens=3&delay_ms=300")):
+        if isinstance(event, Delta):
+            times.append(time.monotonic())
+    assert times[1] - times[0] > 0.2 and times[2] - times[1] > 0.2
+
+
+@pytest.mark.parametrize("model, code, words", [
+    ("status?status=429", "upstream_http_error", "429"),
+    ("status?status=401", "upstream_auth", "401"),
+    ("inband?at=0", "upstream_error", "error"),
+    ("inband?at=2", "upstream_error", "error"),
+    ("malformed", "upstream_bad_response", "not JSON"),
+    ("drop?at=2", "upstream_disconnected", ""),
+    ("reset", "upstream_unreachable", ""),
+    ("hang?silence_s=5", "upstream_timeout", "timed out"),
+])
+def test_failures_raise_one_error_type(provider, model, code, words) -> None:
+    with pytest.raises(UpstreamError) as info:
+        run(provider, model)
+    assert info.value.code == code, info.value.message
+    assert words in info.value.message
+    assert info.value.status == (504 if code == "upstream_timeout" else 502)
+
+
+def test_status_error_carries_the_upstreams_message(provider) -> None:
+    with pytest.raises(UpstreamError) as info:
+        run(provider, "status?status=404")
+    assert info.value.upstream_status == 404
+    assert ("Rate limit reached" in info.value.message) or ("not found" in info.value.message)
+
+
+def test_unreachable_upstream() -> None:
+    provider = OllamaProvider(f"http://127.0.0.1:{free_port()}", "m", (1, 1))
+    with pytest.raises(UpstreamError) as info:
+        run(provider, "m")
+    assert info.value.code == "upstream_unreachable"
+
+
+def test_openai_without_key_on_the_public_api_says_so() -> None:
+    provider = OpenAIProvider("https://api.openai.com/v1", "", "m", (1, 1))
+    with pytest.raises(UpstreamError, match="OPENAI_API_KEY"):
+        run(provider, "m")
+
+
+def test_closing_the_iterator_closes_the_upstream(provider, fake_upstream, tag) -> None:
+    stream = provider.stream(ChatRequest(MESSAGES, model=f"silence?at=1&silence_s=5&tag={tag}"))
+    assert isinstance(next(stream), Opened)
+    assert isinstance(next(stream), Delta)
+    stream.close()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        (record,) = upstream_log(fake_upstream, tag)
+        if record["closed_by_peer"]:
+            break
+    assert record["closed_by_peer"], "the upstream connection stayed open"
+
+
+def test_demo_is_deterministic_and_tokens_rebuild_the_text() -> None:
+    demo = DemoProvider(delay_ms=0)
+    a = list(demo.stream(ChatRequest(MESSAGES)))
+    b = list(demo.stream(ChatRequest(MESSAGES)))
+    assert a == b and isinstance(a[-1], Done)
+    text = "Hello! 你好，世界！  spaces\nnew line"
+    assert "".join(tokenize(text)) == text

@@ -1,0 +1,82 @@
+"""Pure tests of the SSE encoder and decoder (WHATWG rules)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamapp import sse
+from streamapp.wire import parse_event_id
+
+
+def decode(chunks: list[bytes]) -> list[sse.ServerSentEvent]:
+    return list(sse.iter_events(chunks))
+
+
+def every_split(data: bytes) -> list[list[bytes]]:
+    return [[data[:i], data[i:]] for i in range(1, len(data))]
+
+
+def test_encode_fields_and_multiline_data() -> None:
+    assert sse.encode("a\nb\r\nc\rd", id="s-1", event="x", retry=1500) == (
+        b"retry: 1500\nid: s-1\nevent: x\ndata: a\ndata: b\ndata: c\ndata: d\n\n")
+
+
+def test_encode_strips_framing_characters_from_id_and_event() -> None:
+    assert sse.encode("x", id="a\r\nb\0c", event="e\nf") == b"id: abc\nevent: ef\ndata: x\n\n"
+
+
+def test_comment_is_one_line() -> None:
+    assert sse.comment("a\nb") == b": a b\n\n"
+
+
+@pytest.mark.parametrize("text", ["", " lead", "trail ", "\n", "你好，世界", "a\n\nb", "data: x"])
+def test_round_trip_at_every_split_point(text: str) -> None:
+    data = sse.encode(text, id="s-7", event="m")
+    for chunks in every_split(data):
+        assert decode(chunks) == [sse.ServerSentEvent(text, "m", "s-7")]
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_decoder_accepts_every_line_ending(newline: bytes) -> None:
+    data = newline.join([b"data: one", b"data: two", b"", b"event: e", b"data: 3", b"", b""])
+    for chunks in every_split(data) + [[data]]:
+        assert [(e.data, e.event) for e in decode(chunks)] == [("one\ntwo", "message"), ("3", "e")]
+
+
+def test_crlf_split_between_cr_and_lf_is_one_line_end() -> None:
+    assert decode([b"data: a\r", b"\n\r", b"\ndata: b\r\n\r\n"]) == [
+        sse.ServerSentEvent("a"), sse.ServerSentEvent("b")]
+
+
+def test_comments_bom_and_space_rules() -> None:
+    data = "\ufeff: comment\ndata:no space\n\ndata:  two spaces\n\n".encode()
+    assert [e.data for e in decode([data])] == ["no space", " two spaces"]
+
+
+def test_id_persists_and_nul_id_is_ignored() -> None:
+    events = decode([b"id: 1\ndata: a\n\ndata: b\n\nid: x\0y\ndata: c\n\nid\ndata: d\n\n"])
+    assert [e.id for e in events] == ["1", "1", "1", ""]
+
+
+def test_retry_only_digits_and_retry_only_block_dispatches_nothing() -> None:
+    parser = sse.EventParser()
+    for line in ["retry: 12a", "", "retry: 300", ""]:
+        assert parser.feed_line(line) is None
+    assert parser.retry == 300
+
+
+def test_unterminated_last_event_is_dropped() -> None:
+    assert decode([b"data: a\n\ndata: b"]) == [sse.ServerSentEvent("a")]
+
+
+def test_multibyte_character_split_across_chunks() -> None:
+    data = "data: 你好\n\n".encode()
+    cut = data.index("你".encode()) + 1
+    assert decode([data[:cut], data[cut:]])[0].data == "你好"
+
+
+def test_event_id_parsing() -> None:
+    assert parse_event_id("abc-12") == ("abc", 12)
+    assert parse_event_id("a-b-3") == ("a-b", 3)
+    for bad in ["", "abc", "abc-", "-3", "abc-x"]:
+        assert parse_event_id(bad) is None
