@@ -18,7 +18,7 @@ run: $(VENV)/.installed  ## start gunicorn + gevent on 127.0.0.1:8000 (demo prov
 
 test: $(VENV)/.installed-dev  ## run the whole suite
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -5,7 +5,8 @@ Run it as a process: ``python tests/fake_upstream.py --port N``. It is a gevent
 network chunk. The request's ``model`` picks the behaviour, as a query string:
 ``"<mode>?tokens=5&delay_ms=10&tag=abc"``. Modes:
 
-- ``normal``      tokens, then the proper end (``[DONE]`` / ``done: true``)
+- ``normal``      tokens (each repeated ``repeat`` times), then the proper end
+                  (``[DONE]`` / ``done: true``)
 - ``slow``        the same with ``delay_ms`` between tokens (default 200)
 - ``hang``        accept the request and never answer (a read timeout)
 - ``reset``       close the connection before any response byte
@@ -117,7 +118,7 @@ def ollama_line(text: str, done: bool = False, generate: bool = False) -> bytes:
 def serve(conn: Conn, api: str, mode: str, p: dict) -> None:
     sse = api == "openai"
     ctype = "text/event-stream" if sse else "application/x-ndjson"
-    tokens = token_list(int(p.get("tokens", 5)))
+    tokens = [t * int(p.get("repeat", 1)) for t in token_list(int(p.get("tokens", 5)))]
     delay = float(p.get("delay_ms", 200 if mode == "slow" else 0)) / 1000
     at = int(p.get("at", {"inband": 0, "drop": 2, "silence": 1}.get(mode, 0)))
 

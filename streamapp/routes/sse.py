@@ -69,6 +69,18 @@ def resume(sid: str) -> Response:
     return resume_stream(sid, after)
 
 
+@bp.get("/api/streams/<sid>/info")
+def info(sid: str) -> Response:
+    """A stream's state, reader count and number of events."""
+    manager = get_manager()
+    meta = manager.store.meta(sid)
+    if meta is None:
+        raise ApiError(f"no stream {sid}", code="not_found", status=404, field="stream_id")
+    return jsonify({"stream_id": sid, "state": meta.get("state"), "route": meta.get("route"),
+                    "readers": manager.store.readers(sid),
+                    "events": len(manager.store.read(sid, 0))})
+
+
 @bp.post("/api/streams/<sid>/cancel")
 def cancel(sid: str) -> Response:
     """Stop generation of ``sid`` on whichever worker or host runs it."""

@@ -1,0 +1,275 @@
+"""Stream lifecycle: disconnect, grace, resume, cancel, heartbeats, shutdown, slow clients.
+
+Everything runs against real gunicorn + gevent servers, the fake upstream
+(which records when its connection was closed) and real Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import time
+
+import pytest
+import requests
+
+from tests.fake_upstream import token_list
+from tests.helpers import SSEClient, data_events, upstream_log, wait_until
+
+
+def q(model: str) -> str:
+    return requests.utils.quote(model, safe="")
+
+
+def closed_at(upstream: str, tag: str, timeout: float = 5) -> float:
+    """When the fake upstream saw its connection closed by streamapp."""
+    def check():
+        records = upstream_log(upstream, tag)
+        return records and records[0]["closed_by_peer"]
+    return wait_until(check, timeout, "the upstream connection to close")
+
+
+@pytest.fixture(scope="module")
+def zero_grace(start_server):
+    return start_server(RESUME_GRACE_S=0, HEARTBEAT_S=0.5, HEADER_WAIT_S=0.2)
+
+
+@pytest.fixture(scope="module")
+def with_grace(start_server):
+    return start_server(RESUME_GRACE_S=2, HEARTBEAT_S=0.5, HEADER_WAIT_S=0.2)
+
+
+@pytest.fixture(scope="module")
+def redis_pair(start_server, redis_url, tmp_path_factory):
+    """Two gunicorn instances (think: two hosts) sharing one Redis."""
+    import uuid
+
+    prefix = f"streamapp-test-{uuid.uuid4().hex[:8]}"
+    settings = dict(REDIS_URL=redis_url, REDIS_PREFIX=prefix, RESUME_GRACE_S=5,
+                    HEARTBEAT_S=0.5, HEADER_WAIT_S=0.2)
+    return start_server(**settings), start_server(**settings)
+
+
+def first_deltas(client: SSEClient, n: int) -> list:
+    got = []
+    for event in client.iter_events():
+        if event.event == "message":
+            got.append(event)
+            if len(got) == n:
+                return got
+    raise AssertionError(f"stream ended after {len(got)} deltas")
+
+
+def test_disconnect_with_zero_grace_closes_a_silent_upstream_within_1s(zero_grace, fake_upstream, tag):
+    model = q(f"silence?at=1&silence_s=10&tag={tag}")
+    client = SSEClient(f"{zero_grace.url}/ai-stream?prompt=hi&model={model}")
+    first_deltas(client, 1)
+    left = time.monotonic()
+    client.close()
+    assert closed_at(fake_upstream, tag) - left < 1.0
+
+
+def test_reconnect_inside_grace_completes_and_keeps_the_upstream(with_grace, fake_upstream, tag):
+    model = q(f"slow?tokens=12&delay_ms=150&tag={tag}")
+    client = SSEClient(f"{with_grace.url}/local-ai?prompt=hi&model={model}")
+    sid = client.headers["X-Stream-Id"]
+    got = first_deltas(client, 3)
+    client.close()
+    with SSEClient(f"{with_grace.url}/local-ai?prompt=hi&model={model}",
+                   headers={"Last-Event-ID": got[-1].id}) as again:
+        assert again.headers["X-Stream-Id"] == sid
+        rest = again.read_all()
+    text = "".join(e.data for e in got + data_events(rest))
+    assert text == "".join(token_list(12))
+    assert rest[-1].event == "end" and json.loads(rest[-1].data)["finish_reason"] == "stop"
+    (record,) = upstream_log(fake_upstream, tag)
+    assert record["closed_by_peer"] is None  # the upstream finished on its own
+    assert len(upstream_log(fake_upstream, tag)) == 1  # the reconnect started no new generation
+
+
+def test_no_reconnect_closes_the_upstream_after_the_grace(with_grace, fake_upstream, tag):
+    model = q(f"silence?at=1&silence_s=10&tag={tag}")
+    client = SSEClient(f"{with_grace.url}/ai-stream?prompt=hi&model={model}")
+    first_deltas(client, 1)
+    left = time.monotonic()
+    client.close()
+    waited = closed_at(fake_upstream, tag, timeout=6) - left
+    assert 1.8 < waited < 3.0
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_resume_property_random_drops(store, start_server, redis_url, fake_upstream, tag):
+    settings = dict(RESUME_GRACE_S=5, HEARTBEAT_S=0.5)
+    if store == "redis":
+        settings.update(REDIS_URL=redis_url, REDIS_PREFIX=f"streamapp-test-{tag}")
+    server = _cached_server(start_server, store, settings)
+    rng = random.Random(20261121)
+    for attempt in range(3):
+        model = f"slow?tokens=40&delay_ms=15&tag={tag}-{attempt}"
+        client = SSEClient(f"{server.url}/api/chat", "POST",
+                           {"uid": 1, "message": "x", "provider": "openai", "model": model})
+        sid = client.headers["X-Stream-Id"]
+        seen_ids, text, last_id, reconnects = [], "", None, 0
+        ended = False
+        while not ended and reconnects < 40:
+            keep = rng.randint(1, 7)
+            for event in client.iter_events():
+                seen_ids.append(event.id)
+                last_id = event.id
+                payload = json.loads(event.data)
+                if event.event == "message" and "delta" in payload:
+                    text += payload["delta"]
+                if payload.get("is_end"):
+                    ended = True
+                    break
+                keep -= 1
+                if keep == 0:
+                    break
+            client.close()
+            if not ended:
+                reconnects += 1
+                client = SSEClient(f"{server.url}/api/streams/{sid}", headers={"Last-Event-ID": last_id})
+        client.close()
+        assert ended and reconnects >= 3
+        assert text == "".join(token_list(40))
+        assert len(seen_ids) == len(set(seen_ids))  # no duplicate
+        seqs = [int(i.rpartition("-")[2]) for i in seen_ids]
+        assert seqs == list(range(1, len(seqs) + 1))  # no gap
+        assert len(upstream_log(fake_upstream, f"{tag}-{attempt}")) == 1
+
+
+_SERVERS: dict = {}
+
+
+def _cached_server(start_server, key, settings):
+    if key not in _SERVERS:
+        _SERVERS[key] = start_server(**settings)
+    return _SERVERS[key]
+
+
+def test_resume_with_query_parameter_for_fetch_clients(server):
+    with SSEClient(f"{server.url}/stream?delay_ms=0") as client:
+        events = client.read_all()
+    sid = client.headers["X-Stream-Id"]
+    middle = events[5]
+    with SSEClient(f"{server.url}/api/streams/{sid}?last_event_id={middle.id}") as again:
+        rest = again.read_all()
+    assert [e.id for e in rest] == [e.id for e in events[6:]]
+    assert rest[0].retry is not None  # every stream starts with retry:
+
+
+def test_cross_worker_resume_and_cancel(redis_pair, fake_upstream, tag):
+    a, b = redis_pair
+    model = q(f"slow?tokens=200&delay_ms=50&tag={tag}")
+    client = SSEClient(f"{a.url}/ai-stream?prompt=hi&model={model}")
+    sid = client.headers["X-Stream-Id"]
+    got = first_deltas(client, 3)
+    client.close()
+    with SSEClient(f"{b.url}/api/streams/{sid}", headers={"Last-Event-ID": got[-1].id}) as other:
+        more = first_deltas(other, 3)
+        assert "".join(e.data for e in got + more) == "".join(token_list(6))
+        asked = time.monotonic()
+        resp = requests.post(f"{b.url}/api/streams/{sid}/cancel", timeout=5)
+        assert resp.status_code == 202 and resp.json()["status"] == "cancelling"
+        rest = other.read_all()
+        stopped = time.monotonic() - asked
+    assert rest[-1].event == "end" and json.loads(rest[-1].data)["finish_reason"] == "cancelled"
+    assert stopped < 0.5
+    assert closed_at(fake_upstream, tag) - asked < 0.5
+    assert requests.post(f"{a.url}/api/streams/{sid}/cancel", timeout=5).json()["status"] == "finished"
+
+
+def test_stop_within_200ms(zero_grace, fake_upstream, tag):
+    model = q(f"silence?at=2&silence_s=10&tag={tag}")
+    with SSEClient(f"{zero_grace.url}/ai-stream?prompt=hi&model={model}") as client:
+        sid = client.headers["X-Stream-Id"]
+        first_deltas(client, 2)
+        asked = time.monotonic()
+        assert requests.post(f"{zero_grace.url}/api/streams/{sid}/cancel", timeout=5).status_code == 202
+        rest = client.read_all()
+        ended = time.monotonic()
+    assert json.loads(rest[-1].data)["finish_reason"] == "cancelled"
+    assert ended - asked < 0.2
+    assert closed_at(fake_upstream, tag) - asked < 0.2
+
+
+def test_cancel_unknown_stream_is_404(server):
+    resp = requests.post(f"{server.url}/api/streams/nope/cancel", timeout=5)
+    assert resp.status_code == 404 and resp.json()["error"]["field"] == "stream_id"
+
+
+def test_heartbeats_on_a_silent_upstream_and_before_the_first_token(zero_grace, tag):
+    model = q(f"silence?at=0&silence_s=2&tokens=2&tag={tag}")
+    with SSEClient(f"{zero_grace.url}/ai-stream?prompt=hi&model={model}") as client:
+        assert client.status == 200
+        events = client.read_all()
+    beats = [t for t, chunk in client.chunks if b": keep-alive" in chunk]
+    first_token = next(t for t, e in client.events if e.event == "message")
+    assert len([t for t in beats if t < first_token]) >= 2
+    assert client.chunks[0][1].startswith(b": stream ")
+    assert "".join(e.data for e in data_events(events)) == "".join(token_list(2))
+
+
+@pytest.mark.parametrize("path, headers", [
+    ("/api/streams/nope", {}),
+    ("/api/streams/nope", {"Last-Event-ID": "nope-4"}),
+    ("/stream", {"Last-Event-ID": "nope-4"}),
+    ("/ai-stream?prompt=x", {"Last-Event-ID": "garbage"}),
+    ("/local-ai?prompt=x", {"Last-Event-ID": "gone-1"}),
+])
+def test_unknown_stream_is_204(server, path, headers):
+    resp = requests.get(f"{server.url}{path}", headers=headers, timeout=5)
+    assert resp.status_code == 204 and resp.content == b""
+
+
+def test_sigterm_during_a_stream_resumes_elsewhere_without_loss(start_server, redis_url, tag):
+    settings = dict(REDIS_URL=redis_url, REDIS_PREFIX=f"streamapp-test-{tag}", RESUME_GRACE_S=5,
+                    HEARTBEAT_S=0.5, GRACEFUL_TIMEOUT=20)
+    a, b = start_server(**settings), start_server(**settings)
+    model = q(f"slow?tokens=30&delay_ms=100&tag={tag}")
+    client = SSEClient(f"{a.url}/ai-stream?prompt=hi&model={model}")
+    sid = client.headers["X-Stream-Id"]
+    got = first_deltas(client, 3)
+    a.process.proc.send_signal(signal.SIGTERM)
+    before = [e for _, e in client.events]
+    tail = client.read_all()[len(before):]  # ends cleanly: a normal end of body
+    client.close()
+    assert all(e.event == "message" for e in tail)  # no error, no end: the stream goes on
+    last = (tail or got)[-1]
+    with SSEClient(f"{b.url}/ai-stream?prompt=hi&model={model}", headers={"Last-Event-ID": last.id}) as c2:
+        assert c2.headers["X-Stream-Id"] == sid
+        rest = c2.read_all()
+    text = "".join(e.data for e in got + tail + data_events(rest))
+    assert text == "".join(token_list(30))
+    assert rest[-1].event == "end" and json.loads(rest[-1].data)["finish_reason"] == "stop"
+    a.process.proc.wait(25)
+
+
+def test_a_client_that_stops_reading_is_dropped(start_server, tag):
+    server = start_server(WRITE_TIMEOUT_S=1, RESUME_GRACE_S=30, HEARTBEAT_S=0.5)
+    model = q(f"normal?tokens=300&repeat=3000&tag={tag}")  # about 9 MB of SSE
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(f"GET /ai-stream?prompt=hi&model={model} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = sock.recv(2048).decode("latin-1")
+    sid = head.split("X-Stream-Id: ")[1].split("\r\n")[0]
+    # The worker keeps serving others while this client reads nothing.
+    assert requests.get(f"{server.url}/healthz", timeout=2).status_code == 200
+
+    def dropped():
+        info = requests.get(f"{server.url}/api/streams/{sid}/info", timeout=2).json()
+        return info["readers"] == 0 and info
+    info = wait_until(dropped, 10, "the frozen client to be dropped")
+    sock.close()
+    assert requests.get(f"{server.url}/healthz", timeout=2).status_code == 200
+    # The producer was not affected: the whole answer can still be read.
+    wait_until(lambda: requests.get(f"{server.url}/api/streams/{sid}/info", timeout=2)
+               .json()["state"] == "finished", 20, "the stream to finish")
+    with SSEClient(f"{server.url}/api/streams/{sid}", timeout=20) as again:
+        text = "".join(e.data for e in data_events(again.read_all()))
+    assert text == "".join(t * 3000 for t in token_list(300))
+    assert info["state"] in ("running", "finished")
