@@ -17,6 +17,7 @@ tokens alone, one chunk each, for ``Accept: text/plain``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from . import sse
@@ -27,6 +28,14 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
+_STREAM_ID = re.compile(r"[A-Za-z0-9]{1,64}")
+
+
+def is_stream_id(value: str) -> bool:
+    """Whether ``value`` has the shape of a stream id (letters and digits)."""
+    return _STREAM_ID.fullmatch(value) is not None
+
+
 def event_id(sid: str, seq: int) -> str:
     """The SSE id of event ``seq`` of stream ``sid``."""
     return f"{sid}-{seq}"
@@ -35,7 +44,7 @@ def event_id(sid: str, seq: int) -> str:
 def parse_event_id(value: str) -> tuple[str, int] | None:
     """``(stream_id, seq)`` from an SSE id, or ``None`` if it is not one of ours."""
     sid, sep, seq = sse.clean_field(value).strip().rpartition("-")
-    if not sep or not sid or not seq.isdigit():
+    if not sep or not is_stream_id(sid) or not seq.isdigit():
         return None
     return sid, int(seq)
 

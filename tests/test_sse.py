@@ -77,6 +77,15 @@ def test_multibyte_character_split_across_chunks() -> None:
 
 def test_event_id_parsing() -> None:
     assert parse_event_id("abc-12") == ("abc", 12)
-    assert parse_event_id("a-b-3") == ("a-b", 3)
+    assert parse_event_id("a-b-3") is None  # stream ids have no dash
     for bad in ["", "abc", "abc-", "-3", "abc-x"]:
         assert parse_event_id(bad) is None
+
+
+def test_stream_ids_are_letters_and_digits_only() -> None:
+    from streamapp.wire import is_stream_id
+
+    assert is_stream_id("abc123XYZ")
+    for bad in ["", "a:b", "a b", "a-b", "x" * 65, "ab\n"]:
+        assert not is_stream_id(bad)
+    assert parse_event_id("a:b-3") is None

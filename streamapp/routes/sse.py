@@ -8,6 +8,7 @@ from ..errors import ApiError
 from ..providers import ChatRequest
 from ..schemas import PromptQuery, StreamQuery, parse
 from ..streams import get_manager
+from ..wire import is_stream_id
 from .streaming import requested_resume, resume_stream, start_stream
 
 bp = Blueprint("sse", __name__)
@@ -69,13 +70,17 @@ def resume(sid: str) -> Response:
     return resume_stream(sid, after)
 
 
+def _unknown(sid: str) -> ApiError:
+    return ApiError(f"no stream {sid}", code="not_found", status=404, field="stream_id")
+
+
 @bp.get("/api/streams/<sid>/info")
 def info(sid: str) -> Response:
     """A stream's state, reader count and number of events."""
     manager = get_manager()
-    meta = manager.store.meta(sid)
+    meta = manager.store.meta(sid) if is_stream_id(sid) else None
     if meta is None:
-        raise ApiError(f"no stream {sid}", code="not_found", status=404, field="stream_id")
+        raise _unknown(sid)
     return jsonify({"stream_id": sid, "state": meta.get("state"), "route": meta.get("route"),
                     "readers": manager.store.readers(sid),
                     "events": len(manager.store.read(sid, 0))})
@@ -84,9 +89,9 @@ def info(sid: str) -> Response:
 @bp.post("/api/streams/<sid>/cancel")
 def cancel(sid: str) -> Response:
     """Stop generation of ``sid`` on whichever worker or host runs it."""
-    state = get_manager().cancel(sid)
+    state = get_manager().cancel(sid) if is_stream_id(sid) else None
     if state is None:
-        raise ApiError(f"no stream {sid}", code="not_found", status=404, field="stream_id")
+        raise _unknown(sid)
     resp = jsonify({"stream_id": sid, "status": state})
     resp.status_code = 202 if state == "cancelling" else 200
     return resp

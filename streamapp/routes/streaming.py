@@ -17,7 +17,7 @@ from ..errors import error_response
 from ..events import Event, Failed
 from ..streams import get_manager
 from ..streams.consumer import consume
-from ..wire import SSEEncoder, TextEncoder, parse_event_id
+from ..wire import SSEEncoder, TextEncoder, is_stream_id, parse_event_id
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -73,7 +73,7 @@ def start_stream(events: Iterator[Event], flavor: str, meta: dict[str, Any]) -> 
 
 def resume_stream(sid: str, after: int) -> Response:
     """Continue stream ``sid`` after event ``after``; 204 if it is unknown or expired."""
-    meta = get_manager().store.meta(sid)
+    meta = get_manager().store.meta(sid) if is_stream_id(sid) else None
     if meta is None:
         return Response(status=204)
     return _respond(sid, after, SSEEncoder(meta.get("flavor", "plain"),

@@ -62,6 +62,7 @@ def consume(manager: StreamManager, sid: str, after: int, encoder: Encoder, *,
         sock.settimeout(write_timeout)  # a write that makes no progress this long fails
         watcher = gevent.spawn(_watch, sock, reader)
     lease_every = store_lease(manager) / 3
+    checked_at = time.monotonic()
     try:
         opening = encoder.open(sid)
         if opening:
@@ -90,8 +91,10 @@ def consume(manager: StreamManager, sid: str, after: int, encoder: Encoder, *,
                 last_write = now
             if now - reader.attached_at >= lease_every:
                 reader.refresh()
-            if store.shared and store.meta(sid) is None:
-                return  # expired or never existed: nothing more will come
+            if store.shared and now - checked_at > 5 and not store.is_local(sid):
+                checked_at = now
+                if store.meta(sid) is None:
+                    return  # expired, or its producer's host died: nothing more will come
             store.wait(sid, cursor, max(0.0, heartbeat - (now - last_write)), reader.interrupt)
     finally:
         if watcher is not None:

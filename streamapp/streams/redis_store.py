@@ -10,7 +10,9 @@ without bound:
 
 Control messages ("cancel <sid>", "idle <sid>") go by pub/sub to
 ``P:ctl:<owner>``, the channel of the process that runs the producer. Readers
-on other processes block on ``XREAD`` for new entries.
+on other processes block on ``XREAD`` for new entries; readers in the
+producer's own process read a local mirror of the log (a ``MemoryStore``) and
+never wait on Redis.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import gevent.event
 import redis
 
 from ..events import Event, from_dict, to_dict
-from .store import Store
+from .store import MemoryStore, Store
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class RedisStore(Store):
         self.redis = redis.Redis(connection_pool=pool)
         self._listener: gevent.Greenlet | None = None
         self._owner = ""
+        self.local = MemoryStore(ttl)  # mirrors of the logs this process produces
 
     def _key(self, kind: str, sid: str) -> str:
         return f"{self.prefix}:{kind}:{sid}"
@@ -91,6 +94,7 @@ class RedisStore(Store):
 
     # -- streams -----------------------------------------------------------
     def create(self, sid: str, meta: dict[str, Any]) -> None:
+        self.local.create(sid, meta)
         key = self._key("meta", sid)
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping={k: json.dumps(v) for k, v in meta.items()})
@@ -123,16 +127,26 @@ class RedisStore(Store):
                 pipe.expire(self._key("readers", sid), ttl)
                 pipe.expire(self._key("cancel", sid), ttl)
             pipe.execute()
+        self.local.append(sid, seq, event, final)  # after Redis: a local reader never runs ahead
+
+    def is_local(self, sid: str) -> bool:
+        """Whether this process produces ``sid`` (its log is mirrored here)."""
+        return self.local.meta(sid) is not None
 
     def read(self, sid: str, after: int) -> list[tuple[int, Event]]:
+        if self.is_local(sid):
+            return self.local.read(sid, after)
         entries = self.redis.xrange(self._key("log", sid), min=f"(0-{after}")
         return [(int(eid.split(b"-")[1]), from_dict(json.loads(fields[b"e"])))
                 for eid, fields in entries]
 
     def wait(self, sid: str, after: int, timeout: float,
              interrupt: gevent.event.Event) -> None:
+        if self.is_local(sid):
+            self.local.wait(sid, after, timeout, interrupt)
+            return
         # XREAD blocks in Redis; keep each block short so an interrupt is seen soon.
-        block = max(1, int(min(timeout, 0.5) * 1000))
+        block = max(1, int(min(timeout, 1.0) * 1000))
         if not interrupt.is_set():
             self.redis.xread({self._key("log", sid): f"0-{after}"}, count=1, block=block)
 

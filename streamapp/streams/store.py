@@ -35,6 +35,10 @@ class Store:
     def close(self) -> None:
         """Release connections and greenlets."""
 
+    def is_local(self, sid: str) -> bool:
+        """Whether this process holds the stream's log itself."""
+        return True
+
     def create(self, sid: str, meta: dict[str, Any]) -> None:
         """Register a new running stream."""
         raise NotImplementedError
