@@ -89,6 +89,26 @@ def error_text(data: Any) -> str | None:
     return str(err)
 
 
+def parse_object(text: str, what: str) -> dict[str, Any]:
+    """One JSON object of a stream (an SSE ``data:`` or an NDJSON line).
+
+    Raises ``UpstreamError`` for text that is not a JSON object and for an
+    in-band ``{"error": ...}``.
+    """
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        raise UpstreamError(f"{what} sent a line that is not JSON: {text[:200]!r}",
+                            code="upstream_bad_response") from None
+    message = error_text(obj)
+    if message is not None:
+        raise UpstreamError(f"{what} reported an error: {message}", code="upstream_error")
+    if not isinstance(obj, dict):
+        raise UpstreamError(f"{what} sent something other than an object: {text[:200]!r}",
+                            code="upstream_bad_response")
+    return obj
+
+
 def iter_chunks(resp: requests.Response, what: str) -> Iterator[bytes]:
     """The body's bytes as they arrive: ``read1`` returns what one read gave,
     so no line waits for a buffer to fill (requests #3577, #5536)."""

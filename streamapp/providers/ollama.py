@@ -8,7 +8,6 @@ Each line has ``message.content``; the last has ``done: true`` with
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import requests
@@ -16,7 +15,7 @@ import requests
 from .. import sse
 from ..errors import UpstreamError
 from ..events import Delta, Done, Event, Opened
-from ._http import error_text, iter_chunks, new_session, post_stream
+from ._http import iter_chunks, new_session, parse_object, post_stream
 from .base import ChatRequest
 
 
@@ -50,17 +49,7 @@ class OllamaProvider:
         for line in lines:
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                raise UpstreamError(f"{self.what} sent a line that is not JSON: {line[:200]!r}",
-                                    code="upstream_bad_response") from None
-            message = error_text(obj)
-            if message is not None:
-                raise UpstreamError(f"{self.what} reported an error: {message}", code="upstream_error")
-            if not isinstance(obj, dict):
-                raise UpstreamError(f"{self.what} sent an unexpected line: {line[:200]!r}",
-                                    code="upstream_bad_response")
+            obj = parse_object(line, self.what)
             text = (obj.get("message") or {}).get("content") or obj.get("response")
             if text:
                 yield Delta(text, index)

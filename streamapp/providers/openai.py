@@ -9,7 +9,6 @@ and no choices.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import requests
@@ -17,7 +16,7 @@ import requests
 from .. import sse
 from ..errors import UpstreamError
 from ..events import Delta, Done, Event, Opened
-from ._http import error_text, iter_chunks, new_session, post_stream
+from ._http import iter_chunks, new_session, parse_object, post_stream
 from .base import ChatRequest
 
 
@@ -66,17 +65,7 @@ class OpenAIProvider:
                 return
             if not event.data:
                 continue
-            try:
-                chunk = json.loads(event.data)
-            except ValueError:
-                raise UpstreamError(f"{self.what} sent a line that is not JSON: {event.data[:200]!r}",
-                                    code="upstream_bad_response") from None
-            message = error_text(chunk)
-            if message is not None:
-                raise UpstreamError(f"{self.what} reported an error: {message}", code="upstream_error")
-            if not isinstance(chunk, dict):
-                raise UpstreamError(f"{self.what} sent an unexpected chunk: {event.data[:200]!r}",
-                                    code="upstream_bad_response")
+            chunk = parse_object(event.data, self.what)
             if chunk.get("usage"):
                 usage = {k: v for k, v in chunk["usage"].items() if isinstance(v, int)}
             for choice in chunk.get("choices") or ():
