@@ -43,7 +43,7 @@ class DemoProvider:
         tokens = tokenize(text)
         yield Opened()
         for index, token in enumerate(tokens):
-            if delay:
+            if delay and index:  # the pace is between tokens; the first comes at once
                 time.sleep(delay)  # gevent-patched in the server: yields to the hub
             yield Delta(token, index)
         prompt = sum(len(tokenize(m["content"])) for m in request.messages)
