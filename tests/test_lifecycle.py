@@ -273,3 +273,23 @@ def test_a_client_that_stops_reading_is_dropped(start_server, tag):
         text = "".join(e.data for e in data_events(again.read_all()))
     assert text == "".join(t * 3000 for t in token_list(300))
     assert info["state"] in ("running", "finished")
+
+
+def test_every_redis_key_has_a_ttl(start_server, redis_url, tag):
+    import redis
+
+    prefix = f"streamapp-test-{tag}"
+    server = start_server(REDIS_URL=redis_url, REDIS_PREFIX=prefix, RESUME_TTL_S=60, RESUME_GRACE_S=0)
+    with SSEClient(f"{server.url}/stream?delay_ms=0") as client:
+        sid = client.headers["X-Stream-Id"]
+        client.read_all()
+    with SSEClient(f"{server.url}/stream?delay_ms=200") as client:  # one left running, then cancelled
+        live = client.headers["X-Stream-Id"]
+        first_deltas(client, 1)
+        requests.post(f"{server.url}/api/streams/{live}/cancel", timeout=5)
+        client.read_all()
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(f"{prefix}:*"))
+    assert any(sid.encode() in k for k in keys) and any(live.encode() in k for k in keys)
+    for key in keys:
+        assert 0 < r.ttl(key) <= 60, key

@@ -85,5 +85,7 @@ class Producer:
             try:
                 if final is not None:
                     self._append(final)
+            except Exception:  # noqa: BLE001 - the store failed; readers here still got the end
+                logger.exception("could not record the end of stream %s", self.sid)
             finally:
                 self._on_exit(self.sid)

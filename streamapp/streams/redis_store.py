@@ -115,6 +115,8 @@ class RedisStore(Store):
         return out
 
     def append(self, sid: str, seq: int, event: Event, final: bool) -> None:
+        # Local readers first: if Redis fails, they still see every event and the end.
+        self.local.append(sid, seq, event, final)
         log, meta = self._key("log", sid), self._key("meta", sid)
         ttl = self.ttl if final else self.running_ttl
         with self.redis.pipeline(transaction=False) as pipe:
@@ -127,7 +129,6 @@ class RedisStore(Store):
                 pipe.expire(self._key("readers", sid), ttl)
                 pipe.expire(self._key("cancel", sid), ttl)
             pipe.execute()
-        self.local.append(sid, seq, event, final)  # after Redis: a local reader never runs ahead
 
     def is_local(self, sid: str) -> bool:
         """Whether this process produces ``sid`` (its log is mirrored here)."""
