@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Opened:
     """The upstream accepted the request (HTTP 200); tokens may follow."""
 
@@ -19,7 +19,7 @@ class Opened:
     kind: str = "open"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delta:
     """A piece of generated text; ``index`` counts deltas from 0."""
 
@@ -28,7 +28,7 @@ class Delta:
     kind: str = "delta"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Done:
     """Generation finished; ``finish_reason`` is the upstream's or ours."""
 
@@ -37,7 +37,7 @@ class Done:
     kind: str = "done"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Failed:
     """Generation failed; ``code`` is one of ``UpstreamError`` codes."""
 

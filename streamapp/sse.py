@@ -31,6 +31,11 @@ def encode(
     retry: int | None = None,
 ) -> bytes:
     """Encode one SSE event (terminated by a blank line) as UTF-8 bytes."""
+    if retry is None and event is None and data is not None and "\n" not in data \
+            and "\r" not in data and (id is None or not _FIELD_JUNK.search(id)):
+        # The common case (a token with an id), without the general path's work.
+        head = "" if id is None else f"id: {id}\n"
+        return f"{head}data: {data}\n\n".encode()
     parts: list[str] = []
     if retry is not None:
         parts.append(f"retry: {int(retry)}\n")

@@ -54,6 +54,7 @@ class SSEEncoder:
 
     content_type = "text/event-stream; charset=utf-8"
     resumable = True
+    coalesce = True  # events read together may share one chunk
 
     def __init__(self, flavor: str, retry_ms: int) -> None:
         self.flavor = flavor
@@ -93,6 +94,7 @@ class TextEncoder:
 
     content_type = "text/plain; charset=utf-8"
     resumable = False
+    coalesce = False  # one chunk per delta
 
     def open(self, sid: str) -> bytes:
         return b""

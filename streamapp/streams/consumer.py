@@ -34,7 +34,7 @@ class Encoder(Protocol):
 
 
 def _watch(sock: Any, reader: Reader) -> None:
-    """Set ``reader.gone`` when the peer closes (EOF or reset) its socket."""
+    """Mark the reader gone when the peer closes (EOF or reset) its socket."""
     while True:
         try:
             data = sock.recv(1, socket.MSG_PEEK)
@@ -45,16 +45,21 @@ def _watch(sock: Any, reader: Reader) -> None:
         if data:
             return  # the client sent more (a pipelined request): not a departure
         reader.gone = True
-        reader.interrupt.set()
+        reader.wake.set()
         reader.close()  # detach now, so a zero grace stops the upstream at once
         return
 
 
 def consume(manager: StreamManager, sid: str, after: int, encoder: Encoder, *,
             heartbeat: float, write_timeout: float, sock: Any = None) -> Iterator[bytes]:
-    """Yield the encoded events of ``sid`` after ``after`` until the stream ends."""
+    """Yield the encoded events of ``sid`` after ``after`` until the stream ends.
+
+    Events found together are written together (one chunk) when the encoder
+    allows it, so a reader that fell behind catches up in few writes.
+    """
     reader = manager.attach(sid)
-    store = manager.store
+    store, wake, stopping = manager.store, reader.wake, manager.stopping
+    coalesce = getattr(encoder, "coalesce", False)
     watcher = None
     old_timeout = None
     if sock is not None:
@@ -70,18 +75,28 @@ def consume(manager: StreamManager, sid: str, after: int, encoder: Encoder, *,
         last_write = time.monotonic()
         first = True
         cursor = after
-        while not reader.interrupt.is_set():
+        while not reader.gone and not stopping.is_set():
+            wake.clear()  # before reading: an append after this point sets it again
             batch = store.read(sid, cursor)
             if batch:
+                parts = []
+                ended = False
                 for seq, event in batch:
                     cursor = seq
                     chunk = encoder.event(sid, seq, event, first)
                     first = False
                     if chunk:
-                        yield chunk
-                        last_write = time.monotonic()
+                        parts.append(chunk)
                     if is_terminal(event):
-                        return
+                        ended = True
+                        break
+                if coalesce:
+                    parts = [b"".join(parts)]
+                for chunk in parts:
+                    yield chunk
+                last_write = time.monotonic()
+                if ended:
+                    return
                 continue
             now = time.monotonic()
             if now - last_write >= heartbeat:
@@ -95,7 +110,7 @@ def consume(manager: StreamManager, sid: str, after: int, encoder: Encoder, *,
                 checked_at = now
                 if store.meta(sid) is None:
                     return  # expired, or its producer's host died: nothing more will come
-            store.wait(sid, cursor, max(0.0, heartbeat - (now - last_write)), reader.interrupt)
+            store.wait(sid, cursor, max(0.0, heartbeat - (now - last_write)), wake)
     finally:
         if watcher is not None:
             watcher.kill(block=True, timeout=1)  # before the server reads the socket again

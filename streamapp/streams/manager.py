@@ -30,11 +30,12 @@ class Reader:
     def __init__(self, manager: StreamManager, sid: str) -> None:
         self.manager, self.sid = manager, sid
         self.id = secrets.token_hex(6)
-        self.interrupt = gevent.event.Event()  # set: client gone or shutting down
+        self.wake = gevent.event.Event()  # set: new events, client gone, or shutting down
         self.gone = False
         self.closed = False
         self.attached_at = time.monotonic()
         manager.store.attach(sid, self.id)
+        manager.store.watch(sid, self.wake)
         manager._readers.add(self)
 
     def refresh(self) -> None:
@@ -48,6 +49,7 @@ class Reader:
             return
         self.closed = True
         self.manager._readers.discard(self)
+        self.manager.store.unwatch(self.sid, self.wake)
         if self.manager.stopping.is_set():
             # Leaving only so the client resumes elsewhere: not a departure.
             self.manager.store.detach_quietly(self.sid, self.id)
@@ -141,28 +143,33 @@ class StreamManager:
         ``header_wait`` has passed since the upstream accepted the request,
         or ``None`` after ``limit`` seconds.
         """
-        never = gevent.event.Event()
+        wake = gevent.event.Event()
         deadline = time.monotonic() + limit
         opened_at: float | None = None
-        while True:
-            events = self.store.read(sid, 0)
-            for _, event in events:
-                if not isinstance(event, Opened):
-                    return event
-            now = time.monotonic()
-            if events and opened_at is None:
-                opened_at = now
-                deadline = min(deadline, now + header_wait)
-            if now >= deadline:
-                return events[0][1] if events else None
-            self.store.wait(sid, len(events), deadline - now, never)
+        self.store.watch(sid, wake)
+        try:
+            while True:
+                wake.clear()
+                events = self.store.read(sid, 0)
+                for _, event in events:
+                    if not isinstance(event, Opened):
+                        return event
+                now = time.monotonic()
+                if events and opened_at is None:
+                    opened_at = now
+                    deadline = min(deadline, now + header_wait)
+                if now >= deadline:
+                    return events[0][1] if events else None
+                self.store.wait(sid, len(events), deadline - now, wake)
+        finally:
+            self.store.unwatch(sid, wake)
 
     # -- shutdown ----------------------------------------------------------
     def begin_shutdown(self) -> None:
         """Wake every reader so it ends cleanly and its client resumes elsewhere."""
         self.stopping.set()
         for reader in list(self._readers):
-            reader.interrupt.set()
+            reader.wake.set()
 
     def drain(self, timeout: float) -> None:
         """Let running producers finish for up to ``timeout``, then stop them."""

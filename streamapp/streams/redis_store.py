@@ -141,14 +141,19 @@ class RedisStore(Store):
         return [(int(eid.split(b"-")[1]), from_dict(json.loads(fields[b"e"])))
                 for eid, fields in entries]
 
-    def wait(self, sid: str, after: int, timeout: float,
-             interrupt: gevent.event.Event) -> None:
+    def watch(self, sid: str, wake: gevent.event.Event) -> None:
+        self.local.watch(sid, wake)  # only streams produced here; others wait in XREAD
+
+    def unwatch(self, sid: str, wake: gevent.event.Event) -> None:
+        self.local.unwatch(sid, wake)
+
+    def wait(self, sid: str, after: int, timeout: float, wake: gevent.event.Event) -> None:
         if self.is_local(sid):
-            self.local.wait(sid, after, timeout, interrupt)
+            self.local.wait(sid, after, timeout, wake)
             return
-        # XREAD blocks in Redis; keep each block short so an interrupt is seen soon.
+        # XREAD blocks in Redis; keep each block short so a wake-up is seen soon.
         block = max(1, int(min(timeout, 1.0) * 1000))
-        if not interrupt.is_set():
+        if not wake.is_set():
             self.redis.xread({self._key("log", sid): f"0-{after}"}, count=1, block=block)
 
     def attach(self, sid: str, reader: str) -> None:

@@ -55,10 +55,15 @@ class Store:
         """Events with a sequence number above ``after``, in order."""
         raise NotImplementedError
 
-    def wait(self, sid: str, after: int, timeout: float,
-             interrupt: gevent.event.Event) -> None:
-        """Block until an event above ``after`` may exist, ``interrupt`` is
-        set, or ``timeout`` passes."""
+    def watch(self, sid: str, wake: gevent.event.Event) -> None:
+        """Set ``wake`` whenever this process may find new events of ``sid``."""
+
+    def unwatch(self, sid: str, wake: gevent.event.Event) -> None:
+        """Undo :meth:`watch`."""
+
+    def wait(self, sid: str, after: int, timeout: float, wake: gevent.event.Event) -> None:
+        """Block until an event above ``after`` may exist, ``wake`` (a watched
+        event, cleared by the caller before it last read) is set, or ``timeout``."""
         raise NotImplementedError
 
     def attach(self, sid: str, reader: str) -> None:
@@ -93,7 +98,7 @@ class _Log:
     readers: set[str] = field(default_factory=set)
     finished_at: float | None = None
     cancel: bool = False
-    changed: gevent.event.Event = field(default_factory=gevent.event.Event)
+    watchers: set[gevent.event.Event] = field(default_factory=set)
 
 
 class MemoryStore(Store):
@@ -137,8 +142,8 @@ class MemoryStore(Store):
         if final:
             log.finished_at = time.monotonic()
             log.meta["state"] = "finished"
-        log.changed.set()
-        log.changed = gevent.event.Event()  # waiters of the next event wait on a fresh one
+        for wake in log.watchers:
+            wake.set()
 
     def read(self, sid: str, after: int) -> list[tuple[int, Event]]:
         log = self._get(sid)
@@ -146,11 +151,20 @@ class MemoryStore(Store):
             return []
         return list(enumerate(log.events[after:], start=after + 1))
 
-    def wait(self, sid: str, after: int, timeout: float,
-             interrupt: gevent.event.Event) -> None:
+    def watch(self, sid: str, wake: gevent.event.Event) -> None:
+        log = self._get(sid)
+        if log is not None:
+            log.watchers.add(wake)
+
+    def unwatch(self, sid: str, wake: gevent.event.Event) -> None:
+        log = self._logs.get(sid)
+        if log is not None:
+            log.watchers.discard(wake)
+
+    def wait(self, sid: str, after: int, timeout: float, wake: gevent.event.Event) -> None:
         log = self._get(sid)
         if log is not None and len(log.events) <= after:
-            gevent.wait([log.changed, interrupt], timeout=timeout, count=1)
+            wake.wait(timeout)
 
     def attach(self, sid: str, reader: str) -> None:
         log = self._get(sid)
