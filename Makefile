@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-latency clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -25,3 +25,9 @@ lint: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+bench: $(VENV)/.installed-dev  ## run the benchmarks (about 6 minutes); results in bench/results/
+	$(PY) bench/run.py
+
+bench-latency: $(VENV)/.installed-dev  ## 50 tries of disconnect and cancel latency
+	$(PY) bench/latency.py --tries 50 --store both
