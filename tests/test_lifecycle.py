@@ -62,13 +62,20 @@ def first_deltas(client: SSEClient, n: int) -> list:
     raise AssertionError(f"stream ended after {len(got)} deltas")
 
 
-def test_disconnect_with_zero_grace_closes_a_silent_upstream_within_1s(zero_grace, fake_upstream, tag):
-    model = q(f"silence?at=1&silence_s=10&tag={tag}")
-    client = SSEClient(f"{zero_grace.url}/ai-stream?prompt=hi&model={model}")
-    first_deltas(client, 1)
-    left = time.monotonic()
-    client.close()
-    assert closed_at(fake_upstream, tag) - left < 1.0
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_disconnect_with_zero_grace_closes_a_silent_upstream_within_1s(
+        store, zero_grace, start_server, redis_url, fake_upstream, tag):
+    server = zero_grace
+    if store == "redis":
+        server = _cached_server(start_server, "redis-zero-grace", dict(
+            REDIS_URL=redis_url, REDIS_PREFIX=f"streamapp-test-{tag}", RESUME_GRACE_S=0))
+    for attempt in range(5):  # a race would show in some tries, not all
+        model = q(f"silence?at=1&silence_s=10&tag={tag}-{attempt}")
+        client = SSEClient(f"{server.url}/ai-stream?prompt=hi&model={model}")
+        first_deltas(client, 1)
+        left = time.monotonic()
+        client.close()
+        assert closed_at(fake_upstream, f"{tag}-{attempt}") - left < 1.0
 
 
 def test_reconnect_inside_grace_completes_and_keeps_the_upstream(with_grace, fake_upstream, tag):

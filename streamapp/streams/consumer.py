@@ -113,7 +113,10 @@ def consume(manager: StreamManager, sid: str, after: int, encoder: Encoder, *,
             store.wait(sid, cursor, max(0.0, heartbeat - (now - last_write)), wake)
     finally:
         if watcher is not None:
-            watcher.kill(block=True, timeout=1)  # before the server reads the socket again
+            if reader.gone:
+                watcher.join(timeout=5)  # it is detaching the reader: let it finish
+            # Never leave it reading the socket the server reads next.
+            watcher.kill(block=True, timeout=1)
         if sock is not None:
             try:
                 sock.settimeout(old_timeout)
