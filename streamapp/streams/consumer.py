@@ -3,7 +3,7 @@
 It is the body of an HTTP response. It writes one byte-carrying comment right
 away, every event after the cursor exactly once and in order, a heartbeat when
 nothing was written for ``heartbeat`` seconds, and stops at the stream's last
-event. A watcher greenlet notices a client that went away even while nothing is
+event. An I/O watcher notices a client that went away even while nothing is
 being written (a silent upstream): a write is not needed to detect it, and an
 empty chunk writes nothing (flask #4385). A client that stops reading is
 dropped after ``write_timeout`` by the socket's own timeout.
@@ -33,21 +33,41 @@ class Encoder(Protocol):
     def event(self, sid: str, seq: int, event: Event, first: bool) -> bytes: ...
 
 
-def _watch(sock: Any, reader: Reader) -> None:
-    """Mark the reader gone when the peer closes (EOF or reset) its socket."""
-    while True:
+class _DepartureWatch:
+    """Marks a reader gone when its client closes the socket (EOF or reset).
+
+    A libev I/O watcher, not a greenlet: the check runs only when the socket
+    turns readable, and an idle stream costs no greenlet stack.
+    """
+
+    def __init__(self, sock: Any, reader: Reader) -> None:
+        self.sock, self.reader = sock, reader
+        self.detaching: gevent.Greenlet | None = None
+        self.io = gevent.get_hub().loop.io(sock.fileno(), 1)  # 1: readable
+        self.io.start(self._readable)
+
+    def _readable(self) -> None:
+        # Runs in the hub: no blocking here, so peek without waiting.
         try:
-            data = sock.recv(1, socket.MSG_PEEK)
-        except TimeoutError:
-            continue
+            data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return  # a spurious wake-up
         except OSError:
             data = b""
+        self.stop()
         if data:
             return  # the client sent more (a pipelined request): not a departure
-        reader.gone = True
-        reader.wake.set()
-        reader.close()  # detach now, so a zero grace stops the upstream at once
-        return
+        self.reader.gone = True
+        self.reader.wake.set()
+        # Detach at once (a zero grace stops the upstream now); it may talk to Redis.
+        self.detaching = gevent.spawn(self.reader.close)
+
+    def stop(self) -> None:
+        """Stop watching (idempotent)."""
+        if self.io is not None:
+            self.io.stop()
+            self.io.close()
+            self.io = None
 
 
 def consume(manager: StreamManager, sid: str, after: int, encoder: Encoder, *,
@@ -65,7 +85,7 @@ def consume(manager: StreamManager, sid: str, after: int, encoder: Encoder, *,
     if sock is not None:
         old_timeout = sock.gettimeout()
         sock.settimeout(write_timeout)  # a write that makes no progress this long fails
-        watcher = gevent.spawn(_watch, sock, reader)
+        watcher = _DepartureWatch(sock, reader)
     lease_every = store_lease(manager) / 3
     checked_at = time.monotonic()
     try:
@@ -113,10 +133,9 @@ def consume(manager: StreamManager, sid: str, after: int, encoder: Encoder, *,
             store.wait(sid, cursor, max(0.0, heartbeat - (now - last_write)), wake)
     finally:
         if watcher is not None:
-            if reader.gone:
-                watcher.join(timeout=5)  # it is detaching the reader: let it finish
-            # Never leave it reading the socket the server reads next.
-            watcher.kill(block=True, timeout=1)
+            watcher.stop()  # never leave it watching the socket the server reads next
+            if watcher.detaching is not None:
+                watcher.detaching.join(timeout=5)
         if sock is not None:
             try:
                 sock.settimeout(old_timeout)
