@@ -8,6 +8,7 @@ so a failure mid-stream is mapped the same way as one before it.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,10 +21,17 @@ from ..errors import UpstreamError
 READ_SIZE = 65536
 
 
-def new_session(pool_size: int = 100) -> requests.Session:
-    """A session with a connection pool big enough for many parallel streams."""
+def new_session(base_url: str, pool_size: int = 10000) -> requests.Session:
+    """A session for one upstream, with a pool as large as the streams a worker holds.
+
+    The environment (proxies, CA bundle) is read once here rather than on every
+    request, which ``trust_env`` would do (a stat of ``~/.netrc`` included).
+    """
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.trust_env = False
+    session.proxies = requests.utils.get_environ_proxies(base_url)
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

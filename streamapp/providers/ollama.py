@@ -30,7 +30,7 @@ class OllamaProvider:
         self.url = f"{host.rstrip('/')}/api/chat"
         self.default_model = default_model
         self.timeouts = timeouts
-        self.session = session or new_session()
+        self.session = session or new_session(self.url)
 
     def stream(self, request: ChatRequest) -> Iterator[Event]:
         """Yield ``Opened``, ``Delta``s, ``Done``; raise ``UpstreamError``."""

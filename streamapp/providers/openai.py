@@ -32,7 +32,7 @@ class OpenAIProvider:
         self.api_key = api_key
         self.default_model = default_model
         self.timeouts = timeouts
-        self.session = session or new_session()
+        self.session = session or new_session(self.url)
 
     def stream(self, request: ChatRequest) -> Iterator[Event]:
         """Yield ``Opened``, ``Delta``s, ``Done``; raise ``UpstreamError``."""
