@@ -7,7 +7,7 @@ them out. ``to_dict``/``from_dict`` give the compact form the Redis store keeps.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -58,7 +58,7 @@ def is_terminal(event: Event) -> bool:
 
 def to_dict(event: Event) -> dict[str, Any]:
     """Serialise an event (``kind`` included) for a store."""
-    return asdict(event)
+    return {name: getattr(event, name) for name in event.__slots__}
 
 
 def from_dict(data: dict[str, Any]) -> Event:

@@ -296,6 +296,9 @@ def test_every_redis_key_has_a_ttl(start_server, redis_url, tag):
         requests.post(f"{server.url}/api/streams/{live}/cancel", timeout=5)
         client.read_all()
     r = redis.Redis.from_url(redis_url)
+    for stream in (sid, live):  # Redis is written just behind the local readers
+        wait_until(lambda s=stream: r.hget(f"{prefix}:meta:{s}", "state") == b'"finished"', 5,
+                   f"stream {stream} to be recorded as finished")
     keys = list(r.scan_iter(f"{prefix}:*"))
     assert any(sid.encode() in k for k in keys) and any(live.encode() in k for k in keys)
     for key in keys:

@@ -49,6 +49,10 @@ class RedisStore(Store):
         self._listener: gevent.Greenlet | None = None
         self._owner = ""
         self.local = MemoryStore(ttl)  # mirrors of the logs this process produces
+        self._pending: list[tuple[str, int, str, bool]] = []
+        self._kick = gevent.event.Event()
+        self._flushed = gevent.event.Event()
+        self._writer: gevent.Greenlet | None = None
 
     def _key(self, kind: str, sid: str) -> str:
         return f"{self.prefix}:{kind}:{sid}"
@@ -57,10 +61,13 @@ class RedisStore(Store):
     def start(self, owner: str) -> None:
         self._owner = owner
         self._listener = gevent.spawn(self._listen)
+        self._writer = gevent.spawn(self._write_loop)
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.kill(block=False)
+        self.flush()
+        for greenlet in (self._listener, self._writer):
+            if greenlet is not None:
+                greenlet.kill(block=False)
         self.redis.connection_pool.disconnect()
 
     def _listen(self) -> None:
@@ -115,20 +122,53 @@ class RedisStore(Store):
         return out
 
     def append(self, sid: str, seq: int, event: Event, final: bool) -> None:
-        # Local readers first: if Redis fails, they still see every event and the end.
+        # Local readers see the event now; Redis gets it from the writer greenlet,
+        # which sends everything appended meanwhile in one pipeline (group commit).
         self.local.append(sid, seq, event, final)
-        log, meta = self._key("log", sid), self._key("meta", sid)
-        ttl = self.ttl if final else self.running_ttl
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(log, {"e": json.dumps(to_dict(event), ensure_ascii=False)}, id=f"0-{seq}")
-            pipe.expire(log, ttl)
-            if final or seq == 1:
-                if final:
-                    pipe.hset(meta, "state", json.dumps("finished"))
-                pipe.expire(meta, ttl)
-                pipe.expire(self._key("readers", sid), ttl)
-                pipe.expire(self._key("cancel", sid), ttl)
-            pipe.execute()
+        self._pending.append((sid, seq, json.dumps(to_dict(event), ensure_ascii=False), final))
+        self._kick.set()
+
+    def _write_loop(self) -> None:
+        """Send pending appends to Redis, batch after batch, in order."""
+        while True:
+            self._kick.wait()
+            self._kick.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                self._write(batch)
+                self._flushed.set()
+
+    def _write(self, batch: list[tuple[str, int, str, bool]]) -> None:
+        for attempt in range(5):
+            try:
+                with self.redis.pipeline(transaction=False) as pipe:
+                    touched: dict[str, bool] = {}
+                    for sid, seq, data, final in batch:
+                        pipe.xadd(self._key("log", sid), {"e": data}, id=f"0-{seq}")
+                        if final or seq == 1:
+                            touched[sid] = final
+                        else:
+                            touched.setdefault(sid, False)
+                    for sid, final in touched.items():
+                        ttl = self.ttl if final else self.running_ttl
+                        pipe.expire(self._key("log", sid), ttl)
+                        if final:
+                            pipe.hset(self._key("meta", sid), "state", json.dumps("finished"))
+                            for kind in ("meta", "readers", "cancel"):
+                                pipe.expire(self._key(kind, sid), ttl)
+                    pipe.execute(raise_on_error=False)
+                return
+            except redis.RedisError as exc:
+                logger.warning("writing %d events to Redis failed (%s), try %d", len(batch), exc, attempt + 1)
+                gevent.sleep(0.1 * 2 ** attempt)
+        logger.error("dropped %d events that Redis would not take; remote readers miss them", len(batch))
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything appended so far is in Redis."""
+        deadline = time.monotonic() + timeout
+        while (self._pending or self._kick.is_set()) and time.monotonic() < deadline:
+            self._flushed.clear()
+            self._flushed.wait(max(0.0, deadline - time.monotonic()))
 
     def is_local(self, sid: str) -> bool:
         """Whether this process produces ``sid`` (its log is mirrored here)."""
