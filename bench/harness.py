@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
+FAKE_UPSTREAM = ROOT / "tests" / "fake_upstream.py"  # the one the test suite uses too
 VENV_BIN = ROOT / ".venv" / "bin"
 PY = str(VENV_BIN / "python")
 GUNICORN = str(VENV_BIN / "gunicorn")
@@ -198,7 +199,7 @@ def clean_env() -> dict[str, str]:
 
 def start_upstream(logdir: Path, name: str = "upstream") -> Proc:
     port = free_port()
-    proc = Proc(name, [PY, str(BENCH / "fake_upstream.py"), "--port", str(port)], clean_env(), logdir)
+    proc = Proc(name, [PY, str(FAKE_UPSTREAM), "--port", str(port)], clean_env(), logdir)
     proc.port, proc.url = port, f"http://127.0.0.1:{port}"
     proc.wait_http("/_health", 20)
     return proc

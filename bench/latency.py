@@ -6,7 +6,7 @@
     (``finish_reason: "cancelled"``) and the upstream connection is closed.
 
 Times come from ``time.monotonic()`` in this process and in the fake upstream
-(``bench/fake_upstream.py``, which records when its peer closed), one clock on Linux.
+(``tests/fake_upstream.py``, which records when its peer closed), one clock on Linux.
 
     .venv/bin/python bench/latency.py [--tries 50] [--store memory|redis|both]
 """

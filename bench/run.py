@@ -6,7 +6,7 @@ Usage (from the repository root)::
     .venv/bin/python bench/run.py --quick    # smoke run with small sizes, results in a temp dir
     .venv/bin/python bench/run.py --workloads w2,w5 --rounds 4 --w3-streams 500
 
-Targets, all on one fake upstream (``bench/fake_upstream.py``) started per workload:
+Targets, all on one fake upstream (``tests/fake_upstream.py``) started per workload:
 
 - A  streamapp under gunicorn + gevent with the production ``conf/gunicorn.conf.py``
      (``GET /ai-stream``); ``A-redis`` is the same with the Redis store (w2 only)

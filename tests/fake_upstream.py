@@ -1,27 +1,36 @@
 """A fake LLM upstream speaking the exact OpenAI SSE and Ollama NDJSON wire formats.
 
-Run it as a process: ``python tests/fake_upstream.py --port N``. It is a gevent
+Run it as a process: ``python tests/fake_upstream.py --port N`` (prints ``listening N``).
+The pytest suite and the benchmark (``bench/``) both use it. It is a gevent
 ``StreamServer`` writing raw HTTP/1.1, so tests control every byte and every
-network chunk. The request's ``model`` picks the behaviour, as a query string:
-``"<mode>?tokens=5&delay_ms=10&tag=abc"``. Modes:
+network chunk: one HTTP chunk per event, ``Connection: close``. The request's
+``model`` picks the behaviour, as a query string: ``"<mode>?tokens=5&delay_ms=10&tag=abc"``.
+Modes:
 
 - ``normal``      tokens (each repeated ``repeat`` times), then the proper end
                   (``[DONE]`` / ``done: true``)
 - ``slow``        the same with ``delay_ms`` between tokens (default 200)
-- ``hang``        accept the request and never answer (a read timeout)
+- ``hang``        accept the request and never answer (a read timeout), for
+                  ``silence_s`` (default 60)
 - ``reset``       close the connection before any response byte
 - ``status``      answer ``status`` (default 429) with the upstream's JSON error body
 - ``inband``      200, ``at`` tokens (default 0), then an in-band ``{"error": ...}``
-- ``malformed``   200, one token, then a line that is not JSON
+- ``malformed``   200, ``at`` tokens (default 0), then a line that is not JSON
 - ``drop``        200, ``at`` tokens (default 2), then close mid-stream (no end)
 - ``split``       200, the text "héllo 你好 wörld", each multi-byte character
                   cut in two across network chunks (and CRLF line ends for SSE)
 - ``silence``     ``at`` tokens (default 1), then silent for ``silence_s`` (default
                   5) watching for the peer to close, then the rest
 
-Every connection is recorded; ``GET /_log?tag=T`` returns the records with that
-tag: ``{"opened", "closed_by_peer", "finished", "sent"}`` (``time.monotonic()``
-seconds, comparable across processes on Linux).
+It is cheap enough for thousands of connections: token frames are encoded once,
+a pause is one ``gevent.sleep``, and a peer that closes is noticed by one greenlet
+per connection blocked in ``recv`` (no polling), or else by a write that fails.
+
+Every connection is recorded: ``GET /_log?tag=T`` returns the list of records with
+that tag, ``GET /_log?prefix=P`` returns ``{tag: records}`` for every tag starting
+with ``P``. A record has ``opened``, ``closed_by_peer``, ``finished`` (``time.monotonic()``
+seconds, comparable across processes on Linux), ``sent`` (token events written) and
+what the request carried (``messages``, ``stream``, ``stream_options``, ``authorization``).
 """
 
 from __future__ import annotations
@@ -41,56 +50,14 @@ import gevent  # noqa: E402
 from gevent.server import StreamServer  # noqa: E402
 
 TOKENS = ["Hello", ",", " world", "!", " 你好", "，", "世界", "。", " Streaming", " works", "."]
-RECORDS: list[dict] = []
+APIS = {"/v1/chat/completions": "openai", "/api/chat": "ollama", "/api/generate": "generate"}
+MAX_RECORDS = 200_000
+LOG: dict[str, list[dict]] = {}
+COUNT = [0]
 
 
 def token_list(n: int) -> list[str]:
     return [TOKENS[i % len(TOKENS)] for i in range(n)]
-
-
-class PeerGone(Exception):
-    pass
-
-
-class Conn:
-    def __init__(self, sock: socket.socket, record: dict) -> None:
-        self.sock, self.record = sock, record
-
-    def send(self, data: bytes) -> None:
-        try:
-            self.sock.sendall(data)
-        except OSError as exc:
-            self.record.setdefault("closed_by_peer", time.monotonic())
-            raise PeerGone from exc
-        self.record["sent"] += 1
-
-    def head(self, status: int, ctype: str, reason: str = "OK", length: int | None = None) -> None:
-        lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}", "Connection: close"]
-        lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
-        self.send(("\r\n".join(lines) + "\r\n\r\n").encode())
-
-    def chunk(self, data: bytes) -> None:
-        self.send(b"%x\r\n%s\r\n" % (len(data), data))
-
-    def end(self) -> None:
-        self.send(b"0\r\n\r\n")
-
-    def idle(self, seconds: float) -> None:
-        """Stay silent, noticing when the peer closes its end."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                gevent.socket.wait_read(self.sock.fileno(), timeout=min(left, 0.01))
-            except gevent.socket.timeout:
-                continue
-            try:
-                data = self.sock.recv(1, socket.MSG_PEEK)
-            except OSError:
-                data = b""
-            if not data:
-                self.record["closed_by_peer"] = time.monotonic()
-                raise PeerGone
-            gevent.sleep(0.01)
 
 
 def openai_chunk(text: str | None, finish: str | None = None, usage: dict | None = None) -> bytes:
@@ -115,80 +82,139 @@ def ollama_line(text: str, done: bool = False, generate: bool = False) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
 
 
-def serve(conn: Conn, api: str, mode: str, p: dict) -> None:
-    sse = api == "openai"
-    ctype = "text/event-stream" if sse else "application/x-ndjson"
-    tokens = [t * int(p.get("repeat", 1)) for t in token_list(int(p.get("tokens", 5)))]
+def token_event(api: str, text: str) -> bytes:
+    return openai_chunk(text) if api == "openai" else ollama_line(text, generate=api == "generate")
+
+
+def http_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def head(status: int, ctype: str, reason: str = "OK", length: int | None = None) -> bytes:
+    lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}", "Connection: close"]
+    lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _error_line(api: str, data: dict | str) -> bytes:
+    line = json.dumps(data).encode()
+    return b"data: " + line + b"\n\n" if api == "openai" else line + b"\n"
+
+
+END = b"0\r\n\r\n"
+# Everything that does not depend on the request, encoded once per API.
+HEAD = {api: head(200, "text/event-stream" if api == "openai" else "application/x-ndjson")
+        + (http_chunk(b": fake upstream comment\n\n") if api == "openai" else b"")
+        for api in APIS.values()}
+TOKEN_FRAMES = {api: [http_chunk(token_event(api, t)) for t in TOKENS] for api in APIS.values()}
+OPENAI_STOP = http_chunk(openai_chunk(None, "stop"))
+OPENAI_DONE = http_chunk(b"data: [DONE]\n\n") + END
+OLLAMA_END = {api: http_chunk(ollama_line("", done=True, generate=api == "generate")) + END
+              for api in ("ollama", "generate")}
+INBAND = {api: http_chunk(_error_line(api, {"error": {
+    "message": "The server had an error while processing your request.", "type": "server_error",
+    "param": None, "code": None}} if api == "openai" else {
+    "error": "an error was encountered while running the model"})) + END for api in APIS.values()}
+MALFORMED = {api: http_chunk(b"data: {not json\n\n" if api == "openai" else b"{not json\n") + END
+             for api in APIS.values()}
+STATUS_BODY = {api: json.dumps({"error": {"message": "Rate limit reached for fake-model",
+                                          "type": "rate_limit_error", "param": None,
+                                          "code": "rate_limit_exceeded"}} if api == "openai"
+                               else {"error": 'model "fake" not found, try pulling it first'}).encode()
+               for api in APIS.values()}
+
+
+def end_frames(api: str, n: int) -> bytes:
+    """The proper end of a stream of ``n`` tokens, up to the last HTTP chunk."""
+    if api != "openai":
+        return OLLAMA_END[api]
+    usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
+    return OPENAI_STOP + http_chunk(openai_chunk(None, usage=usage)) + OPENAI_DONE
+
+
+class PeerGone(Exception):
+    pass
+
+
+def new_record(tag: str, **fields: object) -> dict:
+    if COUNT[0] >= MAX_RECORDS:  # bounded: forget the oldest tags
+        for old in list(LOG)[: max(1, len(LOG) // 2)]:
+            COUNT[0] -= len(LOG.pop(old))
+    record = {"tag": tag, **fields, "opened": time.monotonic(), "closed_by_peer": None,
+              "finished": None, "sent": 0}
+    LOG.setdefault(tag, []).append(record)
+    COUNT[0] += 1
+    return record
+
+
+def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict) -> None:
+    n = int(p.get("tokens", 5))
+    repeat = int(p.get("repeat", 1))
     delay = float(p.get("delay_ms", 200 if mode == "slow" else 0)) / 1000
-    at = int(p.get("at", {"inband": 0, "drop": 2, "silence": 1}.get(mode, 0)))
-
-    def token(text: str) -> bytes:
-        return openai_chunk(text) if sse else ollama_line(text, generate=api == "generate")
-
-    def finish() -> None:
-        if sse:
-            conn.chunk(openai_chunk(None, "stop"))
-            conn.chunk(openai_chunk(None, usage={"prompt_tokens": 7, "completion_tokens": len(tokens),
-                                                 "total_tokens": 7 + len(tokens)}))
-            conn.chunk(b"data: [DONE]\n\n")
-        else:
-            conn.chunk(ollama_line("", done=True, generate=api == "generate"))
-        conn.end()
+    at = int(p.get("at", {"inband": 0, "malformed": 0, "drop": 2, "silence": 1}.get(mode, -1)))
 
     if mode == "hang":
-        conn.idle(float(p.get("silence_s", 60)))
+        gevent.sleep(float(p.get("silence_s", 60)))
         return
     if mode == "reset":
         return
     if mode == "status":
-        status = int(p.get("status", 429))
-        if sse:
-            body = {"error": {"message": "Rate limit reached for fake-model", "type": "rate_limit_error",
-                              "param": None, "code": "rate_limit_exceeded"}}
-        else:
-            body = {"error": 'model "fake" not found, try pulling it first'}
-        data = json.dumps(body).encode()
-        conn.head(status, "application/json", reason="Error", length=len(data))
-        conn.send(data)
+        body = STATUS_BODY[api]
+        sock.sendall(head(int(p.get("status", 429)), "application/json", "Error", len(body)) + body)
         return
-    conn.head(200, ctype)
-    if sse:
-        conn.chunk(b": fake upstream comment\n\n")
+    sock.sendall(HEAD[api])
     if mode == "split":
-        text = ["h\u00e9llo", " \u4f60\u597d", " w\u00f6rld"]
-        for piece in text:
-            frame = token(piece)
-            if sse:
+        for piece in ["h\u00e9llo", " \u4f60\u597d", " w\u00f6rld"]:
+            frame = token_event(api, piece)
+            if api == "openai":
                 frame = frame.replace(b"\n", b"\r\n")
             cut = next(i for i in range(len(frame)) if frame[i] >= 0x80) + 1  # inside a character
-            conn.chunk(frame[:cut])
+            sock.sendall(http_chunk(frame[:cut]))
             gevent.sleep(0.05)
-            conn.chunk(frame[cut:])
+            sock.sendall(http_chunk(frame[cut:]))
             gevent.sleep(0.02)
-        finish()
+        sock.sendall(end_frames(api, n))
         return
-    for i, text in enumerate(tokens):
+    frames = TOKEN_FRAMES[api] if repeat == 1 else [http_chunk(token_event(api, t * repeat)) for t in TOKENS]
+    for i in range(n):
         if i == at:
             if mode == "inband":
-                err = {"error": {"message": "The server had an error while processing your request.",
-                                 "type": "server_error", "param": None, "code": None}} if sse \
-                    else {"error": "an error was encountered while running the model"}
-                line = json.dumps(err).encode()
-                conn.chunk(b"data: " + line + b"\n\n" if sse else line + b"\n")
-                conn.end()
+                sock.sendall(INBAND[api])
                 return
             if mode == "malformed":
-                conn.chunk(b"data: {not json\n\n" if sse else b"{not json\n")
-                conn.end()
+                sock.sendall(MALFORMED[api])
                 return
             if mode == "drop":
                 return
             if mode == "silence":
-                conn.idle(float(p.get("silence_s", 5)))
+                gevent.sleep(float(p.get("silence_s", 5)))
         if delay and i:
-            conn.idle(delay)
-        conn.chunk(token(text))
-    finish()
+            gevent.sleep(delay)
+        sock.sendall(frames[i % len(TOKENS)])
+        record["sent"] += 1
+    sock.sendall(end_frames(api, n))
+
+
+def watch(sock: socket.socket, record: dict, writer: gevent.Greenlet) -> None:
+    """Block in recv (no polling) until the peer closes, then stop the writer."""
+    try:
+        while sock.recv(4096):  # nothing more is expected from the client: drop it
+            pass
+    except OSError:
+        pass
+    if record["finished"] is None:  # not our own close racing this recv
+        record["closed_by_peer"] = time.monotonic()
+        writer.kill(PeerGone, block=False)
+
+
+def answer_log(sock: socket.socket, query: str) -> None:
+    q = parse_qs(query)
+    if "prefix" in q:  # {tag: records} for every tag starting with prefix
+        prefix = q["prefix"][0]
+        out = json.dumps({t: r for t, r in LOG.items() if t.startswith(prefix)}).encode()
+    else:
+        out = json.dumps(LOG.get(q.get("tag", [""])[0], [])).encode()
+    sock.sendall(head(200, "application/json", length=len(out)) + out)
 
 
 def handle(sock: socket.socket, addr) -> None:
@@ -199,8 +225,8 @@ def handle(sock: socket.socket, addr) -> None:
             if not more:
                 return
             data += more
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
+        header, _, body = data.partition(b"\r\n\r\n")
+        lines = header.decode("latin-1").split("\r\n")
         method, target, _ = lines[0].split(" ", 2)
         headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
         length = int(headers.get("content-length", 0))
@@ -211,33 +237,31 @@ def handle(sock: socket.socket, addr) -> None:
             body += more
         url = urlsplit(target)
         if method == "GET" and url.path in ("/_log", "/_health"):
-            tag = parse_qs(url.query).get("tag", [""])[0]
-            out = json.dumps([r for r in RECORDS if r["tag"] == tag]).encode()
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(out), out))
+            answer_log(sock, url.query)
             return
-        apis = {"/v1/chat/completions": "openai", "/api/chat": "ollama", "/api/generate": "generate"}
-        api = apis.get(url.path)
+        api = APIS.get(url.path)
         if method != "POST" or api is None:
             sock.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             return
         request = json.loads(body)
         mode, _, query = str(request.get("model", "normal")).partition("?")
         params = {k: v[0] for k, v in parse_qs(query).items()}
-        record = {"tag": params.get("tag", ""), "mode": mode, "api": api, "opened": time.monotonic(),
-                  "closed_by_peer": None, "finished": None, "sent": 0,
-                  "messages": request.get("messages"), "stream": request.get("stream"),
-                  "stream_options": request.get("stream_options"),
-                  "authorization": headers.get("authorization")}
-        RECORDS.append(record)
-        del RECORDS[:-5000]
-        conn = Conn(sock, record)
+        record = new_record(params.get("tag", ""), mode=mode, api=api, messages=request.get("messages"),
+                            stream=request.get("stream"), stream_options=request.get("stream_options"),
+                            authorization=headers.get("authorization"))
+        watcher = gevent.spawn(watch, sock, record, gevent.getcurrent())
         try:
-            serve(conn, api, mode, params)
+            serve(sock, record, api, mode, params)
         except PeerGone:
             pass
+        except OSError:  # a write failed: the peer is gone
+            if record["closed_by_peer"] is None:
+                record["closed_by_peer"] = time.monotonic()
         finally:
             record["finished"] = time.monotonic()
+            watcher.kill(block=False)
+    except PeerGone:  # the watcher's kill landed after serve() was done
+        pass
     finally:
         sock.close()
 
