@@ -3,7 +3,9 @@
 Run it as a process: ``python tests/fake_upstream.py --port N`` (prints ``listening N``).
 The pytest suite and the benchmark (``bench/``) both use it. It is a gevent
 ``StreamServer`` writing raw HTTP/1.1, so tests control every byte and every
-network chunk: one HTTP chunk per event, ``Connection: close``. The request's
+network chunk: one HTTP chunk per event. Like the real servers it keeps the
+connection alive after a complete answer (normal, slow, split, silence, status);
+every other mode closes it. The request's
 ``model`` picks the behaviour, as a query string: ``"<mode>?tokens=5&delay_ms=10&tag=abc"``.
 Modes:
 
@@ -90,8 +92,10 @@ def http_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def head(status: int, ctype: str, reason: str = "OK", length: int | None = None) -> bytes:
-    lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}", "Connection: close"]
+def head(status: int, ctype: str, reason: str = "OK", length: int | None = None,
+         keep_alive: bool = False) -> bytes:
+    lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}",
+             "Connection: keep-alive" if keep_alive else "Connection: close"]
     lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
@@ -103,9 +107,11 @@ def _error_line(api: str, data: dict | str) -> bytes:
 
 END = b"0\r\n\r\n"
 # Everything that does not depend on the request, encoded once per API.
-HEAD = {api: head(200, "text/event-stream" if api == "openai" else "application/x-ndjson")
+HEAD = {(api, keep): head(200, "text/event-stream" if api == "openai" else "application/x-ndjson",
+                         keep_alive=keep)
         + (http_chunk(b": fake upstream comment\n\n") if api == "openai" else b"")
-        for api in APIS.values()}
+        for api in APIS.values() for keep in (False, True)}
+KEEP_ALIVE_MODES = ("normal", "slow", "split", "silence", "status")
 TOKEN_FRAMES = {api: [http_chunk(token_event(api, t)) for t in TOKENS] for api in APIS.values()}
 OPENAI_STOP = http_chunk(openai_chunk(None, "stop"))
 OPENAI_DONE = http_chunk(b"data: [DONE]\n\n") + END
@@ -147,7 +153,7 @@ def new_record(tag: str, **fields: object) -> dict:
     return record
 
 
-def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict) -> None:
+def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep: bool) -> None:
     n = int(p.get("tokens", 5))
     repeat = int(p.get("repeat", 1))
     delay = float(p.get("delay_ms", 200 if mode == "slow" else 0)) / 1000
@@ -160,9 +166,9 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict) -> No
         return
     if mode == "status":
         body = STATUS_BODY[api]
-        sock.sendall(head(int(p.get("status", 429)), "application/json", "Error", len(body)) + body)
+        sock.sendall(head(int(p.get("status", 429)), "application/json", "Error", len(body), keep) + body)
         return
-    sock.sendall(HEAD[api])
+    sock.sendall(HEAD[api, keep])
     if mode == "split":
         for piece in ["h\u00e9llo", " \u4f60\u597d", " w\u00f6rld"]:
             frame = token_event(api, piece)
@@ -198,8 +204,8 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict) -> No
 def watch(sock: socket.socket, record: dict, writer: gevent.Greenlet) -> None:
     """Block in recv (no polling) until the peer closes, then stop the writer."""
     try:
-        while sock.recv(4096):  # nothing more is expected from the client: drop it
-            pass
+        if sock.recv(1, socket.MSG_PEEK):
+            return  # the client's next request (kept alive): leave it to be read
     except OSError:
         pass
     if record["finished"] is None:  # not our own close racing this recv
@@ -217,49 +223,63 @@ def answer_log(sock: socket.socket, query: str) -> None:
     sock.sendall(head(200, "application/json", length=len(out)) + out)
 
 
+def read_request(sock: socket.socket, buf: bytes) -> tuple[str, str, dict, bytes, bytes] | None:
+    """One request (method, target, headers, body) and the bytes after it; None at EOF."""
+    while b"\r\n\r\n" not in buf:
+        more = sock.recv(65536)
+        if not more:
+            return None
+        buf += more
+    header, _, rest = buf.partition(b"\r\n\r\n")
+    lines = header.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    length = int(headers.get("content-length", 0))
+    while len(rest) < length:
+        more = sock.recv(65536)
+        if not more:
+            return None
+        rest += more
+    return method, target, headers, rest[:length], rest[length:]
+
+
 def handle(sock: socket.socket, addr) -> None:
-    data = b""
+    buf = b""
     try:
-        while b"\r\n\r\n" not in data:
-            more = sock.recv(65536)
-            if not more:
+        for _ in range(10_000):  # requests on one kept-alive connection
+            parsed = read_request(sock, buf)
+            if parsed is None:
                 return
-            data += more
-        header, _, body = data.partition(b"\r\n\r\n")
-        lines = header.decode("latin-1").split("\r\n")
-        method, target, _ = lines[0].split(" ", 2)
-        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
-        length = int(headers.get("content-length", 0))
-        while len(body) < length:
-            more = sock.recv(65536)
-            if not more:
+            method, target, headers, body, buf = parsed
+            url = urlsplit(target)
+            if method == "GET" and url.path in ("/_log", "/_health"):
+                answer_log(sock, url.query)
                 return
-            body += more
-        url = urlsplit(target)
-        if method == "GET" and url.path in ("/_log", "/_health"):
-            answer_log(sock, url.query)
-            return
-        api = APIS.get(url.path)
-        if method != "POST" or api is None:
-            sock.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            return
-        request = json.loads(body)
-        mode, _, query = str(request.get("model", "normal")).partition("?")
-        params = {k: v[0] for k, v in parse_qs(query).items()}
-        record = new_record(params.get("tag", ""), mode=mode, api=api, messages=request.get("messages"),
-                            stream=request.get("stream"), stream_options=request.get("stream_options"),
-                            authorization=headers.get("authorization"))
-        watcher = gevent.spawn(watch, sock, record, gevent.getcurrent())
-        try:
-            serve(sock, record, api, mode, params)
-        except PeerGone:
-            pass
-        except OSError:  # a write failed: the peer is gone
-            if record["closed_by_peer"] is None:
-                record["closed_by_peer"] = time.monotonic()
-        finally:
-            record["finished"] = time.monotonic()
-            watcher.kill(block=False)
+            api = APIS.get(url.path)
+            if method != "POST" or api is None:
+                sock.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            request = json.loads(body)
+            mode, _, query = str(request.get("model", "normal")).partition("?")
+            params = {k: v[0] for k, v in parse_qs(query).items()}
+            keep = mode in KEEP_ALIVE_MODES and headers.get("connection", "").lower() != "close"
+            record = new_record(params.get("tag", ""), mode=mode, api=api, messages=request.get("messages"),
+                                stream=request.get("stream"), stream_options=request.get("stream_options"),
+                                authorization=headers.get("authorization"))
+            watcher = gevent.spawn(watch, sock, record, gevent.getcurrent())
+            try:
+                serve(sock, record, api, mode, params, keep)
+            except PeerGone:
+                return
+            except OSError:  # a write failed: the peer is gone
+                if record["closed_by_peer"] is None:
+                    record["closed_by_peer"] = time.monotonic()
+                return
+            finally:
+                record["finished"] = time.monotonic()
+                watcher.kill(block=True)
+            if not keep:
+                return
     except PeerGone:  # the watcher's kill landed after serve() was done
         pass
     finally:
