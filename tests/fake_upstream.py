@@ -244,6 +244,8 @@ def read_request(sock: socket.socket, buf: bytes) -> tuple[str, str, dict, bytes
 
 
 def handle(sock: socket.socket, addr) -> None:
+    # As real servers do: no Nagle delay for small frames on a kept-alive connection.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = b""
     try:
         for _ in range(10_000):  # requests on one kept-alive connection

@@ -117,6 +117,19 @@ def parse_object(text: str, what: str) -> dict[str, Any]:
     return obj
 
 
+def release(resp: requests.Response, reuse: bool) -> None:
+    """Close ``resp``; with ``reuse``, first read the end of the body so that its
+    connection returns to the pool (urllib3 releases it at the end of the body)."""
+    if reuse:
+        try:
+            for _ in range(8):  # the terminating chunk follows [DONE] / done: true
+                if not resp.raw.read1(READ_SIZE):
+                    break
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+            pass  # then the connection is simply closed below
+    resp.close()
+
+
 def iter_chunks(resp: requests.Response, what: str) -> Iterator[bytes]:
     """The body's bytes as they arrive: ``read1`` returns what one read gave,
     so no line waits for a buffer to fill (requests #3577, #5536)."""

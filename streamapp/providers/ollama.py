@@ -15,7 +15,7 @@ import requests
 from .. import sse
 from ..errors import UpstreamError
 from ..events import Delta, Done, Event, Opened
-from ._http import iter_chunks, new_session, parse_object, post_stream
+from ._http import iter_chunks, new_session, parse_object, post_stream, release
 from .base import ChatRequest
 
 
@@ -38,11 +38,16 @@ class OllamaProvider:
                    "messages": request.messages, "stream": True}
         resp = post_stream(self.session, self.what, self.url, payload,
                            {"Accept": "application/x-ndjson"}, self.timeouts)
+        complete = False
         try:
             yield Opened()
-            yield from self._events(sse.iter_lines(iter_chunks(resp, self.what)))
+            for event in self._events(sse.iter_lines(iter_chunks(resp, self.what))):
+                complete = isinstance(event, Done)
+                yield event
         finally:
-            resp.close()
+            # However the stream ends (done, error, the reader left) the response
+            # is closed; after a complete answer its connection goes back to the pool.
+            release(resp, reuse=complete)
 
     def _events(self, lines: Iterator[str]) -> Iterator[Event]:
         index = 0

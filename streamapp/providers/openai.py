@@ -16,7 +16,7 @@ import requests
 from .. import sse
 from ..errors import UpstreamError
 from ..events import Delta, Done, Event, Opened
-from ._http import iter_chunks, new_session, parse_object, post_stream
+from ._http import iter_chunks, new_session, parse_object, post_stream, release
 from .base import ChatRequest
 
 
@@ -49,11 +49,16 @@ class OpenAIProvider:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         resp = post_stream(self.session, self.what, self.url, payload, headers, self.timeouts)
+        complete = False
         try:
             yield Opened()
-            yield from self._events(sse.iter_events(iter_chunks(resp, self.what)))
+            for event in self._events(sse.iter_events(iter_chunks(resp, self.what))):
+                complete = isinstance(event, Done)
+                yield event
         finally:
-            resp.close()  # however the stream ends: done, error, or the reader left
+            # However the stream ends (done, error, the reader left) the response
+            # is closed; after a complete answer its connection goes back to the pool.
+            release(resp, reuse=complete)
 
     def _events(self, events: Iterator[sse.ServerSentEvent]) -> Iterator[Event]:
         index = 0

@@ -68,7 +68,9 @@ class Producer:
                 if isinstance(event, Delta) and not event.text:
                     continue
                 if is_terminal(event):
-                    final = event
+                    # Readers get the end now; closing the provider may still tidy
+                    # the upstream connection up for reuse.
+                    self._append(event)
                     break
                 self._append(event)
             else:
