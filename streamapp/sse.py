@@ -80,7 +80,10 @@ class LineSplitter:
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF split across two chunks
         self._pending_cr = False
-        data = self._buf + chunk
+        data = self._buf + chunk if self._buf else chunk
+        if b"\r" not in data:  # the usual LF-only stream: split in C
+            *lines, self._buf = data.split(b"\n")
+            return [line.decode("utf-8", "replace") for line in lines]
         lines = data.splitlines(keepends=True)
         self._buf = b""
         out: list[str] = []

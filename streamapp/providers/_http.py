@@ -122,8 +122,9 @@ def release(resp: requests.Response, reuse: bool) -> None:
     connection returns to the pool (urllib3 releases it at the end of the body)."""
     if reuse:
         try:
+            decode = bool(resp.headers.get("Content-Encoding"))
             for _ in range(8):  # the terminating chunk follows [DONE] / done: true
-                if not resp.raw.read1(READ_SIZE):
+                if not resp.raw.read1(READ_SIZE, decode_content=decode):
                     break
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
             pass  # then the connection is simply closed below
@@ -134,9 +135,10 @@ def iter_chunks(resp: requests.Response, what: str) -> Iterator[bytes]:
     """The body's bytes as they arrive: ``read1`` returns what one read gave,
     so no line waits for a buffer to fill (requests #3577, #5536)."""
     raw = resp.raw
+    decode = bool(resp.headers.get("Content-Encoding"))  # skip the decoder when there is none
     with translate_errors(what):
         while True:
-            chunk = raw.read1(READ_SIZE)
+            chunk = raw.read1(READ_SIZE, decode_content=decode)
             if not chunk:
                 return
             yield chunk

@@ -23,7 +23,9 @@ def make_store(config: dict) -> Store:
 
 def init_app(app: Flask) -> None:
     """Create this app's stream manager in ``app.extensions['streams']``."""
-    app.extensions["streams"] = StreamManager(make_store(app.config), app.config["RESUME_GRACE_S"])
+    config = app.config
+    tick = min(config["HEARTBEAT_S"] / 3, config["LEASE_S"] / 3, 2.0)
+    app.extensions["streams"] = StreamManager(make_store(config), config["RESUME_GRACE_S"], tick)
 
 
 def get_manager() -> StreamManager:

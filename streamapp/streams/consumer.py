@@ -130,7 +130,7 @@ def consume(manager: StreamManager, sid: str, after: int, encoder: Encoder, *,
                 checked_at = now
                 if store.meta(sid) is None:
                     return  # expired, or its producer's host died: nothing more will come
-            store.wait(sid, cursor, max(0.0, heartbeat - (now - last_write)), wake)
+            store.wait(sid, cursor, None, wake)  # the manager's tick wakes us for heartbeats
     finally:
         if watcher is not None:
             watcher.stop()  # never leave it watching the socket the server reads next

@@ -60,9 +60,10 @@ class Reader:
 class StreamManager:
     """Per-process registry of producers and readers over a shared store."""
 
-    def __init__(self, store: Store, grace: float) -> None:
+    def __init__(self, store: Store, grace: float, tick: float = 1.0) -> None:
         self.store = store
         self.grace = grace
+        self.tick = tick  # readers are woken this often to send heartbeats and renew leases
         self.owner = secrets.token_hex(8)
         self.stopping = gevent.event.Event()
         self._producers: dict[str, Producer] = {}
@@ -76,6 +77,15 @@ class StreamManager:
         if not self._started:
             self._started = True
             self.store.start(self.owner)
+            gevent.spawn(self._tick)
+
+    def _tick(self) -> None:
+        # One timer for every reader, so a reader waits for new events without a
+        # timer of its own (cheaper per event); woken, it sees what is due.
+        while True:
+            gevent.sleep(self.tick)
+            for reader in list(self._readers):
+                reader.wake.set()
 
     # -- producing ---------------------------------------------------------
     def start(self, events: Iterator[Event], meta: dict[str, Any]) -> str:

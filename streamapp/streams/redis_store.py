@@ -187,12 +187,12 @@ class RedisStore(Store):
     def unwatch(self, sid: str, wake: gevent.event.Event) -> None:
         self.local.unwatch(sid, wake)
 
-    def wait(self, sid: str, after: int, timeout: float, wake: gevent.event.Event) -> None:
+    def wait(self, sid: str, after: int, timeout: float | None, wake: gevent.event.Event) -> None:
         if self.is_local(sid):
             self.local.wait(sid, after, timeout, wake)
             return
         # XREAD blocks in Redis; keep each block short so a wake-up is seen soon.
-        block = max(1, int(min(timeout, 1.0) * 1000))
+        block = max(1, int(min(1.0 if timeout is None else timeout, 1.0) * 1000))
         if not wake.is_set():
             self.redis.xread({self._key("log", sid): f"0-{after}"}, count=1, block=block)
 

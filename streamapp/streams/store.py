@@ -61,9 +61,10 @@ class Store:
     def unwatch(self, sid: str, wake: gevent.event.Event) -> None:
         """Undo :meth:`watch`."""
 
-    def wait(self, sid: str, after: int, timeout: float, wake: gevent.event.Event) -> None:
+    def wait(self, sid: str, after: int, timeout: float | None, wake: gevent.event.Event) -> None:
         """Block until an event above ``after`` may exist, ``wake`` (a watched
-        event, cleared by the caller before it last read) is set, or ``timeout``."""
+        event, cleared by the caller before it last read) is set, or ``timeout``
+        (``None``: no timeout of its own; the manager's tick sets ``wake``)."""
         raise NotImplementedError
 
     def attach(self, sid: str, reader: str) -> None:
@@ -161,7 +162,7 @@ class MemoryStore(Store):
         if log is not None:
             log.watchers.discard(wake)
 
-    def wait(self, sid: str, after: int, timeout: float, wake: gevent.event.Event) -> None:
+    def wait(self, sid: str, after: int, timeout: float | None, wake: gevent.event.Event) -> None:
         log = self._get(sid)
         if log is not None and len(log.events) <= after:
             wake.wait(timeout)
