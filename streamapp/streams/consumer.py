@@ -124,7 +124,7 @@ def consume(manager: StreamManager, sid: str, after: int, encoder: Encoder, *,
                 if beat:
                     yield beat
                 last_write = now
-            if now - reader.attached_at >= lease_every:
+            if now - reader.renewed_at >= lease_every:
                 reader.refresh()
             if store.shared and now - checked_at > 5 and not store.is_local(sid):
                 checked_at = now

@@ -33,7 +33,7 @@ class Reader:
         self.wake = gevent.event.Event()  # set: new events, client gone, or shutting down
         self.gone = False
         self.closed = False
-        self.attached_at = time.monotonic()
+        self.renewed_at = time.monotonic()
         manager.store.attach(sid, self.id)
         manager.store.watch(sid, self.wake)
         manager._readers.add(self)
@@ -41,7 +41,7 @@ class Reader:
     def refresh(self) -> None:
         """Renew this reader's presence lease."""
         self.manager.store.attach(self.sid, self.id)
-        self.attached_at = time.monotonic()
+        self.renewed_at = time.monotonic()
 
     def close(self) -> None:
         """Detach; the last reader leaving starts the grace period."""
