@@ -15,6 +15,12 @@ timeout = 60
 graceful_timeout = int(os.environ.get("STREAMAPP_GRACEFUL_TIMEOUT", 30))
 keepalive = 5
 preload_app = False  # the app must be imported after the worker patched with gevent
+# gunicorn 27's control socket has one default path per user, so several
+# instances on a host would share it: opt in with a path of this instance's own.
+if os.environ.get("STREAMAPP_CONTROL_SOCKET"):
+    control_socket = os.environ["STREAMAPP_CONTROL_SOCKET"]
+else:
+    control_socket_disable = True
 accesslog = os.environ.get("STREAMAPP_ACCESS_LOG", "-") or None
 loglevel = os.environ.get("STREAMAPP_LOG_LEVEL", "info")
 
