@@ -238,10 +238,7 @@ class Bench:
                                    concurrency=concurrency, deadline_s=expected_s + 180)
                 self.record(run)
         finally:
-            for proc in procs.values():
-                if proc is not upstream:
-                    proc.stop()
-            upstream.stop()
+            stop_all(procs, upstream)
 
     def w1(self) -> None:
         a = self.args
@@ -358,10 +355,15 @@ class Bench:
                     run.pop(key, None)
                 self.record(run)
         finally:
-            for proc in procs.values():
-                if proc is not upstream:
-                    proc.stop()
-            upstream.stop()
+            stop_all(procs, upstream)
+
+
+def stop_all(procs: dict, upstream: h.Proc) -> None:
+    """Stop the targets of a workload, then its upstream."""
+    for proc in procs.values():
+        if proc is not upstream:
+            proc.stop()
+    upstream.stop()
 
 
 def wait_all_finished(upstream: h.Proc, prefix: str, count: int, timeout: float) -> dict:

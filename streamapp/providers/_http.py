@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,6 +17,7 @@ import requests
 import urllib3
 
 from ..errors import UpstreamError
+from ..events import Done, Event, Opened
 
 READ_SIZE = 65536
 
@@ -142,3 +143,20 @@ def iter_chunks(resp: requests.Response, what: str) -> Iterator[bytes]:
             if not chunk:
                 return
             yield chunk
+
+
+def stream_response(resp: requests.Response, what: str,
+                    parse: Callable[[Iterator[bytes]], Iterator[Event]]) -> Iterator[Event]:
+    """``Opened``, then the events ``parse`` makes of the body's bytes.
+
+    However the stream ends (done, error, the reader left) the response is
+    closed; after a complete answer its connection goes back to the pool.
+    """
+    complete = False
+    try:
+        yield Opened()
+        for event in parse(iter_chunks(resp, what)):
+            complete = isinstance(event, Done)
+            yield event
+    finally:
+        release(resp, reuse=complete)

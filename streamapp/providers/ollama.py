@@ -14,8 +14,8 @@ import requests
 
 from .. import sse
 from ..errors import UpstreamError
-from ..events import Delta, Done, Event, Opened
-from ._http import iter_chunks, new_session, parse_object, post_stream, release
+from ..events import Delta, Done, Event
+from ._http import new_session, parse_object, post_stream, stream_response
 from .base import ChatRequest
 
 
@@ -38,16 +38,7 @@ class OllamaProvider:
                    "messages": request.messages, "stream": True}
         resp = post_stream(self.session, self.what, self.url, payload,
                            {"Accept": "application/x-ndjson"}, self.timeouts)
-        complete = False
-        try:
-            yield Opened()
-            for event in self._events(sse.iter_lines(iter_chunks(resp, self.what))):
-                complete = isinstance(event, Done)
-                yield event
-        finally:
-            # However the stream ends (done, error, the reader left) the response
-            # is closed; after a complete answer its connection goes back to the pool.
-            release(resp, reuse=complete)
+        yield from stream_response(resp, self.what, lambda chunks: self._events(sse.iter_lines(chunks)))
 
     def _events(self, lines: Iterator[str]) -> Iterator[Event]:
         index = 0

@@ -15,8 +15,8 @@ import requests
 
 from .. import sse
 from ..errors import UpstreamError
-from ..events import Delta, Done, Event, Opened
-from ._http import iter_chunks, new_session, parse_object, post_stream, release
+from ..events import Delta, Done, Event
+from ._http import new_session, parse_object, post_stream, stream_response
 from .base import ChatRequest
 
 
@@ -49,16 +49,7 @@ class OpenAIProvider:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         resp = post_stream(self.session, self.what, self.url, payload, headers, self.timeouts)
-        complete = False
-        try:
-            yield Opened()
-            for event in self._events(sse.iter_events(iter_chunks(resp, self.what))):
-                complete = isinstance(event, Done)
-                yield event
-        finally:
-            # However the stream ends (done, error, the reader left) the response
-            # is closed; after a complete answer its connection goes back to the pool.
-            release(resp, reuse=complete)
+        yield from stream_response(resp, self.what, lambda chunks: self._events(sse.iter_events(chunks)))
 
     def _events(self, events: Iterator[sse.ServerSentEvent]) -> Iterator[Event]:
         index = 0
