@@ -13,8 +13,10 @@ function sseParser(onEvent) {
   let id = null;
   return (text) => {
     buffer += text;
-    const lines = buffer.split(/\r\n|\r|\n/);
-    buffer = lines.pop(); // an incomplete line (or a lone CR waiting for its LF) stays
+    // A CR at the very end may be the first half of a CRLF: keep it for the next chunk.
+    const held = buffer.endsWith("\r") ? "\r" : "";
+    const lines = (held ? buffer.slice(0, -1) : buffer).split(/\r\n|\r|\n/);
+    buffer = lines.pop() + held; // an incomplete line stays
     for (const line of lines) {
       if (line === "") {
         if (data.length) onEvent({ event: event || "message", data: data.join("\n"), id });
@@ -67,7 +69,8 @@ async function send(message) {
   if (provider) body.provider = provider;
   bubble("user", message);
   const out = bubble("assistant", "");
-  const state = { text: "", streamId: null, lastEventId: null, finish: null, error: null };
+  const state = { text: "", streamId: null, lastEventId: null, finish: null, error: null,
+                  controller: new AbortController() };
   current = state;
   $("stop").disabled = false;
   $("send").disabled = true;
@@ -77,8 +80,9 @@ async function send(message) {
     for (let attempt = 0; attempt < 5 && !state.finish && !state.error; attempt++) {
       if (attempt > 0) url = `/api/streams/${state.streamId}?last_event_id=${encodeURIComponent(state.lastEventId)}`;
       const resp = attempt === 0
-        ? await fetch(url, { method: "POST", headers: { "Content-Type": "application/json", Accept: "text/event-stream" }, body: JSON.stringify(body) })
-        : await fetch(url);
+        ? await fetch(url, { method: "POST", headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+                             body: JSON.stringify(body), signal: state.controller.signal })
+        : await fetch(url, { signal: state.controller.signal });
       if (resp.status === 204) break;
       if (!resp.ok) {
         const err = await resp.json().catch(() => ({}));
@@ -90,7 +94,8 @@ async function send(message) {
       if (!state.lastEventId) break;
     }
   } catch (e) {
-    state.error = String(e);
+    if (state.controller.signal.aborted) state.finish = "cancelled";
+    else state.error = String(e);
   }
   if (state.error) { out.classList.add("error"); out.textContent = state.text + `\n[${state.error}]`; }
   history.push({ role: "user", content: message }, { role: "assistant", content: state.text });
@@ -110,8 +115,13 @@ $("chat").addEventListener("submit", (e) => {
 });
 
 $("stop").addEventListener("click", async () => {
-  if (!current || !current.streamId) return;
+  if (!current) return;
   $("stop").disabled = true;
+  if (!current.streamId) {
+    // No stream id yet (the first token has not come): leaving stops it server-side.
+    current.controller.abort();
+    return;
+  }
   await fetch(`/api/streams/${current.streamId}/cancel`, { method: "POST" });
 });
 

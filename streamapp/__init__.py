@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import config as settings
 from . import streams
-from .errors import ApiError, error_response
+from .errors import ApiError, StoreError, error_response
 from .providers import build_providers
 
 __all__ = ["create_app"]
@@ -38,7 +38,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(chat.bp)
 
     @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
+    @app.errorhandler(StoreError)
+    def _api_error(exc: ApiError | StoreError):
         return error_response(exc.status, exc.code, exc.message, exc.field)
 
     @app.errorhandler(HTTPException)

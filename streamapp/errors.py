@@ -2,6 +2,7 @@
 
     StreamappError
      ├── ApiError        the HTTP layer: a request we refuse (4xx) -> JSON body
+     ├── StoreError      the stream store (Redis) failed: a 503
      └── UpstreamError   the provider layer: any failure of an LLM upstream
                          (unreachable, timeout, HTTP status, bad response, auth,
                          in-band error). Before the first byte it becomes a 502
@@ -42,6 +43,13 @@ class ApiError(StreamappError):
 
     status = 400
     code = "invalid_request"
+
+
+class StoreError(StreamappError):
+    """The stream store cannot be reached; the request may be retried."""
+
+    status = 503
+    code = "store_unavailable"
 
 
 class UpstreamError(StreamappError):

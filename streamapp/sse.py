@@ -77,6 +77,8 @@ class LineSplitter:
 
     def feed(self, chunk: bytes) -> list[str]:
         """Add bytes; return the lines they completed (without terminators)."""
+        if not chunk:
+            return []
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF split across two chunks
         self._pending_cr = False
@@ -92,9 +94,10 @@ class LineSplitter:
                 out.append(raw.rstrip(b"\r\n").decode("utf-8", "replace"))
             elif raw.endswith(b"\r"):
                 out.append(raw[:-1].decode("utf-8", "replace"))
-                self._pending_cr = True
             else:
                 self._buf = raw
+        # A CR that ends the data may be the first half of a CRLF.
+        self._pending_cr = not self._buf and data.endswith(b"\r")
         return out
 
     def flush(self) -> list[str]:

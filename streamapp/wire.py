@@ -44,7 +44,7 @@ def event_id(sid: str, seq: int) -> str:
 def parse_event_id(value: str) -> tuple[str, int] | None:
     """``(stream_id, seq)`` from an SSE id, or ``None`` if it is not one of ours."""
     sid, sep, seq = sse.clean_field(value).strip().rpartition("-")
-    if not sep or not is_stream_id(sid) or not seq.isdigit():
+    if not sep or not is_stream_id(sid) or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
         return None
     return sid, int(seq)
 
@@ -108,4 +108,6 @@ class TextEncoder:
         if isinstance(event, Failed):
             # The status line is long gone: say it in the text, on its own line.
             return f"\n[error {event.code}: {event.message}]\n".encode()
+        if isinstance(event, Done) and event.finish_reason not in ("stop", "length"):
+            return f"\n[{event.finish_reason}]\n".encode()  # cut short: say so
         return b""

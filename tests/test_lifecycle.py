@@ -303,3 +303,91 @@ def test_every_redis_key_has_a_ttl(start_server, redis_url, tag):
     assert any(sid.encode() in k for k in keys) and any(live.encode() in k for k in keys)
     for key in keys:
         assert 0 < r.ttl(key) <= 60, key
+
+
+def test_resume_at_the_end_of_a_finished_stream_is_204(start_server):
+    server = start_server(RESUME_TTL_S=2, HEARTBEAT_S=0.5)
+    with SSEClient(f"{server.url}/stream?delay_ms=0") as client:
+        events = client.read_all()
+    sid, last = client.headers["X-Stream-Id"], events[-1].id
+    resp = requests.get(f"{server.url}/stream", headers={"Last-Event-ID": last}, timeout=5)
+    assert resp.status_code == 204  # an EventSource that reconnects after the end stops here
+    wait_until(lambda: requests.get(f"{server.url}/api/streams/{sid}", timeout=5).status_code == 204,
+               10, "the finished stream to expire")
+    with SSEClient(f"{server.url}/api/streams/{sid}", headers={"Last-Event-ID": events[3].id}) as c:
+        assert c.status == 204
+    assert requests.get(f"{server.url}/healthz", timeout=2).status_code == 200
+
+
+def test_reader_of_an_expiring_stream_ends_instead_of_spinning(start_server):
+    server = start_server(RESUME_TTL_S=1, HEARTBEAT_S=0.3)
+    with SSEClient(f"{server.url}/stream?delay_ms=0") as client:
+        events = client.read_all()
+    sid = client.headers["X-Stream-Id"]
+    with SSEClient(f"{server.url}/api/streams/{sid}", headers={"Last-Event-ID": events[2].id},
+                   timeout=10) as again:
+        rest = again.read_all()  # ends: it does not wait forever at the end of the log
+    assert [e.id for e in rest] == [e.id for e in events[3:]]
+    assert requests.get(f"{server.url}/healthz", timeout=2).status_code == 200
+
+
+def test_graceful_reload_with_the_memory_store_does_not_cut_a_stream(start_server):
+    server = start_server(HEARTBEAT_S=0.5, GRACEFUL_TIMEOUT=20)
+    with SSEClient(f"{server.url}/stream?delay_ms=100", timeout=20) as client:
+        first_deltas(client, 2)
+        server.process.proc.send_signal(signal.SIGHUP)  # reload: the old worker is retired
+        events = client.read_all()
+    assert events[-1].event == "end"
+    assert json.loads(events[-1].data)["finish_reason"] == "stop"
+    assert "你好" in "".join(e.data for e in data_events(events))
+
+
+def test_client_leaving_before_the_first_token_closes_the_upstream(zero_grace, fake_upstream, tag):
+    model = q(f"hang?silence_s=10&tag={tag}")
+    sock = socket.create_connection(("127.0.0.1", zero_grace.port), timeout=5)
+    sock.sendall(f"GET /ai-stream?prompt=hi&model={model} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    wait_until(lambda: upstream_log(fake_upstream, tag), 5, "the upstream request")
+    left = time.monotonic()
+    sock.close()  # headers were still held: no stream id was ever sent
+    assert closed_at(fake_upstream, tag) - left < 1.0
+
+
+def test_cancelled_text_answer_says_so(server):
+    body = {"uid": 1, "message": "stop soon"}
+    with SSEClient(f"{server.url}/api/chat?format=text", "POST", body) as client:
+        sid = client.headers["X-Stream-Id"]
+        next(client.iter_chunks())
+        requests.post(f"{server.url}/api/streams/{sid}/cancel", timeout=5)
+        text = client.body().decode()
+    assert text.endswith("\n[cancelled]\n")
+
+
+def test_redis_down_is_a_503_not_a_500(start_server):
+    import uuid
+
+    from tests.helpers import free_port
+
+    server = start_server(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+                          REDIS_PREFIX=f"streamapp-test-{uuid.uuid4().hex[:6]}")
+    resp = requests.post(f"{server.url}/api/chat", json={"uid": 1, "message": "hi"}, timeout=20)
+    assert resp.status_code == 503
+    assert resp.json()["error"]["code"] == "store_unavailable"
+
+
+def test_reader_of_a_stream_whose_worker_died_gets_an_error(redis_pair, fake_upstream, tag):
+    import os
+
+    a, b = redis_pair
+    model = q(f"slow?tokens=200&delay_ms=100&tag={tag}")
+    client = SSEClient(f"{a.url}/ai-stream?prompt=hi&model={model}")
+    sid = client.headers["X-Stream-Id"]
+    got = first_deltas(client, 2)
+    client.close()
+    worker = int(requests.get(f"{a.url}/api/streams/{sid}/info", timeout=5).json()["pid"])
+    os.kill(worker, signal.SIGKILL)  # the producer dies with its process, writing no end
+    with SSEClient(f"{b.url}/api/streams/{sid}", headers={"Last-Event-ID": got[-1].id},
+                   timeout=30) as other:
+        events = other.read_all()
+    assert events[-1].event == "error" and json.loads(events[-1].data)["code"] == "producer_lost"
+    resp = requests.post(f"{b.url}/api/streams/{sid}/cancel", timeout=5)
+    assert resp.json()["status"] == "finished"

@@ -89,3 +89,23 @@ def test_stream_ids_are_letters_and_digits_only() -> None:
     for bad in ["", "a:b", "a b", "a-b", "x" * 65, "ab\n"]:
         assert not is_stream_id(bad)
     assert parse_event_id("a:b-3") is None
+
+
+def test_cr_inside_a_chunk_does_not_swallow_the_next_chunks_lf() -> None:
+    splitter = sse.LineSplitter()
+    assert splitter.feed(b"a\rb") == ["a"]
+    assert splitter.feed(b"\nc\n") == ["b", "c"]
+    assert decode([b"data: x\rdata: y", b"\n\ndata: z\n\n"]) == [
+        sse.ServerSentEvent("x\ny"), sse.ServerSentEvent("z")]
+
+
+def test_an_empty_chunk_keeps_a_pending_cr() -> None:
+    splitter = sse.LineSplitter()
+    assert splitter.feed(b"a\r") == ["a"]
+    assert splitter.feed(b"") == []
+    assert splitter.feed(b"\nb\n") == ["b"]
+
+
+@pytest.mark.parametrize("bad", ["abc-\u00b2", "abc-" + "9" * 5000, "abc-\u0663"])
+def test_event_ids_with_odd_digits_are_not_ours(bad) -> None:
+    assert parse_event_id(bad) is None

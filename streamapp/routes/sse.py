@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..errors import ApiError
@@ -82,6 +84,7 @@ def info(sid: str) -> Response:
     if meta is None:
         raise _unknown(sid)
     return jsonify({"stream_id": sid, "state": meta.get("state"), "route": meta.get("route"),
+                    "pid": os.getpid(),  # the worker answering, handy when tracing a stream
                     "readers": manager.store.readers(sid),
                     "events": len(manager.store.read(sid, 0))})
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import gevent.event
 from flask import Response, current_app, request, stream_with_context
 
 from ..errors import error_response
 from ..events import Event, Failed
 from ..streams import get_manager
-from ..streams.consumer import consume
+from ..streams.consumer import DepartureWatch, consume
 from ..wire import SSEEncoder, TextEncoder, is_stream_id, parse_event_id
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -59,7 +60,17 @@ def start_stream(events: Iterator[Event], flavor: str, meta: dict[str, Any]) -> 
     manager = get_manager()
     sid = manager.start(events, {**meta, "flavor": flavor})
     limit = config["CONNECT_TIMEOUT_S"] + config["READ_TIMEOUT_S"] + 5
-    first = manager.first_event(sid, config["HEADER_WAIT_S"], limit)
+    client_gone = gevent.event.Event()
+    sock = request.environ.get("gunicorn.socket")
+    watch = DepartureWatch(sock, client_gone.set) if sock is not None else None
+    try:
+        first = manager.first_event(sid, config["HEADER_WAIT_S"], limit, client_gone)
+    finally:
+        if watch is not None:
+            watch.stop()
+    if client_gone.is_set():
+        manager.abandon(sid)  # it never learnt the stream id, so it cannot resume
+        return Response(status=204)
     if isinstance(first, Failed):
         return error_response(first.status, first.code, first.message,
                               headers={"X-Stream-Id": sid})
@@ -73,8 +84,9 @@ def start_stream(events: Iterator[Event], flavor: str, meta: dict[str, Any]) -> 
 
 def resume_stream(sid: str, after: int) -> Response:
     """Continue stream ``sid`` after event ``after``; 204 if it is unknown or expired."""
-    meta = get_manager().store.meta(sid) if is_stream_id(sid) else None
-    if meta is None:
-        return Response(status=204)
+    store = get_manager().store
+    meta = store.meta(sid) if is_stream_id(sid) else None
+    if meta is None or (meta.get("state") == "finished" and not store.read(sid, after)):
+        return Response(status=204)  # nothing to resume: an EventSource stops reconnecting
     return _respond(sid, after, SSEEncoder(meta.get("flavor", "plain"),
                                            current_app.config["RETRY_MS"]))

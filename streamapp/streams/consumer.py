@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import gevent
+import gevent.event
+import gevent.exceptions
 
-from ..events import Event, is_terminal
+from ..events import Event, Failed, is_terminal
 from .manager import Reader, StreamManager
 
 logger = logging.getLogger(__name__)
@@ -33,34 +35,29 @@ class Encoder(Protocol):
     def event(self, sid: str, seq: int, event: Event, first: bool) -> bytes: ...
 
 
-class _DepartureWatch:
-    """Marks a reader gone when its client closes the socket (EOF or reset).
+class DepartureWatch:
+    """Calls ``on_gone`` (in the hub: it must not block) when the client closes
+    its socket (EOF or reset).
 
     A libev I/O watcher, not a greenlet: the check runs only when the socket
     turns readable, and an idle stream costs no greenlet stack.
     """
 
-    def __init__(self, sock: Any, reader: Reader) -> None:
-        self.sock, self.reader = sock, reader
-        self.detaching: gevent.Greenlet | None = None
+    def __init__(self, sock: Any, on_gone: Callable[[], None]) -> None:
+        self.sock, self.on_gone = sock, on_gone
         self.io = gevent.get_hub().loop.io(sock.fileno(), 1)  # 1: readable
         self.io.start(self._readable)
 
     def _readable(self) -> None:
-        # Runs in the hub: no blocking here, so peek without waiting.
         try:
             data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return  # a spurious wake-up
+        except (BlockingIOError, gevent.exceptions.BlockingSwitchOutError):
+            return  # a spurious wake-up: gevent's socket would wait, which the hub cannot
         except OSError:
             data = b""
         self.stop()
-        if data:
-            return  # the client sent more (a pipelined request): not a departure
-        self.reader.gone = True
-        self.reader.wake.set()
-        # Detach at once (a zero grace stops the upstream now); it may talk to Redis.
-        self.detaching = gevent.spawn(self.reader.close)
+        if not data:  # data would be a pipelined request: not a departure
+            self.on_gone()
 
     def stop(self) -> None:
         """Stop watching (idempotent)."""
@@ -78,14 +75,19 @@ def consume(manager: StreamManager, sid: str, after: int, encoder: Encoder, *,
     allows it, so a reader that fell behind catches up in few writes.
     """
     reader = manager.attach(sid)
-    store, wake, stopping = manager.store, reader.wake, manager.stopping
+    detaching: list[gevent.Greenlet] = []
+    store, wake = manager.store, reader.wake
+    # At shutdown, leave early only if the client can resume on another worker;
+    # otherwise follow the producer, which gets the graceful timeout to finish.
+    stopping = manager.stopping if store.shared and getattr(encoder, "resumable", False) \
+        else gevent.event.Event()
     coalesce = getattr(encoder, "coalesce", False)
     watcher = None
     old_timeout = None
     if sock is not None:
         old_timeout = sock.gettimeout()
         sock.settimeout(write_timeout)  # a write that makes no progress this long fails
-        watcher = _DepartureWatch(sock, reader)
+        watcher = DepartureWatch(sock, lambda: _reader_gone(reader, detaching))
     lease_every = store_lease(manager) / 3
     checked_at = time.monotonic()
     try:
@@ -126,22 +128,38 @@ def consume(manager: StreamManager, sid: str, after: int, encoder: Encoder, *,
                 last_write = now
             if now - reader.renewed_at >= lease_every:
                 reader.refresh()
-            if store.shared and now - checked_at > 5 and not store.is_local(sid):
+            local = store.is_local(sid)
+            if local or now - checked_at > 5:  # local: a dict lookup
                 checked_at = now
-                if store.meta(sid) is None:
-                    return  # expired, or its producer's host died: nothing more will come
+                meta = store.meta(sid)
+                if meta is None:
+                    return  # expired: nothing more will come
+                if meta.get("state") == "finished":
+                    if store.read(sid, cursor):
+                        continue  # the end arrived between our read and this check
+                    return  # ended before our cursor: nothing more will come
+                if not local and not store.owner_alive(meta):
+                    lost = Failed("producer_lost", "the process generating this stream is gone", 502)
+                    yield encoder.event(sid, cursor + 1, lost, first)
+                    return
             store.wait(sid, cursor, None, wake)  # the manager's tick wakes us for heartbeats
     finally:
         if watcher is not None:
             watcher.stop()  # never leave it watching the socket the server reads next
-            if watcher.detaching is not None:
-                watcher.detaching.join(timeout=5)
+            gevent.joinall(detaching, timeout=5)
         if sock is not None:
             try:
                 sock.settimeout(old_timeout)
             except OSError:
                 pass  # already closed by the server
         reader.close()
+
+
+def _reader_gone(reader: Reader, detaching: list[gevent.Greenlet]) -> None:
+    reader.gone = True
+    reader.wake.set()
+    # Detach at once (a zero grace stops the upstream now); it may talk to Redis.
+    detaching.append(gevent.spawn(reader.close))
 
 
 def store_lease(manager: StreamManager) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 import gevent
 import gevent.event
 
+from ..errors import StoreError
 from ..events import Event, Opened
 from .producer import Producer
 from .store import Store
@@ -86,6 +87,13 @@ class StreamManager:
             gevent.sleep(self.tick)
             for reader in list(self._readers):
                 reader.wake.set()
+            self.store.heartbeat()
+            try:
+                # Cancels travel as messages; this poll catches one that was lost.
+                for sid in self.store.cancelled(list(self._producers)):
+                    self._on_control("cancel", sid)
+            except StoreError as exc:
+                logger.warning("could not poll for cancels: %s", exc)
 
     # -- producing ---------------------------------------------------------
     def start(self, events: Iterator[Event], meta: dict[str, Any]) -> str:
@@ -116,8 +124,8 @@ class StreamManager:
         meta = self.store.meta(sid)
         if meta is None:
             return None
-        if meta.get("state") == "finished":
-            return "finished"
+        if meta.get("state") == "finished" or not self.store.owner_alive(meta):
+            return "finished"  # over, or its producer died with its process
         self.store.request_cancel(sid)
         return "cancelling"
 
@@ -146,19 +154,21 @@ class StreamManager:
             producer.stop("client_gone")
 
     # -- waiting -----------------------------------------------------------
-    def first_event(self, sid: str, header_wait: float, limit: float) -> Event | None:
+    def first_event(self, sid: str, header_wait: float, limit: float,
+                    give_up: gevent.event.Event) -> Event | None:
         """Wait for the first event that decides the response's status.
 
         Returns the first non-``Opened`` event, or ``Opened`` once
         ``header_wait`` has passed since the upstream accepted the request,
-        or ``None`` after ``limit`` seconds.
+        or ``None`` after ``limit`` seconds or once ``give_up`` is set.
         """
         wake = gevent.event.Event()
+        give_up.rawlink(lambda _: wake.set())
         deadline = time.monotonic() + limit
         opened_at: float | None = None
         self.store.watch(sid, wake)
         try:
-            while True:
+            while not give_up.is_set():
                 wake.clear()
                 events = self.store.read(sid, 0)
                 for _, event in events:
@@ -171,12 +181,19 @@ class StreamManager:
                 if now >= deadline:
                     return events[0][1] if events else None
                 self.store.wait(sid, len(events), deadline - now, wake)
+            return None
         finally:
             self.store.unwatch(sid, wake)
 
+    def abandon(self, sid: str) -> None:
+        """Stop a stream whose client left before it could be given the stream id."""
+        producer = self._producers.get(sid)
+        if producer is not None:
+            producer.stop("client_gone")
+
     # -- shutdown ----------------------------------------------------------
     def begin_shutdown(self) -> None:
-        """Wake every reader so it ends cleanly and its client resumes elsewhere."""
+        """Wake every reader; those whose client can resume elsewhere end cleanly."""
         self.stopping.set()
         for reader in list(self._readers):
             reader.wake.set()

@@ -20,16 +20,29 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gevent
 import gevent.event
 import redis
 
+from ..errors import StoreError
 from ..events import Event, from_dict, to_dict
 from .store import MemoryStore, Store
 
 logger = logging.getLogger(__name__)
+OWNER_TTL_S = 10  # a process unheard of this long is taken for dead
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Raise ``StoreError`` (a 503) when Redis fails."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreError(f"the stream store (Redis) is unavailable: {exc}") from exc
 
 
 class RedisStore(Store):
@@ -53,6 +66,7 @@ class RedisStore(Store):
         self._kick = gevent.event.Event()
         self._flushed = gevent.event.Event()
         self._writer: gevent.Greenlet | None = None
+        self._writing = False
 
     def _key(self, kind: str, sid: str) -> str:
         return f"{self.prefix}:{kind}:{sid}"
@@ -60,6 +74,7 @@ class RedisStore(Store):
     # -- lifecycle ---------------------------------------------------------
     def start(self, owner: str) -> None:
         self._owner = owner
+        self.heartbeat()
         self._listener = gevent.spawn(self._listen)
         self._writer = gevent.spawn(self._write_loop)
 
@@ -91,26 +106,52 @@ class RedisStore(Store):
                 client.close()
 
     def _tell_owner(self, sid: str, kind: str) -> None:
-        owner = self.redis.hget(self._key("meta", sid), "owner")
-        if owner is None:
-            return
-        if owner.decode() == self._owner:
+        if self.is_local(sid):
             self.control_handler(kind, sid)  # no round trip for our own streams
-        else:
-            self.redis.publish(f"{self.prefix}:ctl:{owner.decode()}", f"{kind} {sid}")
+            return
+        owner = self.redis.hget(self._key("meta", sid), "owner")
+        if owner is not None:
+            self.redis.publish(f"{self.prefix}:ctl:{json.loads(owner)}", f"{kind} {sid}")
+
+    def heartbeat(self) -> None:
+        # A process that dies (SIGKILL, a lost host) stops renewing this key.
+        try:
+            self.redis.set(f"{self.prefix}:owner:{self._owner}", 1, ex=OWNER_TTL_S)
+        except redis.RedisError as exc:
+            logger.warning("could not renew this process's liveness key: %s", exc)
+
+    def owner_alive(self, meta: dict[str, Any]) -> bool:
+        owner = meta.get("owner")
+        if owner is None or owner == self._owner:
+            return True  # our own (a local record carries no owner)
+        with store_errors():
+            return bool(self.redis.exists(f"{self.prefix}:owner:{owner}"))
+
+    def cancelled(self, sids: list[str]) -> set[str]:
+        if not sids:
+            return set()
+        with store_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.exists(self._key("cancel", sid))
+            found = pipe.execute()
+        return {sid for sid, hit in zip(sids, found, strict=True) if hit}
 
     # -- streams -----------------------------------------------------------
     def create(self, sid: str, meta: dict[str, Any]) -> None:
-        self.local.create(sid, meta)
         key = self._key("meta", sid)
-        with self.redis.pipeline() as pipe:
+        with store_errors(), self.redis.pipeline() as pipe:
             pipe.hset(key, mapping={k: json.dumps(v) for k, v in meta.items()})
-            pipe.hset(key, "owner", self._owner)
+            pipe.hset(key, "owner", json.dumps(self._owner))
             pipe.expire(key, self.running_ttl)
             pipe.execute()
+        self.local.create(sid, meta)  # only once Redis has it: no orphan if Redis is down
 
     def meta(self, sid: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(self._key("meta", sid))
+        local = self.local.meta(sid)
+        if local is not None:
+            return local  # this process produces it: its own record is current
+        with store_errors():
+            raw = self.redis.hgetall(self._key("meta", sid))
         if not raw:
             return None
         out: dict[str, Any] = {}
@@ -135,8 +176,12 @@ class RedisStore(Store):
             self._kick.clear()
             batch, self._pending = self._pending, []
             if batch:
-                self._write(batch)
-                self._flushed.set()
+                self._writing = True
+                try:
+                    self._write(batch)
+                finally:
+                    self._writing = False
+                    self._flushed.set()
 
     def _write(self, batch: list[tuple[str, int, str, bool]]) -> None:
         for attempt in range(5):
@@ -166,7 +211,7 @@ class RedisStore(Store):
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything appended so far is in Redis."""
         deadline = time.monotonic() + timeout
-        while (self._pending or self._kick.is_set()) and time.monotonic() < deadline:
+        while (self._pending or self._kick.is_set() or self._writing) and time.monotonic() < deadline:
             self._flushed.clear()
             self._flushed.wait(max(0.0, deadline - time.monotonic()))
 
@@ -220,8 +265,9 @@ class RedisStore(Store):
         return self.redis.zcount(self._key("readers", sid), time.time(), "+inf")
 
     def request_cancel(self, sid: str) -> None:
-        self.redis.set(self._key("cancel", sid), 1, ex=self.running_ttl)
-        self._tell_owner(sid, "cancel")
+        with store_errors():
+            self.redis.set(self._key("cancel", sid), 1, ex=self.running_ttl)
+            self._tell_owner(sid, "cancel")
 
     def cancel_requested(self, sid: str) -> bool:
         return bool(self.redis.exists(self._key("cancel", sid)))

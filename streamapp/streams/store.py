@@ -39,6 +39,17 @@ class Store:
         """Whether this process holds the stream's log itself."""
         return True
 
+    def owner_alive(self, meta: dict[str, Any]) -> bool:
+        """Whether the process producing a stream (its ``meta``) still runs."""
+        return True
+
+    def cancelled(self, sids: list[str]) -> set[str]:
+        """Which of these streams have a cancel request (a poll behind the messages)."""
+        return set()
+
+    def heartbeat(self) -> None:
+        """Tell other processes this one is alive (called on every manager tick)."""
+
     def create(self, sid: str, meta: dict[str, Any]) -> None:
         """Register a new running stream."""
         raise NotImplementedError
