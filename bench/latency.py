@@ -4,6 +4,7 @@
     ``RESUME_GRACE_S=0`` and the upstream is silent when the client leaves;
 (b) ``POST /api/streams/<id>/cancel`` -> the client receives the final event
     (``finish_reason: "cancelled"``) and the upstream connection is closed.
+(c) with Redis, the same cancel sent to another instance than the one generating.
 
 Times come from ``time.monotonic()`` in this process and in the fake upstream
 (``tests/fake_upstream.py``, which records when its peer closed), one clock on Linux.
@@ -58,12 +59,14 @@ def try_disconnect(service: h.Proc, upstream: h.Proc, tag: str, silence_s: float
     return {"upstream_closed_ms": None if closed is None else (closed - t0) * 1000}
 
 
-def try_cancel(service: h.Proc, upstream: h.Proc, tag: str, silence_s: float) -> dict:
+def try_cancel(service: h.Proc, upstream: h.Proc, tag: str, silence_s: float,
+               via: h.Proc | None = None) -> dict:
+    """Cancel through ``via`` (another instance sharing Redis) or the stream's own."""
     conn = open_stream(service, tag, silence_s)
     try:
         time.sleep(0.1)
         t0 = time.monotonic()
-        status, _ = h.http_post(f"{service.url}/api/streams/{conn.sid}/cancel")
+        status, _ = h.http_post(f"{(via or service).url}/api/streams/{conn.sid}/cancel")
         t_post = time.monotonic()
         final = None
         deadline = t0 + 5
@@ -109,29 +112,39 @@ def main(argv: list[str] | None = None) -> int:
         upstream = h.start_upstream(logdir, f"upstream-{store}")
         prefix = f"bench-lat-{secrets.token_hex(4)}"
         redis = {"redis_url": args.redis_url, "redis_prefix": prefix} if store == "redis" else {}
-        service = None
+        service = other = None
         try:
             service = h.start_service(upstream, logdir, f"service-{store}", RESUME_GRACE_S=0, **redis)
+            if store == "redis":  # a second instance (think: another host) sharing the Redis
+                other = h.start_service(upstream, logdir, "service-redis-2", RESUME_GRACE_S=0, **redis)
             run = secrets.token_hex(3)
             disc, canc = [], []
             for i in range(tries):
                 disc.append(try_disconnect(service, upstream, f"lat-a-{run}-{i}", args.silence_s))
             for i in range(tries):
                 canc.append(try_cancel(service, upstream, f"lat-b-{run}-{i}", args.silence_s))
+            remote = [try_cancel(service, upstream, f"lat-c-{run}-{i}", args.silence_s, via=other)
+                      for i in range(tries if other else 0)]
             print(f"\n{store} store, {tries} tries each")
             rows = [("(a) disconnect -> upstream closed", [d["upstream_closed_ms"] for d in disc]),
                     ("(b) cancel POST answered", [c["post_ms"] for c in canc]),
                     ("(b) cancel -> client got final event", [c["final_event_ms"] for c in canc]),
                     ("(b) cancel -> upstream closed", [c["upstream_closed_ms"] for c in canc])]
+            if remote:
+                rows += [("(c) cancel via another instance -> final", [c["final_event_ms"] for c in remote]),
+                         ("(c) cancel via another -> upstream closed",
+                          [c["upstream_closed_ms"] for c in remote])]
             for label, vals in rows:
                 print(f"{label:38s} {summary(vals)}")
-            bad = [c for c in canc if c["finish_reason"] != "cancelled" or c["cancel_status"] != 202]
+            bad = [c for c in canc + remote
+                   if c["finish_reason"] != "cancelled" or c["cancel_status"] != 202]
             if bad:
                 print(f"    {len(bad)} cancels without a 'cancelled' final event or a 202: {bad[:3]}")
             failed |= bool(bad) or any(d["upstream_closed_ms"] is None for d in disc)
         finally:
-            if service is not None:
-                service.stop()
+            for proc in (service, other):
+                if proc is not None:
+                    proc.stop()
             upstream.stop()
             if store == "redis":
                 h.redis_cleanup(args.redis_url, prefix)
