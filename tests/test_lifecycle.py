@@ -52,6 +52,15 @@ def redis_pair(start_server, redis_url, tmp_path_factory):
     return start_server(**settings), start_server(**settings)
 
 
+def read_then_leave(server, path: str, n: int) -> tuple[str, list]:
+    """Start a stream at ``path``, read ``n`` deltas, drop the connection."""
+    client = SSEClient(f"{server.url}{path}")
+    sid = client.headers["X-Stream-Id"]
+    got = first_deltas(client, n)
+    client.close()
+    return sid, got
+
+
 def first_deltas(client: SSEClient, n: int) -> list:
     got = []
     for event in client.iter_events():
@@ -170,10 +179,7 @@ def test_resume_with_query_parameter_for_fetch_clients(server):
 def test_cross_worker_resume_and_cancel(redis_pair, fake_upstream, tag):
     a, b = redis_pair
     model = q(f"slow?tokens=200&delay_ms=50&tag={tag}")
-    client = SSEClient(f"{a.url}/ai-stream?prompt=hi&model={model}")
-    sid = client.headers["X-Stream-Id"]
-    got = first_deltas(client, 3)
-    client.close()
+    sid, got = read_then_leave(a, f"/ai-stream?prompt=hi&model={model}", 3)
     with SSEClient(f"{b.url}/api/streams/{sid}", headers={"Last-Event-ID": got[-1].id}) as other:
         more = first_deltas(other, 3)
         assert "".join(e.data for e in got + more) == "".join(token_list(6))
@@ -379,10 +385,7 @@ def test_reader_of_a_stream_whose_worker_died_gets_an_error(redis_pair, fake_ups
 
     a, b = redis_pair
     model = q(f"slow?tokens=200&delay_ms=100&tag={tag}")
-    client = SSEClient(f"{a.url}/ai-stream?prompt=hi&model={model}")
-    sid = client.headers["X-Stream-Id"]
-    got = first_deltas(client, 2)
-    client.close()
+    sid, got = read_then_leave(a, f"/ai-stream?prompt=hi&model={model}", 2)
     worker = int(requests.get(f"{a.url}/api/streams/{sid}/info", timeout=5).json()["pid"])
     os.kill(worker, signal.SIGKILL)  # the producer dies with its process, writing no end
     with SSEClient(f"{b.url}/api/streams/{sid}", headers={"Last-Event-ID": got[-1].id},
