@@ -186,14 +186,13 @@ class RedisStore(Store):
     def _write(self, batch: list[tuple[str, int, str, bool]]) -> None:
         for attempt in range(5):
             try:
-                with self.redis.pipeline(transaction=False) as pipe:
+                # One transaction: a stream's last event, its finished state and
+                # its TTLs become visible together.
+                with self.redis.pipeline(transaction=True) as pipe:
                     touched: dict[str, bool] = {}
                     for sid, seq, data, final in batch:
                         pipe.xadd(self._key("log", sid), {"e": data}, id=f"0-{seq}")
-                        if final or seq == 1:
-                            touched[sid] = final
-                        else:
-                            touched.setdefault(sid, False)
+                        touched[sid] = touched.get(sid, False) or final
                     for sid, final in touched.items():
                         ttl = self.ttl if final else self.running_ttl
                         pipe.expire(self._key("log", sid), ttl)
