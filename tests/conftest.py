@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -36,16 +37,48 @@ def require_binary(name: str, install: str) -> str:
 
 
 class Process:
-    """A child process started for a test, stopped at teardown."""
+    """A child process started for a test, stopped at teardown.
+
+    Its output goes to ``log``; :meth:`wait_for` blocks until a line containing
+    some text appears (the process says it is ready), with a deadline.
+    """
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
-        self._logfile = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._logfile,
+        self._lines: list[str] = []
+        self._eof = False
+        self._changed = threading.Condition()
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with open(self.log, "wb") as out:
+            for line in self.proc.stdout:
+                out.write(line)
+                out.flush()
+                with self._changed:
+                    self._lines.append(line.decode(errors="replace"))
+                    self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float, what: str) -> None:
+        """Block until the output has a line containing ``text``, or fail."""
+        def seen() -> bool:
+            return self._eof or any(text in line for line in self._lines)
+        with self._changed:
+            self._changed.wait_for(seen, timeout)
+            found = any(text in line for line in self._lines)
+        if not found:
+            state = "exited" if self.proc.poll() is not None else f"not ready after {timeout}s"
+            raise AssertionError(f"{what} {state}:\n{self.output()[-3000:]}")
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")
+        with self._changed:
+            return "".join(self._lines)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         if self.proc.poll() is None:
@@ -55,7 +88,7 @@ class Process:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        self._logfile.close()
+        self._reader.join(5)
 
 
 @pytest.fixture(scope="session")
@@ -64,17 +97,19 @@ def fake_upstream(tmp_path_factory) -> Iterator[str]:
     port = free_port()
     proc = Process([sys.executable, "tests/fake_upstream.py", "--port", str(port)],
                    dict(os.environ), tmp_path_factory.mktemp("upstream") / "upstream.log")
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _answers(f"{url}/_health"), 15, f"fake upstream on {port}", proc)
-    yield url
+    proc.wait_for("listening", 15, f"fake upstream on {port}")
+    yield f"http://127.0.0.1:{port}"
     proc.stop()
 
 
-def _answers(url: str) -> bool:
+def answers(url: str, process: Process, what: str) -> None:
+    """One request that must succeed: the listener is bound, so it waits in the
+    backlog until the server accepts it."""
     try:
-        return requests.get(url, timeout=1).status_code < 500
-    except requests.RequestException:
-        return False
+        status = requests.get(url, timeout=20).status_code
+    except requests.RequestException as exc:
+        raise AssertionError(f"{what} does not answer ({exc}):\n{process.output()[-3000:]}") from None
+    assert status == 200, f"{what} answered {status}"
 
 
 class Server:
@@ -115,7 +150,8 @@ def start_server(fake_upstream, tmp_path_factory) -> Iterator:
         log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
         proc = Process([gunicorn, "-c", "conf/gunicorn.conf.py", "wsgi:app"], env, log)
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _answers(f"{url}/healthz"), 20, f"gunicorn on {port}", proc)
+        proc.wait_for("Booting worker", 20, f"gunicorn on {port}")
+        answers(f"{url}/healthz", proc, f"gunicorn on {port}")
         server = Server(url, proc, port)
         started.append(server)
         return server
@@ -144,7 +180,7 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
     proc = Process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "no"], dict(os.environ),
                    tmp_path_factory.mktemp("redis") / "redis.log")
-    wait_until(lambda: _redis_ping("127.0.0.1", port), 10, f"redis-server on {port}", proc)
+    proc.wait_for("Ready to accept connections", 10, f"redis-server on {port}")
     yield f"redis://127.0.0.1:{port}/0"
     proc.stop()
 

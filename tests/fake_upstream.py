@@ -33,6 +33,8 @@ that tag, ``GET /_log?prefix=P`` returns ``{tag: records}`` for every tag starti
 with ``P``. A record has ``opened``, ``closed_by_peer``, ``finished`` (``time.monotonic()``
 seconds, comparable across processes on Linux), ``sent`` (token events written) and
 what the request carried (``messages``, ``stream``, ``stream_options``, ``authorization``).
+``GET /_log?tag=T&wait=FIELD&timeout=S`` is a long-poll: it answers once a record of
+``T`` has ``FIELD`` set (``opened``: once there is a record), or after ``S`` seconds.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import time  # noqa: E402
 from urllib.parse import parse_qs, urlsplit  # noqa: E402
 
 import gevent  # noqa: E402
+import gevent.event  # noqa: E402
 from gevent.server import StreamServer  # noqa: E402
 
 TOKENS = ["Hello", ",", " world", "!", " 你好", "，", "世界", "。", " Streaming", " works", "."]
@@ -56,6 +59,7 @@ APIS = {"/v1/chat/completions": "openai", "/api/chat": "ollama", "/api/generate"
 MAX_RECORDS = 200_000
 LOG: dict[str, list[dict]] = {}
 COUNT = [0]
+CHANGED = [gevent.event.Event()]  # replaced on every change; long-polls wait on it
 
 
 def token_list(n: int) -> list[str]:
@@ -150,7 +154,21 @@ def new_record(tag: str, **fields: object) -> dict:
               "finished": None, "sent": 0}
     LOG.setdefault(tag, []).append(record)
     COUNT[0] += 1
+    changed()
     return record
+
+
+def changed() -> None:
+    """Wake the long-polls of ``GET /_log?wait=...``: a record changed."""
+    event, CHANGED[0] = CHANGED[0], gevent.event.Event()
+    event.set()
+
+
+def mark(record: dict, field: str) -> None:
+    """Set a record's time ``field`` (once) and tell the long-polls."""
+    if record[field] is None:
+        record[field] = time.monotonic()
+        changed()
 
 
 def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep: bool) -> None:
@@ -209,12 +227,18 @@ def watch(sock: socket.socket, record: dict, writer: gevent.Greenlet) -> None:
     except OSError:
         pass
     if record["finished"] is None:  # not our own close racing this recv
-        record["closed_by_peer"] = time.monotonic()
+        mark(record, "closed_by_peer")
         writer.kill(PeerGone, block=False)
 
 
 def answer_log(sock: socket.socket, query: str) -> None:
     q = parse_qs(query)
+    if "wait" in q:  # long-poll: until a record of the tag has this field set, or a timeout
+        tag, field = q.get("tag", [""])[0], q["wait"][0]
+        deadline = time.monotonic() + min(float(q.get("timeout", ["5"])[0]), 30.0)
+        while not any(r.get(field) is not None for r in LOG.get(tag, [])):
+            if not CHANGED[0].wait(max(0.0, deadline - time.monotonic())):
+                break
     if "prefix" in q:  # {tag: records} for every tag starting with prefix
         prefix = q["prefix"][0]
         out = json.dumps({t: r for t, r in LOG.items() if t.startswith(prefix)}).encode()
@@ -274,11 +298,10 @@ def handle(sock: socket.socket, addr) -> None:
             except PeerGone:
                 return
             except OSError:  # a write failed: the peer is gone
-                if record["closed_by_peer"] is None:
-                    record["closed_by_peer"] = time.monotonic()
+                mark(record, "closed_by_peer")
                 return
             finally:
-                record["finished"] = time.monotonic()
+                mark(record, "finished")
                 watcher.kill(block=True)
             if not keep:
                 return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,19 +23,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str, process: Any = None,
-               interval: float = 0.02) -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout``."""
+def poll_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """For server state that announces no event (a reader count, a TTL running
+    out): ask ``check`` every ``interval`` until it returns something truthy, or
+    fail after ``timeout``. Waits that have an event use it instead."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    tick = threading.Event()  # never set: its timed wait paces the poll
+    while True:
         result = check()
         if result:
             return result
-        if process is not None and process.proc.poll() is not None:
-            raise AssertionError(f"{what} exited early:\n{process.output()[-3000:]}")
-        time.sleep(interval)  # polling interval of a bounded wait, not a pause
-    detail = f"\n{process.output()[-3000:]}" if process is not None else ""
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        tick.wait(min(interval, max(0.0, deadline - time.monotonic())))
 
 
 class SSEClient:
@@ -107,9 +108,21 @@ class SSEClient:
         self.close()
 
 
-def upstream_log(upstream: str, tag: str) -> list[dict]:
-    """The fake upstream's records of connections tagged ``tag``."""
-    return requests.get(f"{upstream}/_log", params={"tag": tag}, timeout=5).json()
+def upstream_log(upstream: str, tag: str, wait: str | None = None, timeout: float = 5) -> list[dict]:
+    """The fake upstream's records of connections tagged ``tag``; with ``wait``,
+    once one of them has that field set (its long-poll), or after ``timeout``."""
+    params = {"tag": tag}
+    if wait:
+        params.update(wait=wait, timeout=str(timeout))
+    return requests.get(f"{upstream}/_log", params=params, timeout=timeout + 5).json()
+
+
+def upstream_closed_at(upstream: str, tag: str, timeout: float = 5) -> float:
+    """When the fake upstream saw streamapp close the connection tagged ``tag``."""
+    records = upstream_log(upstream, tag, wait="closed_by_peer", timeout=timeout)
+    closed = [r["closed_by_peer"] for r in records if r["closed_by_peer"] is not None]
+    assert closed, f"the upstream connection {tag} stayed open for {timeout}s: {records}"
+    return closed[0]
 
 
 def data_events(events: list[ServerSentEvent]) -> list[ServerSentEvent]:

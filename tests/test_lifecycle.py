@@ -16,19 +16,11 @@ import pytest
 import requests
 
 from tests.fake_upstream import token_list
-from tests.helpers import SSEClient, data_events, upstream_log, wait_until
+from tests.helpers import SSEClient, data_events, poll_until, upstream_closed_at, upstream_log
 
 
 def q(model: str) -> str:
     return requests.utils.quote(model, safe="")
-
-
-def closed_at(upstream: str, tag: str, timeout: float = 5) -> float:
-    """When the fake upstream saw its connection closed by streamapp."""
-    def check():
-        records = upstream_log(upstream, tag)
-        return records and records[0]["closed_by_peer"]
-    return wait_until(check, timeout, "the upstream connection to close")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +76,7 @@ def test_disconnect_with_zero_grace_closes_a_silent_upstream_within_1s(
         first_deltas(client, 1)
         left = time.monotonic()
         client.close()
-        assert closed_at(fake_upstream, f"{tag}-{attempt}") - left < 1.0
+        assert upstream_closed_at(fake_upstream, f"{tag}-{attempt}") - left < 1.0
 
 
 def test_reconnect_inside_grace_completes_and_keeps_the_upstream(with_grace, fake_upstream, tag):
@@ -111,7 +103,7 @@ def test_no_reconnect_closes_the_upstream_after_the_grace(with_grace, fake_upstr
     first_deltas(client, 1)
     left = time.monotonic()
     client.close()
-    waited = closed_at(fake_upstream, tag, timeout=6) - left
+    waited = upstream_closed_at(fake_upstream, tag, timeout=6) - left
     assert 1.8 < waited < 3.0
 
 
@@ -190,7 +182,7 @@ def test_cross_worker_resume_and_cancel(redis_pair, fake_upstream, tag):
         stopped = time.monotonic() - asked
     assert rest[-1].event == "end" and json.loads(rest[-1].data)["finish_reason"] == "cancelled"
     assert stopped < 0.2
-    assert closed_at(fake_upstream, tag) - asked < 0.2
+    assert upstream_closed_at(fake_upstream, tag) - asked < 0.2
     assert requests.post(f"{a.url}/api/streams/{sid}/cancel", timeout=5).json()["status"] == "finished"
 
 
@@ -205,7 +197,7 @@ def test_stop_within_200ms(zero_grace, fake_upstream, tag):
         ended = time.monotonic()
     assert json.loads(rest[-1].data)["finish_reason"] == "cancelled"
     assert ended - asked < 0.2
-    assert closed_at(fake_upstream, tag) - asked < 0.2
+    assert upstream_closed_at(fake_upstream, tag) - asked < 0.2
 
 
 def test_cancel_unknown_stream_is_404(server):
@@ -276,12 +268,10 @@ def test_a_client_that_stops_reading_is_dropped(start_server, tag):
     def dropped():
         info = requests.get(f"{server.url}/api/streams/{sid}/info", timeout=2).json()
         return info["readers"] == 0 and info
-    info = wait_until(dropped, 10, "the frozen client to be dropped")
+    info = poll_until(dropped, 10, "the frozen client to be dropped")
     sock.close()
     assert requests.get(f"{server.url}/healthz", timeout=2).status_code == 200
-    # The producer was not affected: the whole answer can still be read.
-    wait_until(lambda: requests.get(f"{server.url}/api/streams/{sid}/info", timeout=2)
-               .json()["state"] == "finished", 20, "the stream to finish")
+    # The producer was not affected: the whole answer can still be read (live, to its end).
     with SSEClient(f"{server.url}/api/streams/{sid}", timeout=20) as again:
         text = "".join(e.data for e in data_events(again.read_all()))
     assert text == "".join(t * 3000 for t in token_list(300))
@@ -295,16 +285,19 @@ def test_every_redis_key_has_a_ttl(start_server, redis_url, tag):
     server = start_server(REDIS_URL=redis_url, REDIS_PREFIX=prefix, RESUME_TTL_S=60, RESUME_GRACE_S=0)
     with SSEClient(f"{server.url}/stream?delay_ms=0") as client:
         sid = client.headers["X-Stream-Id"]
-        client.read_all()
+        done = client.read_all()
     with SSEClient(f"{server.url}/stream?delay_ms=200") as client:  # one left running, then cancelled
         live = client.headers["X-Stream-Id"]
         first_deltas(client, 1)
         requests.post(f"{server.url}/api/streams/{live}/cancel", timeout=5)
-        client.read_all()
+        cancelled = client.read_all()
     r = redis.Redis.from_url(redis_url)
-    for stream in (sid, live):  # Redis is written just behind the local readers
-        wait_until(lambda s=stream: r.hget(f"{prefix}:meta:{s}", "state") == b'"finished"', 5,
-                   f"stream {stream} to be recorded as finished")
+    for stream, events in ((sid, done), (live, cancelled)):
+        # Redis is written just behind the local readers: block until it has the last
+        # event (written in one transaction with the stream's finished state and TTLs).
+        last = int(events[-1].id.rpartition("-")[2])
+        assert r.xread({f"{prefix}:log:{stream}": f"0-{last - 1}"}, block=5000), stream
+        assert r.hget(f"{prefix}:meta:{stream}", "state") == b'"finished"'
     keys = list(r.scan_iter(f"{prefix}:*"))
     assert any(sid.encode() in k for k in keys) and any(live.encode() in k for k in keys)
     for key in keys:
@@ -318,7 +311,7 @@ def test_resume_at_the_end_of_a_finished_stream_is_204(start_server):
     sid, last = client.headers["X-Stream-Id"], events[-1].id
     resp = requests.get(f"{server.url}/stream", headers={"Last-Event-ID": last}, timeout=5)
     assert resp.status_code == 204  # an EventSource that reconnects after the end stops here
-    wait_until(lambda: requests.get(f"{server.url}/api/streams/{sid}", timeout=5).status_code == 204,
+    poll_until(lambda: requests.get(f"{server.url}/api/streams/{sid}", timeout=5).status_code == 204,
                10, "the finished stream to expire")
     with SSEClient(f"{server.url}/api/streams/{sid}", headers={"Last-Event-ID": events[3].id}) as c:
         assert c.status == 204
@@ -352,10 +345,10 @@ def test_client_leaving_before_the_first_token_closes_the_upstream(zero_grace, f
     model = q(f"hang?silence_s=10&tag={tag}")
     sock = socket.create_connection(("127.0.0.1", zero_grace.port), timeout=5)
     sock.sendall(f"GET /ai-stream?prompt=hi&model={model} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    wait_until(lambda: upstream_log(fake_upstream, tag), 5, "the upstream request")
+    assert upstream_log(fake_upstream, tag, wait="opened"), "the upstream request never came"
     left = time.monotonic()
     sock.close()  # headers were still held: no stream id was ever sent
-    assert closed_at(fake_upstream, tag) - left < 1.0
+    assert upstream_closed_at(fake_upstream, tag) - left < 1.0
 
 
 def test_cancelled_text_answer_says_so(server):

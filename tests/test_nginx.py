@@ -8,8 +8,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import ROOT, Process, require_binary
-from tests.helpers import SSEClient, data_events, free_port, upstream_log, wait_until
+from tests.conftest import ROOT, Process, answers, require_binary
+from tests.helpers import SSEClient, data_events, free_port, upstream_closed_at
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +26,11 @@ def behind_nginx(start_server, tmp_path_factory):
         assert old in conf, old
         conf = conf.replace(old, new)
     (work / "nginx.conf").write_text(conf)
-    proc = Process([binary, "-g", "daemon off;", "-p", str(work), "-c", str(work / "nginx.conf")],
-                   dict(os.environ), work / "stdout.log")
+    proc = Process([binary, "-g", "daemon off; error_log stderr notice;", "-p", str(work),
+                    "-c", str(work / "nginx.conf")], dict(os.environ), work / "stdout.log")
     url = f"http://127.0.0.1:{port}"
-
-    def up():
-        try:
-            return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-    wait_until(up, 10, "nginx", proc)
+    proc.wait_for("start worker process", 10, "nginx")  # listening by then
+    answers(f"{url}/healthz", proc, "nginx")
     yield url
     proc.stop()
 
@@ -61,10 +56,7 @@ def test_client_leaving_nginx_closes_the_upstream(behind_nginx, fake_upstream, t
     left = time.monotonic()
     client.close()
 
-    def closed():
-        records = upstream_log(fake_upstream, tag)
-        return records and records[0]["closed_by_peer"]
-    assert wait_until(closed, 5, "the upstream to close") - left < 1.0
+    assert upstream_closed_at(fake_upstream, tag) - left < 1.0
 
 
 def test_chat_post_through_nginx(behind_nginx) -> None:
