@@ -20,9 +20,24 @@ from ..events import Event
 
 
 class Store:
-    """The interface both stores implement."""
+    """The interface both stores implement.
+
+    Contract every implementation keeps (the reader in ``streams.reader``
+    relies on it):
+
+    - ``meta`` of a finished stream has ``state == "finished"`` and ``last``,
+      the sequence number of its final event.
+    - ``read`` returns events in order; a hole in the log (a sequence number
+      missing) is left visible as a jump, never papered over.
+    - readers hold leases of ``lease`` seconds, renewed by ``attach``; a reader
+      that stops renewing (its process died) stops counting when its lease
+      runs out.
+    - a failure of a shared backend (Redis) raises ``StoreError``, never
+      anything else.
+    """
 
     shared = False  # True when other processes see the same streams
+    lease = 30.0  # seconds a reader counts as present after its last attach
 
     def __init__(self) -> None:
         # Called as handler(kind, sid) in the producer's process when a
@@ -59,11 +74,15 @@ class Store:
         raise NotImplementedError
 
     def append(self, sid: str, seq: int, event: Event, final: bool) -> None:
-        """Add event number ``seq``; ``final`` marks the stream finished."""
+        """Add event number ``seq``; ``final`` marks the stream finished (``last = seq``)."""
         raise NotImplementedError
 
-    def read(self, sid: str, after: int) -> list[tuple[int, Event]]:
-        """Events with a sequence number above ``after``, in order."""
+    def read(self, sid: str, after: int, limit: int | None = None) -> list[tuple[int, Event]]:
+        """Events with a sequence number above ``after``, in order, at most ``limit``."""
+        raise NotImplementedError
+
+    def count(self, sid: str) -> int:
+        """How many events the stream's log holds (0 when unknown), without decoding them."""
         raise NotImplementedError
 
     def watch(self, sid: str, wake: gevent.event.Event) -> None:
@@ -79,7 +98,7 @@ class Store:
         raise NotImplementedError
 
     def attach(self, sid: str, reader: str) -> None:
-        """Record a reader (refreshes its lease)."""
+        """Record a reader, or renew its lease."""
         raise NotImplementedError
 
     def detach(self, sid: str, reader: str) -> int:
@@ -91,8 +110,12 @@ class Store:
         raise NotImplementedError
 
     def readers(self, sid: str) -> int:
-        """How many readers are attached."""
+        """How many readers hold a live lease."""
         raise NotImplementedError
+
+    def reader_counts(self, sids: list[str]) -> list[int]:
+        """:meth:`readers` of several streams at once (one round trip where it matters)."""
+        return [self.readers(sid) for sid in sids]
 
     def request_cancel(self, sid: str) -> None:
         """Flag the stream for cancellation and tell its producer's process."""
@@ -107,31 +130,37 @@ class Store:
 class _Log:
     meta: dict[str, Any]
     events: list[Event] = field(default_factory=list)
-    readers: set[str] = field(default_factory=set)
+    readers: dict[str, float] = field(default_factory=dict)  # reader id -> lease expiry
     finished_at: float | None = None
     cancel: bool = False
     watchers: set[gevent.event.Event] = field(default_factory=set)
 
 
 class MemoryStore(Store):
-    """One process's streams, in a dict; expired logs are swept lazily."""
+    """One process's streams, in a dict; expired logs are swept lazily.
 
-    def __init__(self, ttl: float) -> None:
+    ``clock`` (monotonic seconds) is a parameter so tests can move time by hand.
+    """
+
+    def __init__(self, ttl: float, lease: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.ttl = ttl
+        self.lease = lease
+        self.clock = clock
         self._logs: dict[str, _Log] = {}
         self._next_sweep = 0.0
 
     def _get(self, sid: str) -> _Log | None:
         log = self._logs.get(sid)
         if log is not None and log.finished_at is not None and \
-                time.monotonic() - log.finished_at > self.ttl:
+                self.clock() - log.finished_at > self.ttl:
             del self._logs[sid]
             return None
         return log
 
     def _sweep(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now < self._next_sweep:
             return
         self._next_sweep = now + 1.0
@@ -144,6 +173,13 @@ class MemoryStore(Store):
         self._sweep()
         self._logs[sid] = _Log(dict(meta))
 
+    def drop(self, sid: str) -> None:
+        """Forget a stream at once (a mirror whose log now lives elsewhere)."""
+        log = self._logs.pop(sid, None)
+        if log is not None:
+            for wake in log.watchers:
+                wake.set()  # its readers go and read where the log lives now
+
     def meta(self, sid: str) -> dict[str, Any] | None:
         log = self._get(sid)
         return None if log is None else log.meta
@@ -152,16 +188,22 @@ class MemoryStore(Store):
         log = self._logs[sid]
         log.events.append(event)
         if final:
-            log.finished_at = time.monotonic()
+            log.finished_at = self.clock()
             log.meta["state"] = "finished"
+            log.meta["last"] = seq
         for wake in log.watchers:
             wake.set()
 
-    def read(self, sid: str, after: int) -> list[tuple[int, Event]]:
+    def read(self, sid: str, after: int, limit: int | None = None) -> list[tuple[int, Event]]:
         log = self._get(sid)
         if log is None:
             return []
-        return list(enumerate(log.events[after:], start=after + 1))
+        end = None if limit is None else after + limit
+        return list(enumerate(log.events[after:end], start=after + 1))
+
+    def count(self, sid: str) -> int:
+        log = self._get(sid)
+        return 0 if log is None else len(log.events)
 
     def watch(self, sid: str, wake: gevent.event.Event) -> None:
         log = self._get(sid)
@@ -181,26 +223,31 @@ class MemoryStore(Store):
     def attach(self, sid: str, reader: str) -> None:
         log = self._get(sid)
         if log is not None:
-            log.readers.add(reader)
+            log.readers[reader] = self.clock() + self.lease
+
+    def _live(self, log: _Log) -> int:
+        now = self.clock()
+        return sum(1 for expiry in log.readers.values() if expiry > now)
 
     def detach(self, sid: str, reader: str) -> int:
         log = self._get(sid)
         if log is None:
             return 0
-        if reader in log.readers:
-            log.readers.discard(reader)
-            if not log.readers:
+        if log.readers.pop(reader, None) is not None:
+            left = self._live(log)
+            if not left:
                 self.control_handler("idle", sid)
-        return len(log.readers)
+            return left
+        return self._live(log)
 
     def detach_quietly(self, sid: str, reader: str) -> None:
         log = self._get(sid)
         if log is not None:
-            log.readers.discard(reader)
+            log.readers.pop(reader, None)
 
     def readers(self, sid: str) -> int:
         log = self._get(sid)
-        return 0 if log is None else len(log.readers)
+        return 0 if log is None else self._live(log)
 
     def request_cancel(self, sid: str) -> None:
         log = self._get(sid)
