@@ -18,7 +18,7 @@ def make_store(config: dict) -> Store:
         return RedisStore(config["REDIS_URL"], config["REDIS_PREFIX"], config["RESUME_TTL_S"],
                           running_ttl=config["READ_TIMEOUT_S"] + config["RESUME_GRACE_S"] + 3600,
                           lease=config["LEASE_S"])
-    return MemoryStore(config["RESUME_TTL_S"])
+    return MemoryStore(config["RESUME_TTL_S"], lease=config["LEASE_S"])
 
 
 def init_app(app: Flask) -> None:
