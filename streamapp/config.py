@@ -29,14 +29,17 @@ DEFAULTS: dict[str, Any] = {
     "RESUME_TTL_S": 300.0,             # a finished stream's log is kept this long
     "RESUME_GRACE_S": 10.0,            # a stream with no reader lives this long
     "WRITE_TIMEOUT_S": 30.0,           # a client that reads nothing this long is dropped
-    "LEASE_S": 30.0,                   # a reader's presence lease (Redis store)
+    "LEASE_S": 30.0,                   # a reader's presence lease
+    "STREAM_MAX_EVENTS": 100_000,      # deltas per stream; past it the stream ends with "length"
+    "STREAM_MAX_BYTES": 8 << 20,       # UTF-8 bytes of text per stream; likewise
+    "STREAM_MAX_DURATION_S": 3600.0,   # any stream (on_disconnect=finish too) ends with "length"
     "REDIS_PREFIX": "streamapp",       # every Redis key starts with this
 }
 
 _FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S",
-           "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S")
+           "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S", "STREAM_MAX_DURATION_S")
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
-         "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS")
+         "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES")
 PROVIDERS = ("demo", "openai", "ollama")
 
 

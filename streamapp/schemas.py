@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from .errors import ApiError
 
 NonEmpty = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=100_000)]
+OnDisconnect = Annotated[Literal["cancel", "finish"], Field(
+    description="what a client leaving means: cancel (stop after the resume grace) or finish "
+                "(generate to the end so the answer can be fetched later)")]
 
 
 class Message(BaseModel):
@@ -32,6 +35,7 @@ class ChatBody(BaseModel):
     provider: Literal["demo", "openai", "ollama"] | None = None
     model: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)] | None = None
     history: Annotated[list[Message], Field(max_length=500)] = []
+    on_disconnect: OnDisconnect = "cancel"
 
 
 class StreamQuery(BaseModel):
@@ -39,6 +43,7 @@ class StreamQuery(BaseModel):
 
     text: Annotated[str, StringConstraints(min_length=1)] | None = None
     delay_ms: Annotated[int, Field(ge=0)] | None = None
+    on_disconnect: OnDisconnect = "cancel"
 
 
 class PromptQuery(BaseModel):
@@ -46,6 +51,7 @@ class PromptQuery(BaseModel):
 
     prompt: NonEmpty
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    on_disconnect: OnDisconnect = "cancel"
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -1,24 +1,26 @@
 """Encoders: one per wire format, turning numbered stream events into bytes.
 
-Every route writes through one of these; none formats ``data:`` lines itself.
-Flavors of SSE:
+Every transport writes through one of these; none formats ``data:`` lines
+itself. Formats are registered by name (:func:`encoder`), and a stream's
+metadata keeps the name it was made for, so a resume speaks the same format.
+Adding a format is one new class with ``@register``.
 
-- ``chat`` (``POST /api/chat``): ``data:`` is JSON, ``{"delta", "index"}`` per
-  token and a final ``{"is_end": true, "finish_reason", "usage"}``.
-- ``plain`` (``/stream``, ``/ai-stream``, ``/local-ai``): ``data:`` is the raw
-  token text; the stream ends with ``event: end``.
+- ``chat`` (SSE, ``POST /api/chat``): ``data:`` is JSON, ``{"delta", "index"}``
+  per token and a final ``{"is_end": true, "finish_reason", "usage"}``.
+- ``plain`` (SSE, ``/stream``, ``/ai-stream``, ``/local-ai``): ``data:`` is the
+  raw token text; the stream ends with ``event: end``.
+- ``text`` (chunked ``text/plain``): the tokens alone, one chunk each.
 
-Both open with ``event: stream`` (``{"stream_id"}``) carrying the first
-``retry:``, give every event the id ``<stream_id>-<seq>``, and end a failure
-with ``event: error`` and ``{"code", "message"}``. ``TextEncoder`` writes the
-tokens alone, one chunk each, for ``Accept: text/plain``.
+Both SSE formats open with ``event: stream`` (``{"stream_id"}``) carrying the
+first ``retry:``, give every event the id ``<stream_id>-<seq>``, and end a
+failure with ``event: error`` and ``{"code", "message"}``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Protocol
 
 from . import sse
 from .events import Delta, Done, Event, Failed, Opened
@@ -49,15 +51,48 @@ def parse_event_id(value: str) -> tuple[str, int] | None:
     return sid, int(seq)
 
 
-class SSEEncoder:
-    """Server-sent events in the ``chat`` or ``plain`` flavor."""
+class Encoder(Protocol):
+    """What every wire format provides."""
 
+    name: str
+    content_type: str
+    resumable: bool  # the client gets event ids and may come back with one
+    coalesce: bool  # events read together may share one chunk
+
+    def open(self, sid: str) -> bytes: ...
+    def heartbeat(self) -> bytes: ...
+    def event(self, sid: str, seq: int, event: Event, first: bool) -> bytes: ...
+
+
+_FORMATS: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: make a wire format available by its ``name``."""
+    _FORMATS[cls.name] = cls
+    return cls
+
+
+def encoder(name: str, retry_ms: int = 2000) -> Encoder:
+    """A new encoder of the wire format called ``name``."""
+    return _FORMATS[name](retry_ms)
+
+
+def is_resumable(name: str) -> bool:
+    """Whether streams made in format ``name`` can be resumed by event id."""
+    cls = _FORMATS.get(name)
+    return bool(cls and cls.resumable)
+
+
+class _SSE:
+    """What both SSE formats share: the opening, heartbeats, ends and errors."""
+
+    name = ""
     content_type = "text/event-stream; charset=utf-8"
     resumable = True
-    coalesce = True  # events read together may share one chunk
+    coalesce = True
 
-    def __init__(self, flavor: str, retry_ms: int) -> None:
-        self.flavor = flavor
+    def __init__(self, retry_ms: int = 2000) -> None:
         self.retry_ms = retry_ms
 
     def open(self, sid: str) -> bytes:
@@ -68,33 +103,66 @@ class SSEEncoder:
         """Written when nothing else was sent for a while."""
         return sse.comment("keep-alive")
 
+    def delta(self, event: Delta) -> str:
+        raise NotImplementedError
+
+    def end(self, data: str, eid: str, retry: int | None) -> bytes:
+        raise NotImplementedError
+
     def event(self, sid: str, seq: int, event: Event, first: bool) -> bytes:
         """One event; the first one written on a connection carries ``retry:``."""
         eid = event_id(sid, seq)
         retry = self.retry_ms if first else None
         if isinstance(event, Delta):
-            data = _json({"delta": event.text, "index": event.index}) \
-                if self.flavor == "chat" else event.text
-            return sse.encode(data, id=eid, retry=retry)
+            return sse.encode(self.delta(event), id=eid, retry=retry)
         if isinstance(event, Opened):
             return sse.encode(_json({"stream_id": sid}), event="stream", id=eid, retry=retry)
         if isinstance(event, Done):
             end = {"is_end": True, "finish_reason": event.finish_reason, "usage": event.usage}
-            if self.flavor == "chat":
-                return sse.encode(_json(end), id=eid, retry=retry)
-            return sse.encode(_json(end), event="end", id=eid, retry=retry)
+            return self.end(_json(end), eid, retry)
         if isinstance(event, Failed):
             return sse.encode(_json({"code": event.code, "message": event.message}),
                               event="error", id=eid, retry=retry)
         raise TypeError(f"no SSE form for {event!r}")
 
 
-class TextEncoder:
+@register
+class ChatSSE(_SSE):
+    """``POST /api/chat``: JSON deltas, and the end as a plain ``data:``."""
+
+    name = "chat"
+
+    def delta(self, event: Delta) -> str:
+        return _json({"delta": event.text, "index": event.index})
+
+    def end(self, data: str, eid: str, retry: int | None) -> bytes:
+        return sse.encode(data, id=eid, retry=retry)
+
+
+@register
+class PlainSSE(_SSE):
+    """The GET streams: raw token text, and the end as ``event: end``."""
+
+    name = "plain"
+
+    def delta(self, event: Delta) -> str:
+        return event.text
+
+    def end(self, data: str, eid: str, retry: int | None) -> bytes:
+        return sse.encode(data, event="end", id=eid, retry=retry)
+
+
+@register
+class TextChunks:
     """Plain chunked text: one chunk per delta, nothing else."""
 
+    name = "text"
     content_type = "text/plain; charset=utf-8"
     resumable = False
     coalesce = False  # one chunk per delta
+
+    def __init__(self, retry_ms: int = 0) -> None:
+        pass
 
     def open(self, sid: str) -> bytes:
         return b""

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, request
 from ..errors import ApiError
 from ..providers import ChatRequest
 from ..schemas import ChatBody, parse
-from .streaming import requested_resume, resume_stream, start_stream
+from .streaming import nothing_to_resume, requested_resume, resume_stream, start_stream
 
 bp = Blueprint("chat", __name__)
 
@@ -29,8 +29,10 @@ def _json_body() -> object:
 def chat() -> Response:
     """Stream an answer to ``message`` (after ``history``) from ``provider``."""
     point = requested_resume()
-    if point:
-        return resume_stream(*point)
+    if point is False:
+        return nothing_to_resume()
+    if point is not None:
+        return resume_stream(*point, route="chat")
     body = parse(ChatBody, _json_body())
     name = body.provider or current_app.config["DEFAULT_PROVIDER"]
     provider = current_app.extensions["providers"][name]
@@ -38,4 +40,4 @@ def chat() -> Response:
     messages.append({"role": "user", "content": body.message})
     request_ = ChatRequest(messages, model=body.model)
     return start_stream(provider.stream(request_), "chat",
-                        {"route": "chat", "uid": body.uid, "provider": name})
+                        {"route": "chat", "uid": body.uid, "provider": name}, body.on_disconnect)

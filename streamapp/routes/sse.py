@@ -11,20 +11,20 @@ from ..providers import ChatRequest
 from ..schemas import PromptQuery, StreamQuery, parse
 from ..streams import get_manager
 from ..wire import is_stream_id
-from .streaming import requested_resume, resume_stream, start_stream
+from .streaming import nothing_to_resume, requested_resume, resume_stream, start_stream
 
 bp = Blueprint("sse", __name__)
 
 DEFAULT_TEXT = "Hello! 你好，世界！This is streamapp, streaming one token at a time."
 
 
-def _resume_or(start):
-    """Resume the stream named by ``Last-Event-ID``, else call ``start()``."""
+def _resume_or(route: str, start):
+    """Resume the stream of ``route`` named by ``Last-Event-ID``, else call ``start()``."""
     point = requested_resume()
     if point is False:
-        return Response(status=204)
+        return nothing_to_resume()
     if point is not None:
-        return resume_stream(*point)
+        return resume_stream(*point, route=route)
     return start()
 
 
@@ -40,7 +40,8 @@ def stream() -> Response:
     options = {"text": text, "delay_ms": min(delay, config["STREAM_MAX_DELAY_MS"])}
     provider = current_app.extensions["providers"]["demo"]
     chat = ChatRequest([{"role": "user", "content": text}], options=options)
-    return _resume_or(lambda: start_stream(provider.stream(chat), "plain", {"route": "stream"}))
+    return _resume_or("stream", lambda: start_stream(provider.stream(chat), "plain", {"route": "stream"},
+                                                     query.on_disconnect))
 
 
 def _prompt_stream(provider_name: str) -> Response:
@@ -48,8 +49,9 @@ def _prompt_stream(provider_name: str) -> Response:
         query = parse(PromptQuery, request.args.to_dict())
         provider = current_app.extensions["providers"][provider_name]
         chat = ChatRequest([{"role": "user", "content": query.prompt}], model=query.model)
-        return start_stream(provider.stream(chat), "plain", {"route": provider_name})
-    return _resume_or(start)
+        return start_stream(provider.stream(chat), "plain", {"route": provider_name},
+                            query.on_disconnect)
+    return _resume_or(provider_name, start)
 
 
 @bp.get("/ai-stream")
@@ -86,7 +88,7 @@ def info(sid: str) -> Response:
     return jsonify({"stream_id": sid, "state": meta.get("state"), "route": meta.get("route"),
                     "pid": os.getpid(),  # the worker answering, handy when tracing a stream
                     "readers": manager.store.readers(sid),
-                    "events": len(manager.store.read(sid, 0))})
+                    "events": manager.store.count(sid)})
 
 
 @bp.post("/api/streams/<sid>/cancel")

@@ -4,6 +4,12 @@ Before the first byte, a failure is an HTTP error with a JSON body (502, or
 504 on an upstream timeout); after it, the stream's final ``event: error``.
 Headers are held until the upstream accepted the request and produced a first
 token, or ``HEADER_WAIT_S`` after it accepted, whichever comes first.
+
+Resuming follows one rule: a ``Last-Event-ID`` that does not name an event of
+a stream made by this route in this format, with events still to come after
+it (an id not ours, another route's stream, an expired stream, an id at or past
+the end) is answered ``204 No Content``, which tells an ``EventSource`` to stop
+reconnecting. It never starts a new generation.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from flask import Response, current_app, request, stream_with_context
 from ..errors import error_response
 from ..events import Event, Failed
 from ..streams import get_manager
-from ..streams.consumer import DepartureWatch, consume
-from ..wire import SSEEncoder, TextEncoder, is_stream_id, parse_event_id
+from ..wire import Encoder, encoder, is_resumable, is_stream_id, parse_event_id
+from .edge import DepartureWatch, http_body
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_TYPE = "text/event-stream; charset=utf-8"
 
 
 def wants_text() -> bool:
@@ -43,28 +50,43 @@ def requested_resume() -> tuple[str, int] | None | bool:
     return parse_event_id(value) or False
 
 
-def _respond(sid: str, after: int, encoder: SSEEncoder | TextEncoder) -> Response:
-    config = current_app.config
-    body = consume(get_manager(), sid, after, encoder,
-                   heartbeat=config["HEARTBEAT_S"], write_timeout=config["WRITE_TIMEOUT_S"],
-                   sock=request.environ.get("gunicorn.socket"))
-    resp = Response(stream_with_context(body), content_type=encoder.content_type,
-                    headers={**STREAM_HEADERS, "X-Stream-Id": sid})
-    return resp
+def nothing_to_resume() -> Response:
+    """The 204 of the resume rule, typed as SSE (SSE client libraries check the type)."""
+    return Response(status=204, content_type=SSE_TYPE)
 
 
-def start_stream(events: Iterator[Event], flavor: str, meta: dict[str, Any]) -> Response:
-    """Start a generation and answer with its stream (or its early failure)."""
+def _respond(sid: str, after: int, enc: Encoder) -> Response:
     config = current_app.config
-    text = flavor == "chat" and wants_text()
     manager = get_manager()
-    sid = manager.start(events, {**meta, "flavor": flavor})
+    reader = manager.attach(sid, after, idle=config["HEARTBEAT_S"],
+                            leave_at_shutdown=manager.store.shared and enc.resumable)
+    body = http_body(reader, enc, write_timeout=config["WRITE_TIMEOUT_S"],
+                     sock=request.environ.get("gunicorn.socket"))
+    return Response(stream_with_context(body), content_type=enc.content_type,
+                    headers={**STREAM_HEADERS, "X-Stream-Id": sid})
+
+
+def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
+                 on_disconnect: str = "cancel") -> Response:
+    """Start a generation in wire format ``fmt`` and answer with its stream (or its early failure).
+
+    ``HEAD`` gets the headers a ``GET`` would and starts nothing.
+    """
+    config = current_app.config
+    if fmt == "chat" and wants_text():
+        fmt = "text"
+    enc = encoder(fmt, config["RETRY_MS"])
+    if request.method == "HEAD":
+        return Response(status=200, content_type=enc.content_type, headers=STREAM_HEADERS)
+    manager = get_manager()
+    sid = manager.start(events, {**meta, "format": fmt}, on_disconnect)
     limit = config["CONNECT_TIMEOUT_S"] + config["READ_TIMEOUT_S"] + 5
     client_gone = gevent.event.Event()
     sock = request.environ.get("gunicorn.socket")
     watch = DepartureWatch(sock, client_gone.set) if sock is not None else None
     try:
-        first = manager.first_event(sid, config["HEADER_WAIT_S"], limit, client_gone)
+        with manager.holding(sid):
+            first = manager.first_event(sid, config["HEADER_WAIT_S"], limit, client_gone)
     finally:
         if watch is not None:
             watch.stop()
@@ -78,15 +100,25 @@ def start_stream(events: Iterator[Event], flavor: str, meta: dict[str, Any]) -> 
         manager.cancel(sid)
         return error_response(504, "upstream_timeout", "the upstream did not answer in time",
                               headers={"X-Stream-Id": sid})
-    encoder = TextEncoder() if text else SSEEncoder(flavor, config["RETRY_MS"])
-    return _respond(sid, 0, encoder)
+    return _respond(sid, 0, enc)
 
 
-def resume_stream(sid: str, after: int) -> Response:
-    """Continue stream ``sid`` after event ``after``; 204 if it is unknown or expired."""
+def resume_stream(sid: str, after: int, route: str | None = None) -> Response:
+    """Continue stream ``sid`` after event ``after`` in the format it was made in.
+
+    With ``route``, only a stream that route made. 204 by the resume rule.
+    """
     store = get_manager().store
     meta = store.meta(sid) if is_stream_id(sid) else None
-    if meta is None or (meta.get("state") == "finished" and not store.read(sid, after)):
-        return Response(status=204)  # nothing to resume: an EventSource stops reconnecting
-    return _respond(sid, after, SSEEncoder(meta.get("flavor", "plain"),
-                                           current_app.config["RETRY_MS"]))
+    if meta is None or (route is not None and meta.get("route") != route):
+        return nothing_to_resume()
+    fmt = meta.get("format", "plain")
+    if not is_resumable(fmt):
+        if route is not None:
+            return nothing_to_resume()  # its client never had ids to resume with
+        after = 0  # the stream API replays a text stream whole
+    if meta.get("state") == "finished":
+        last = meta.get("last")
+        if (after >= int(last)) if last is not None else not store.read(sid, after, 1):
+            return nothing_to_resume()
+    return _respond(sid, after, encoder(fmt, current_app.config["RETRY_MS"]))

@@ -25,7 +25,9 @@ def init_app(app: Flask) -> None:
     """Create this app's stream manager in ``app.extensions['streams']``."""
     config = app.config
     tick = min(config["HEARTBEAT_S"] / 3, config["LEASE_S"] / 3, 2.0)
-    app.extensions["streams"] = StreamManager(make_store(config), config["RESUME_GRACE_S"], tick)
+    app.extensions["streams"] = StreamManager(
+        make_store(config), config["RESUME_GRACE_S"], tick, max_events=config["STREAM_MAX_EVENTS"],
+        max_bytes=config["STREAM_MAX_BYTES"], max_duration=config["STREAM_MAX_DURATION_S"])
 
 
 def get_manager() -> StreamManager:

@@ -1,9 +1,17 @@
-"""The stream manager: starts producers, attaches readers, cancels, drains.
+"""The stream manager: starts producers, keeps readers, cancels, drains.
 
 One instance per process lives in ``app.extensions["streams"]``. It keeps the
 producers this process runs; the store keeps everything a reader on another
-process needs. When the last reader of a stream leaves, the producer keeps
-going for the resume grace and is then stopped as ``client_gone``.
+process needs.
+
+Nobody reading means nothing generating. A stream whose last reader leaves
+keeps going for the resume grace and is then stopped as ``client_gone``: the
+store says ``idle`` when the last reader detaches, and a periodic check (the
+tick) is the backstop for everything that message cannot cover: a first
+reader that never attached (a response never iterated), an ``idle`` message
+that was lost, a reader whose process died (its lease runs out). A stream
+asked to ``finish`` is exempt and bounded by ``max_duration`` instead, like
+every stream.
 """
 
 from __future__ import annotations
@@ -11,8 +19,9 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
@@ -22,54 +31,29 @@ from ..events import Event, Opened
 from .producer import Producer
 from .store import Store
 
+if TYPE_CHECKING:
+    from .reader import StreamReader
+
 logger = logging.getLogger(__name__)
-
-
-class Reader:
-    """One attached consumer of a stream; ``close`` is idempotent."""
-
-    def __init__(self, manager: StreamManager, sid: str) -> None:
-        self.manager, self.sid = manager, sid
-        self.id = secrets.token_hex(6)
-        self.wake = gevent.event.Event()  # set: new events, client gone, or shutting down
-        self.gone = False
-        self.closed = False
-        self.renewed_at = time.monotonic()
-        manager.store.attach(sid, self.id)
-        manager.store.watch(sid, self.wake)
-        manager._readers.add(self)
-
-    def refresh(self) -> None:
-        """Renew this reader's presence lease."""
-        self.manager.store.attach(self.sid, self.id)
-        self.renewed_at = time.monotonic()
-
-    def close(self) -> None:
-        """Detach; the last reader leaving starts the grace period."""
-        if self.closed:
-            return
-        self.closed = True
-        self.manager._readers.discard(self)
-        self.manager.store.unwatch(self.sid, self.wake)
-        if self.manager.stopping.is_set():
-            # Leaving only so the client resumes elsewhere: not a departure.
-            self.manager.store.detach_quietly(self.sid, self.id)
-        else:
-            self.manager.store.detach(self.sid, self.id)
 
 
 class StreamManager:
     """Per-process registry of producers and readers over a shared store."""
 
-    def __init__(self, store: Store, grace: float, tick: float = 1.0) -> None:
+    def __init__(self, store: Store, grace: float, tick: float = 1.0, *, max_events: int = 0,
+                 max_bytes: int = 0, max_duration: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.grace = grace
         self.tick = tick  # readers are woken this often to send heartbeats and renew leases
+        self.max_events, self.max_bytes, self.max_duration = max_events, max_bytes, max_duration
+        self.clock = clock
         self.owner = secrets.token_hex(8)
         self.stopping = gevent.event.Event()
+        self.readers: set[StreamReader] = set()
         self._producers: dict[str, Producer] = {}
+        self._held: dict[str, int] = {}  # streams whose starting request still holds its headers
         self._grace_timers: dict[str, gevent.Greenlet] = {}
-        self._readers: set[Reader] = set()
         store.control_handler = self._on_control
         self._started = False
 
@@ -85,7 +69,7 @@ class StreamManager:
         # timer of its own (cheaper per event); woken, it sees what is due.
         while True:
             gevent.sleep(self.tick)
-            for reader in list(self._readers):
+            for reader in list(self.readers):
                 reader.wake.set()
             self.store.heartbeat()
             try:
@@ -94,14 +78,44 @@ class StreamManager:
                     self._on_control("cancel", sid)
             except StoreError as exc:
                 logger.warning("could not poll for cancels: %s", exc)
+            self.check(self.clock())
+
+    def check(self, now: float) -> None:
+        """The producer side's backstop: stop streams unread for the grace, or past their duration."""
+        watched = []
+        for sid, producer in list(self._producers.items()):
+            if self.max_duration and now - producer.started_at >= self.max_duration:
+                producer.stop("length")
+            elif producer.on_disconnect == "cancel" and sid not in self._held:
+                watched.append(sid)
+        if not watched:
+            return
+        try:
+            counts = self.store.reader_counts(watched)
+        except StoreError as exc:
+            logger.warning("could not count readers: %s", exc)
+            return
+        for sid, count in zip(watched, counts, strict=True):
+            producer = self._producers.get(sid)
+            if producer is None:
+                continue
+            if count:
+                producer.unread_since = None
+            elif producer.unread_since is None:
+                producer.unread_since = now
+            elif now - producer.unread_since >= self.grace:
+                logger.info("stream %s: nobody read it for %.1f s; stopping it", sid, self.grace)
+                producer.stop("client_gone")
 
     # -- producing ---------------------------------------------------------
-    def start(self, events: Iterator[Event], meta: dict[str, Any]) -> str:
+    def start(self, events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "cancel") -> str:
         """Register a stream, start its producer, return its id."""
         self._ensure_started()
         sid = secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
         self.store.create(sid, {**meta, "state": "running"})
-        self._producers[sid] = Producer(sid, events, self.store, self._producer_exit)
+        self._producers[sid] = Producer(
+            sid, events, self.store, self._producer_exit, max_events=self.max_events,
+            max_bytes=self.max_bytes, on_disconnect=on_disconnect, started_at=self.clock())
         return sid
 
     def _producer_exit(self, sid: str) -> None:
@@ -110,10 +124,32 @@ class StreamManager:
         if timer is not None:
             timer.kill(block=False)
 
-    def attach(self, sid: str) -> Reader:
-        """A new reader of ``sid`` (it must be closed)."""
+    @contextmanager
+    def holding(self, sid: str) -> Iterator[None]:
+        """While the request that started ``sid`` decides its response, it counts as read."""
+        self._held[sid] = self._held.get(sid, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._held.pop(sid) - 1
+            if left:
+                self._held[sid] = left
+            producer = self._producers.get(sid)
+            if producer is not None:
+                producer.unread_since = self.clock()  # the grace for a first reader starts now
+
+    def reader_attached(self, sid: str) -> None:
+        """A reader in this process holds ``sid``: it is being read."""
+        producer = self._producers.get(sid)
+        if producer is not None:
+            producer.unread_since = None
+
+    def attach(self, sid: str, after: int = 0, **options: Any) -> StreamReader:
+        """A new reader of ``sid`` after event ``after`` (it must be closed)."""
+        from .reader import StreamReader
+
         self._ensure_started()
-        return Reader(self, sid)
+        return StreamReader(self, sid, after, **options)
 
     def cancel(self, sid: str) -> str | None:
         """Ask the stream's producer, wherever it runs, to stop.
@@ -135,7 +171,8 @@ class StreamManager:
             return
         if kind == "cancel":
             producer.stop("cancelled")
-        elif kind == "idle":
+        elif kind == "idle" and producer.on_disconnect == "cancel":
+            producer.unread_since = self.clock()
             self._start_grace(sid)
 
     def _start_grace(self, sid: str) -> None:
@@ -150,7 +187,14 @@ class StreamManager:
     def _grace_over(self, sid: str) -> None:
         self._grace_timers.pop(sid, None)
         producer = self._producers.get(sid)
-        if producer is not None and self.store.readers(sid) == 0:
+        if producer is None or sid in self._held:
+            return
+        try:
+            readers = self.store.readers(sid)
+        except StoreError as exc:
+            logger.warning("could not count the readers of stream %s: %s", sid, exc)
+            return  # the tick's check tries again
+        if readers == 0:
             producer.stop("client_gone")
 
     # -- waiting -----------------------------------------------------------
@@ -170,7 +214,7 @@ class StreamManager:
         try:
             while not give_up.is_set():
                 wake.clear()
-                events = self.store.read(sid, 0)
+                events = self.store.read(sid, 0, 2)
                 for _, event in events:
                     if not isinstance(event, Opened):
                         return event
@@ -195,13 +239,16 @@ class StreamManager:
     def begin_shutdown(self) -> None:
         """Wake every reader; those whose client can resume elsewhere end cleanly."""
         self.stopping.set()
-        for reader in list(self._readers):
+        for reader in list(self.readers):
             reader.wake.set()
 
     def drain(self, timeout: float) -> None:
-        """Let running producers finish for up to ``timeout``, then stop them."""
-        greenlets = [p.greenlet for p in self._producers.values()]
-        gevent.joinall(greenlets, timeout=timeout)
+        """Let running producers (those started meanwhile too) finish for up to ``timeout``,
+        then stop them."""
+        deadline = time.monotonic() + timeout
+        while self._producers and time.monotonic() < deadline:
+            gevent.joinall([p.greenlet for p in self._producers.values()],
+                           timeout=max(0.0, deadline - time.monotonic()))
         for producer in list(self._producers.values()):
             producer.stop("shutdown")
         gevent.joinall([p.greenlet for p in self._producers.values()], timeout=2)

@@ -4,7 +4,10 @@ It numbers events from 1 and appends each to the stream's log; readers follow
 the log on their own. ``stop(reason)`` ends generation at once, even while the
 upstream is silent: the greenlet is interrupted where it waits for the
 upstream, the provider's ``finally`` closes the upstream response, and the
-stream ends with ``Done(finish_reason=reason)``.
+stream ends with ``Done(finish_reason=reason)``. A stream that reaches its
+limits (``max_events`` deltas or ``max_bytes`` of text) ends the same way with
+``finish_reason: "length"``. Whatever happens, the exit path runs to its end:
+the final event is appended and ``on_exit`` is called.
 """
 
 from __future__ import annotations
@@ -26,12 +29,22 @@ class StreamStopped(Exception):
 
 
 class Producer:
-    """Runs ``events`` into ``store`` under stream id ``sid``."""
+    """Runs ``events`` into ``store`` under stream id ``sid``.
+
+    ``on_disconnect`` is ``"cancel"`` (stop once nobody reads, after the grace)
+    or ``"finish"`` (generate to the end; the manager bounds its duration).
+    ``unread_since`` is when the manager last saw it without readers.
+    """
 
     def __init__(self, sid: str, events: Iterator[Event], store: Store,
-                 on_exit: Callable[[str], None]) -> None:
+                 on_exit: Callable[[str], None], *, max_events: int = 0, max_bytes: int = 0,
+                 on_disconnect: str = "cancel", started_at: float = 0.0) -> None:
         self.sid = sid
         self.store = store
+        self.on_disconnect = on_disconnect
+        self.started_at = started_at
+        self.unread_since: float | None = started_at
+        self.max_events, self.max_bytes = max_events, max_bytes
         self._events = events
         self._on_exit = on_exit
         self._in_upstream = False
@@ -55,6 +68,8 @@ class Producer:
     def _run(self) -> None:
         final: Event | None = None
         events = self._events
+        deltas = size = 0
+        max_events, max_bytes = self.max_events, self.max_bytes
         try:
             while self._stop_reason is None:
                 self._in_upstream = True
@@ -65,8 +80,14 @@ class Producer:
                 if event is None:
                     final = Failed("upstream_bad_response", "the provider ended without a result")
                     break
-                if isinstance(event, Delta) and not event.text:
-                    continue
+                if isinstance(event, Delta):
+                    if not event.text:
+                        continue
+                    deltas += 1
+                    size += len(event.text.encode("utf-8", "replace"))
+                    if (max_events and deltas > max_events) or (max_bytes and size > max_bytes):
+                        final = Done("length")  # this stream's limits: the upstream is closed below
+                        break
                 if is_terminal(event):
                     # Readers get the end now; closing the provider may still tidy
                     # the upstream connection up for reuse.
@@ -78,16 +99,25 @@ class Producer:
         except StreamStopped as stop:
             final = Done(stop.args[0])
         except UpstreamError as exc:
+            logger.warning("stream %s: %s (%s)", self.sid, exc.message,
+                           getattr(exc, "detail", None) or exc.code)
             final = Failed(exc.code, exc.message, exc.status)
         except Exception as exc:  # noqa: BLE001 - a provider bug must end the stream, not hang it
             logger.exception("producer of stream %s failed", self.sid)
             final = Failed("internal_error", f"internal error: {type(exc).__name__}", 500)
         finally:
-            events.close()  # closes the upstream response if it is still open
-            try:
-                if final is not None:
-                    self._append(final)
-            except Exception:  # noqa: BLE001 - the store failed; readers here still got the end
-                logger.exception("could not record the end of stream %s", self.sid)
-            finally:
-                self._on_exit(self.sid)
+            self._finish(final)
+
+    def _finish(self, final: Event | None) -> None:
+        """Close the upstream, record the end, tell the manager: each step whatever the others do."""
+        try:
+            self._events.close()  # closes the upstream response if it is still open
+        except Exception:  # noqa: BLE001 - closing failed; the end must still be recorded
+            logger.exception("closing the upstream of stream %s failed", self.sid)
+        try:
+            if final is not None:
+                self._append(final)
+        except Exception:  # noqa: BLE001 - the store failed; readers here still got the end
+            logger.exception("could not record the end of stream %s", self.sid)
+        finally:
+            self._on_exit(self.sid)

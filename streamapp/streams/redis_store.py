@@ -218,12 +218,17 @@ class RedisStore(Store):
         """Whether this process produces ``sid`` (its log is mirrored here)."""
         return self.local.meta(sid) is not None
 
-    def read(self, sid: str, after: int) -> list[tuple[int, Event]]:
+    def read(self, sid: str, after: int, limit: int | None = None) -> list[tuple[int, Event]]:
         if self.is_local(sid):
-            return self.local.read(sid, after)
-        entries = self.redis.xrange(self._key("log", sid), min=f"(0-{after}")
+            return self.local.read(sid, after, limit)
+        entries = self.redis.xrange(self._key("log", sid), min=f"(0-{after}", count=limit)
         return [(int(eid.split(b"-")[1]), from_dict(json.loads(fields[b"e"])))
                 for eid, fields in entries]
+
+    def count(self, sid: str) -> int:
+        if self.is_local(sid):
+            return self.local.count(sid)
+        return self.redis.xlen(self._key("log", sid))
 
     def watch(self, sid: str, wake: gevent.event.Event) -> None:
         self.local.watch(sid, wake)  # only streams produced here; others wait in XREAD

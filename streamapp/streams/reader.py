@@ -1,0 +1,204 @@
+"""The reader: follows one stream's log after a cursor, knowing nothing of transports.
+
+Iterating a :class:`StreamReader` yields batches of ``(seq, event)``: every event
+after the cursor exactly once and in order, in pages of at most ``page`` events.
+An empty batch means nothing new arrived for ``idle`` seconds (a transport may
+send a heartbeat). Iteration ends after the stream's final event, or after a
+final ``Failed`` event the reader makes up itself when the rest of the stream
+can no longer arrive:
+
+- ``stream_gap``: the log has a hole (a sequence number is missing), or the
+  stream ended or expired before the events this reader needs.
+- ``producer_lost``: the process generating the stream is gone.
+- ``store_unavailable``: the store (Redis) failed while reading a stream that
+  lives only there.
+
+A made-up event carries the cursor's own sequence number, so a client that
+resumes with its id loses nothing it had not already lost.
+
+While it reads, the reader holds a lease in the store, renewed every third of
+the lease whatever it is doing (waiting or busy writing a burst), so a live
+reader never counts as gone. Transports (the HTTP edge, WebSocket) wrap it:
+they own their sockets, call :meth:`leave` when their client goes, and
+:meth:`close` when they are done.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import gevent
+import gevent.event
+
+from ..errors import StoreError
+from ..events import Event, Failed, is_terminal
+
+if TYPE_CHECKING:
+    from .manager import StreamManager
+
+logger = logging.getLogger(__name__)
+
+Batch = list[tuple[int, Event]]
+REMOTE_CHECK_S = 2.0  # how often a reader of another process's stream asks if its end can still come
+
+
+class StreamReader:
+    """One reader of stream ``sid`` from event ``after`` on (0: the start)."""
+
+    def __init__(self, manager: StreamManager, sid: str, after: int = 0, *, page: int = 256,
+                 idle: float = 15.0, leave_at_shutdown: bool = False) -> None:
+        self.manager, self.sid, self.cursor = manager, sid, after
+        self.page, self.idle = page, idle
+        self.leave_at_shutdown = leave_at_shutdown
+        self.id = secrets.token_hex(6)
+        self.wake = gevent.event.Event()  # set: new events, the tick, client gone, shutdown
+        self.gone = False  # the client left
+        self.closed = False
+        self.delivered = 0  # events handed to the transport
+        self._attached = False
+        self._renewed_at = 0.0
+        self._departing: gevent.Greenlet | None = None
+
+    # -- lease ---------------------------------------------------------------
+    def _attach(self) -> None:
+        store = self.manager.store
+        self._attached = True
+        self.manager.readers.add(self)
+        store.watch(self.sid, self.wake)
+        self._renew(self.manager.clock())
+
+    def _renew(self, now: float) -> None:
+        self._renewed_at = now
+        try:
+            self.manager.store.attach(self.sid, self.id)
+        except StoreError as exc:  # reading may still work (a local stream); reading says if not
+            logger.warning("could not renew a reader's lease on stream %s: %s", self.sid, exc)
+        self.manager.reader_attached(self.sid)
+
+    def leave(self) -> None:
+        """The client went away: stop at once, and detach without blocking the caller."""
+        self.gone = True
+        self.wake.set()
+        if self._departing is None and self._attached and not self.closed:
+            # Detach now (a zero grace stops the upstream now); it may talk to Redis.
+            self._departing = gevent.spawn(self.close)
+
+    def close(self) -> None:
+        """Detach (idempotent); the last reader leaving starts the resume grace."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self._attached:
+            return
+        manager = self.manager
+        manager.readers.discard(self)
+        manager.store.unwatch(self.sid, self.wake)
+        try:
+            if manager.stopping.is_set() and self.leave_at_shutdown:
+                # Leaving only so the client resumes elsewhere: not a departure.
+                manager.store.detach_quietly(self.sid, self.id)
+            else:
+                manager.store.detach(self.sid, self.id)
+        except StoreError as exc:  # the lease runs out by itself
+            logger.warning("could not detach a reader of stream %s: %s", self.sid, exc)
+
+    def join_departure(self, timeout: float = 5.0) -> None:
+        """Wait for a detach started by :meth:`leave`."""
+        if self._departing is not None:
+            self._departing.join(timeout)
+
+    # -- following -------------------------------------------------------------
+    def _shutting_down(self) -> bool:
+        # Leave for another worker only once the client has an event id to come back with:
+        # an EventSource that got a 200 with no event would start a new generation.
+        return self.leave_at_shutdown and self.delivered > 0 and self.manager.stopping.is_set()
+
+    def _fail(self, code: str, message: str) -> Batch:
+        return [(self.cursor, Failed(code, message, 502 if code != "store_unavailable" else 503))]
+
+    def __iter__(self) -> Iterator[Batch]:
+        if not self._attached and not self.closed:
+            self._attach()
+        manager, sid, wake = self.manager, self.sid, self.wake
+        store, clock = manager.store, manager.clock
+        renew_every = store.lease / 3
+        last_yield = checked_at = clock()
+        while not self.gone and not self._shutting_down():
+            now = clock()
+            if now - self._renewed_at >= renew_every:
+                self._renew(now)
+            wake.clear()  # before reading: an append after this point sets it again
+            try:
+                batch = store.read(sid, self.cursor, self.page)
+            except StoreError:
+                yield self._fail("store_unavailable", "the stream store is unavailable")
+                return
+            if batch:
+                out, ended = self._take(batch)
+                self.delivered += len(out)
+                last_yield = clock()
+                yield out
+                if ended:
+                    return
+                continue
+            local = store.is_local(sid)
+            if local or now - checked_at >= REMOTE_CHECK_S:  # local: a dict lookup
+                checked_at = now
+                try:
+                    end = self._cannot_continue(local)
+                except StoreError:
+                    end = self._fail("store_unavailable", "the stream store is unavailable")
+                if end is not None:
+                    if end:
+                        self.delivered += 1
+                        yield end
+                    return
+            if now - last_yield >= self.idle:
+                last_yield = now
+                yield []
+                continue
+            # The manager's tick wakes us for leases, heartbeats and the checks above.
+            try:
+                store.wait(sid, self.cursor, None, wake)
+            except StoreError:
+                yield self._fail("store_unavailable", "the stream store is unavailable")
+                return
+
+    def _take(self, batch: Batch) -> tuple[Batch, bool]:
+        """The events of ``batch`` up to the end or a hole; whether the stream ended."""
+        out: Batch = []
+        for seq, event in batch:
+            if seq != self.cursor + 1:
+                logger.error("stream %s: event %d missing from the log", self.sid, self.cursor + 1)
+                out.extend(self._fail("stream_gap", "part of this stream was lost; it cannot go on"))
+                return out, True
+            self.cursor = seq
+            out.append((seq, event))
+            if is_terminal(event):
+                return out, True
+        return out, False
+
+    def _cannot_continue(self, local: bool) -> Batch | None:
+        """``None`` while more may come; else what to end with (``[]``: nothing)."""
+        store, sid = self.manager.store, self.sid
+        meta = store.meta(sid)
+        if meta is None:  # expired or gone before we saw its end
+            if store.read(sid, self.cursor, 1):
+                return None
+            return self._fail("stream_gap", "the rest of this stream expired before it was read")
+        if meta.get("state") == "finished":
+            if store.read(sid, self.cursor, 1):
+                return None  # the end arrived between our read and this check
+            if self.cursor >= int(meta.get("last") or 0):
+                return []  # nothing after our cursor: a resume at the end
+            logger.error("stream %s finished at %s but its log stops at %d",
+                         sid, meta.get("last"), self.cursor)
+            return self._fail("stream_gap", "the end of this stream was lost")
+        if not local and not store.owner_alive(meta):
+            if store.read(sid, self.cursor, 1):
+                return None
+            return self._fail("producer_lost", "the process generating this stream is gone")
+        return None
