@@ -98,15 +98,24 @@ class Producer:
                 final = Done(self._stop_reason)
         except StreamStopped as stop:
             final = Done(stop.args[0])
-        except UpstreamError as exc:
-            logger.warning("stream %s: %s (%s)", self.sid, exc.message,
-                           getattr(exc, "detail", None) or exc.code)
-            final = Failed(exc.code, exc.message, exc.status)
-        except Exception as exc:  # noqa: BLE001 - a provider bug must end the stream, not hang it
-            logger.exception("producer of stream %s failed", self.sid)
-            final = Failed("internal_error", f"internal error: {type(exc).__name__}", 500)
+        except Exception as exc:  # noqa: BLE001 - stopped: whatever the upstream's close raised
+            if self._stop_reason is None:
+                final = self._failure(exc)
+            else:
+                logger.warning("stream %s: the upstream failed while stopping: %r", self.sid, exc)
+                final = Done(self._stop_reason)
         finally:
             self._finish(final)
+
+    def _failure(self, exc: Exception) -> Failed:
+        """The final event for a failure of the provider."""
+        if isinstance(exc, UpstreamError):
+            logger.warning("stream %s: %s (%s)", self.sid, exc.message,
+                           getattr(exc, "detail", None) or exc.code)
+            return Failed(exc.code, exc.message, exc.status)
+        # A provider bug must end the stream, not hang it.
+        logger.error("producer of stream %s failed", self.sid, exc_info=exc)
+        return Failed("internal_error", f"internal error: {type(exc).__name__}", 500)
 
     def _finish(self, final: Event | None) -> None:
         """Close the upstream, record the end, tell the manager: each step whatever the others do."""

@@ -1,0 +1,307 @@
+"""The stream core without a server: memory store, producer, manager, reader.
+
+Time is a fake clock moved by hand; waits are on gevent events, never sleeps.
+The producer's greenlet runs when the test yields to the hub (``gevent.idle``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gevent
+import gevent.event
+import pytest
+
+from streamapp.events import Delta, Done, Event, Failed, Opened
+from streamapp.streams.manager import StreamManager
+from streamapp.streams.reader import StreamReader
+from streamapp.streams.store import MemoryStore
+
+
+class Clock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Upstream:
+    """A provider stand-in: yields what the test feeds it; records when it was closed."""
+
+    def __init__(self, tokens: int = 0, then_wait: bool = True, close_raises: bool = False) -> None:
+        self.tokens, self.then_wait, self.close_raises = tokens, then_wait, close_raises
+        self.feed = gevent.event.Event()  # never set: the upstream stays silent
+        self.closed = gevent.event.Event()
+
+    def events(self) -> Iterator[Event]:
+        try:
+            yield Opened()
+            for i in range(self.tokens):
+                yield Delta(f"t{i} ", i)
+            if self.then_wait:
+                self.feed.wait()
+            yield Done("stop", {"total_tokens": self.tokens})
+        finally:
+            self.closed.set()
+            if self.close_raises:
+                raise OSError("the upstream connection broke while closing")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def manager_for(clock: Clock, grace: float = 10.0, lease: float = 30.0, **limits) -> StreamManager:
+    # tick=3600: the periodic tick never fires by itself; tests call check() with the fake clock.
+    return StreamManager(MemoryStore(300, lease=lease, clock=clock), grace, tick=3600, clock=clock,
+                         **limits)
+
+
+def settle() -> None:
+    """Let every runnable greenlet run until none is left (the producer appends and blocks)."""
+    for _ in range(50):
+        gevent.idle()
+
+
+def finish_of(manager: StreamManager, sid: str) -> Event:
+    meta = manager.store.meta(sid)
+    assert meta["state"] == "finished", meta
+    return manager.store.read(sid, meta["last"] - 1)[0][1]
+
+
+# -- memory store ---------------------------------------------------------------
+
+def test_memory_store_leases_expire_and_pages_are_bounded(clock) -> None:
+    store = MemoryStore(300, lease=30, clock=clock)
+    store.create("s", {"state": "running"})
+    for seq in range(1, 11):
+        store.append("s", seq, Delta(str(seq), seq - 1), final=False)
+    store.append("s", 11, Done(), final=True)
+    assert [seq for seq, _ in store.read("s", 3, limit=4)] == [4, 5, 6, 7]
+    assert store.count("s") == 11
+    assert store.meta("s")["last"] == 11
+    store.attach("s", "r1")
+    assert store.readers("s") == 1
+    clock.now += 31  # r1's process died: its lease runs out by itself
+    assert store.readers("s") == 0
+    assert store.reader_counts(["s", "unknown"]) == [0, 0]
+
+
+# -- producer ----------------------------------------------------------------------
+
+def test_producer_exit_path_completes_when_closing_the_upstream_raises(clock) -> None:
+    manager = manager_for(clock)
+    upstream = Upstream(tokens=2, close_raises=True)
+    sid = manager.start(upstream.events(), {})
+    settle()
+    manager.cancel(sid)
+    settle()
+    assert upstream.closed.is_set()
+    assert finish_of(manager, sid) == Done("cancelled")
+    assert sid not in manager._producers  # bookkeeping done: on_exit ran
+
+    limited = manager_for(clock, max_events=1)  # stopped by a limit: close() runs on a suspended provider
+    upstream = Upstream(tokens=5, close_raises=True)
+    sid = limited.start(upstream.events(), {})
+    settle()
+    assert upstream.closed.is_set()
+    assert finish_of(limited, sid) == Done("length")
+    assert sid not in limited._producers
+
+
+def test_limits_end_the_stream_with_length_and_close_the_upstream(clock) -> None:
+    manager = manager_for(clock, max_events=5)
+    upstream = Upstream(tokens=50, then_wait=False)
+    sid = manager.start(upstream.events(), {})
+    settle()
+    assert upstream.closed.is_set()
+    events = [e for _, e in manager.store.read(sid, 0)]
+    assert sum(isinstance(e, Delta) for e in events) == 5
+    assert events[-1] == Done("length")
+
+    by_bytes = manager_for(clock, max_bytes=12)  # "t0 t1 t2 t3 " is 12 bytes: the 5th delta is over
+    sid = by_bytes.start(Upstream(tokens=50, then_wait=False).events(), {})
+    settle()
+    events = [e for _, e in by_bytes.store.read(sid, 0)]
+    assert sum(isinstance(e, Delta) for e in events) == 4 and events[-1] == Done("length")
+
+
+# -- nobody reading means nothing generating -----------------------------------------
+
+def test_a_stream_whose_first_reader_never_attaches_stops_after_the_grace(clock) -> None:
+    manager = manager_for(clock, grace=10)
+    upstream = Upstream(tokens=1)
+    sid = manager.start(upstream.events(), {})
+    with manager.holding(sid):  # the starting request decides its response: that counts as read
+        clock.now += 60
+        manager.check(clock.now)
+        settle()
+        assert not upstream.closed.is_set()
+    # The response was never iterated (a HEAD, a crash between start and body): nobody attaches.
+    clock.now += 9
+    manager.check(clock.now)
+    settle()
+    assert not upstream.closed.is_set()
+    clock.now += 1.5
+    manager.check(clock.now)
+    settle()
+    assert upstream.closed.is_set()
+    assert finish_of(manager, sid) == Done("client_gone")
+
+
+def test_a_reader_whose_process_died_stops_the_stream_within_grace_plus_lease(clock) -> None:
+    manager = manager_for(clock, grace=10, lease=30)
+    upstream = Upstream(tokens=1)
+    sid = manager.start(upstream.events(), {})
+    with manager.holding(sid):
+        pass
+    manager.store.attach(sid, "remote-reader")  # a reader elsewhere, then SIGKILLed: no detach, no idle
+    start = clock.now
+    while not upstream.closed.is_set() and clock.now - start < 60:
+        clock.now += 1
+        manager.check(clock.now)
+        settle()
+    assert upstream.closed.is_set()
+    assert clock.now - start <= 10 + 30 + 1  # grace + lease (+ one tick)
+    assert clock.now - start > 30  # not before its lease ran out
+
+
+def test_a_lost_idle_message_is_covered_by_the_check(clock) -> None:
+    manager = manager_for(clock, grace=5)
+    manager.store.control_handler = lambda kind, sid: None  # the "idle" message never arrives
+    upstream = Upstream(tokens=1)
+    sid = manager.start(upstream.events(), {})
+    with manager.holding(sid):
+        manager.store.attach(sid, "r")
+    manager.check(clock.now)
+    manager.store.detach(sid, "r")
+    for _ in range(7):
+        clock.now += 1
+        manager.check(clock.now)
+        settle()
+    assert upstream.closed.is_set()
+
+
+def test_finish_streams_outlive_their_readers_but_not_the_maximum_duration(clock) -> None:
+    manager = manager_for(clock, grace=1, max_duration=100)
+    upstream = Upstream(tokens=1)
+    sid = manager.start(upstream.events(), {}, on_disconnect="finish")
+    with manager.holding(sid):
+        pass
+    for _ in range(9):
+        clock.now += 10
+        manager.check(clock.now)
+        settle()
+    assert not upstream.closed.is_set()
+    clock.now += 10
+    manager.check(clock.now)
+    settle()
+    assert upstream.closed.is_set()
+    assert finish_of(manager, sid) == Done("length")
+
+
+# -- the reader -------------------------------------------------------------------
+
+def filled(clock: Clock, n: int, final: bool = True) -> tuple[StreamManager, str]:
+    manager = manager_for(clock)
+    store = manager.store
+    store.create("s", {"state": "running"})
+    store.append("s", 1, Opened(), final=False)
+    for seq in range(2, n + 1):
+        store.append("s", seq, Delta(str(seq), seq - 2), final=False)
+    if final:
+        store.append("s", n + 1, Done(), final=True)
+    return manager, "s"
+
+
+def test_reader_pages_a_long_log_and_ends_at_the_final_event(clock) -> None:
+    manager, sid = filled(clock, 1000)
+    reader = StreamReader(manager, sid, 10, page=100)
+    batches = list(reader)
+    reader.close()
+    assert max(len(b) for b in batches) == 100
+    seqs = [seq for batch in batches for seq, _ in batch]
+    assert seqs == list(range(11, 1002))
+    assert manager.store.readers(sid) == 0
+
+
+class HoleyStore(MemoryStore):
+    """A log with event ``hole`` missing, as after a Redis batch that was dropped."""
+
+    hole = 5
+
+    def read(self, sid, after, limit=None):
+        return [(seq, e) for seq, e in super().read(sid, after, limit) if seq != self.hole]
+
+
+def test_reader_never_skips_a_sequence_number(clock) -> None:
+    manager = StreamManager(HoleyStore(300, clock=clock), 10, tick=3600, clock=clock)
+    store = manager.store
+    store.create("s", {"state": "running"})
+    for seq in range(1, 9):
+        store.append("s", seq, Delta(str(seq), seq), final=False)
+    reader = StreamReader(manager, "s", 2)
+    got = [item for batch in reader for item in batch]
+    reader.close()
+    assert [seq for seq, _ in got[:-1]] == [3, 4]
+    assert got[-1] == (4, Failed("stream_gap", got[-1][1].message, 502))
+
+
+def test_reader_of_a_stream_whose_end_was_lost_ends_with_an_error(clock) -> None:
+    manager, sid = filled(clock, 5, final=False)
+    manager.store.meta(sid).update(state="finished", last=7)  # the end is recorded, events 6-7 lost
+    reader = StreamReader(manager, sid, 3)
+    got = [item for batch in reader for item in batch]
+    reader.close()
+    assert [seq for seq, _ in got] == [4, 5, 5]
+    assert isinstance(got[-1][1], Failed) and got[-1][1].code == "stream_gap"
+
+
+def test_reader_renews_its_lease_while_busy_writing(clock) -> None:
+    manager, sid = filled(clock, 400)
+    store = manager.store
+    reader = StreamReader(manager, sid, 0, page=10)
+    for batch in reader:
+        clock.now += 3  # each write of a long burst takes a while; the reader never waits
+        assert store.readers(sid) == 1, f"the lease lapsed at event {batch[-1][0]}"
+    reader.close()
+    assert clock.now - 1000 > 3 * store.lease  # the burst lasted several leases
+
+
+def test_reader_at_shutdown_delivers_an_event_before_leaving(clock) -> None:
+    manager, sid = filled(clock, 5, final=False)
+    manager.begin_shutdown()
+    reader = StreamReader(manager, sid, 2, leave_at_shutdown=True)
+    got = [item for batch in reader for item in batch]
+    reader.close()
+    assert [seq for seq, _ in got] == [3, 4, 5]  # what there was, then it leaves (no empty answer)
+
+    waiting = StreamReader(manager, sid, 5, leave_at_shutdown=True)
+    first = gevent.spawn(lambda: next(iter(waiting)))
+    settle()
+    assert not first.ready()  # nothing delivered yet: it does not leave empty-handed
+    manager.store.append(sid, 6, Delta("6", 5), final=False)
+    assert first.get(timeout=5) == [(6, Delta("6", 5))]
+    waiting.close()
+
+
+def test_reader_that_leaves_detaches_and_starts_the_grace(clock) -> None:
+    manager = manager_for(clock, grace=0)
+    upstream = Upstream(tokens=1)
+    sid = manager.start(upstream.events(), {})
+    with manager.holding(sid):
+        settle()
+    reader = StreamReader(manager, sid, 0)
+    follow = gevent.spawn(lambda: [b for b in reader])
+    settle()
+    assert manager.store.readers(sid) == 1
+    reader.leave()
+    reader.join_departure()
+    follow.join(5)
+    settle()
+    assert upstream.closed.is_set()
+    assert finish_of(manager, sid) == Done("client_gone")
