@@ -56,19 +56,26 @@ class UpstreamError(StreamappError):
     """An LLM upstream failed. Codes:
 
     ``upstream_unreachable``, ``upstream_timeout`` (status 504),
-    ``upstream_http_error`` (the upstream's status in ``upstream_status``),
-    ``upstream_auth`` (401/403 from the upstream), ``upstream_bad_response``,
-    ``upstream_error`` (an in-band error object), ``upstream_disconnected``.
+    ``upstream_http_error`` (the upstream's status in ``upstream_status``,
+    a redirect included: they are not followed), ``upstream_auth`` (401/403
+    from the upstream), ``upstream_bad_response`` (not JSON, JSON of the wrong
+    shape, a body that cannot be decoded), ``upstream_error`` (an in-band error
+    object), ``upstream_disconnected``.
+
+    ``message`` goes to clients: it names the upstream by its role ("OpenAI
+    upstream") and may relay the upstream's own error message, never our hosts,
+    ports or exception reprs. ``detail`` is the whole story for the log.
     """
 
     status = 502
     code = "upstream_error"
 
     def __init__(self, message: str, *, code: str | None = None,
-                 upstream_status: int | None = None) -> None:
+                 upstream_status: int | None = None, detail: str | None = None) -> None:
         status = 504 if code == "upstream_timeout" else 502
         super().__init__(message, code=code, status=status)
         self.upstream_status = upstream_status
+        self.detail = detail or message
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None,

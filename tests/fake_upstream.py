@@ -23,6 +23,17 @@ Modes:
                   cut in two across network chunks (and CRLF line ends for SSE)
 - ``silence``     ``at`` tokens (default 1), then silent for ``silence_s`` (default
                   5) watching for the peer to close, then the rest
+- ``badtext``     200, the pieces of ``BAD_TEXT_PIECES``: lone surrogates as JSON
+                  escapes (``"\\ud83d"``) and bytes that are not UTF-8, then the end;
+                  a client that repairs them sees ``BAD_TEXT``
+- ``shape``       200, ``at`` tokens (default 0), then one object of the wrong shape
+                  named by ``bad`` (see ``BAD_SHAPES``), then the proper end
+- ``redirect``    answer ``status`` (default 302) with a ``Location`` back to this
+                  server; a client that follows it gets a normal stream, recorded
+                  with ``followed: true``
+- ``gzipbad``     200 with ``Content-Encoding: gzip`` and a body that is not gzip
+- ``status`` with ``message=bad``: the error body's message holds a lone surrogate
+  escape and bytes that are not UTF-8
 
 It is cheap enough for thousands of connections: token frames are encoded once,
 a pause is one ``gevent.sleep``, and a peer that closes is noticed by one greenlet
@@ -133,6 +144,52 @@ STATUS_BODY = {api: json.dumps({"error": {"message": "Rate limit reached for fak
                                else {"error": 'model "fake" not found, try pulling it first'}).encode()
                for api in APIS.values()}
 
+# Text that is not valid Unicode, as it appears between the quotes of a JSON string:
+# lone surrogates as escapes (either case), bytes that are not UTF-8 (an encoded
+# surrogate among them), and a proper surrogate pair that must survive.
+BAD_TEXT_PIECES = [b"a\\ud83d", b"\\udc00b", b"c\xff\xfed", b"\\ud83d\\ude00", b"e\xed\xa0\xbdf",
+                   b"\\uD800"]
+BAD_TEXT = "a\ufffd\ufffdbc\ufffd\ufffdd\U0001f600e\ufffd\ufffd\ufffdf\ufffd"
+BAD_MESSAGE = {"openai": b'{"error": {"message": "Rate limit \\ud83d reached \xed\xa0\xbd for fake-model", '
+                         b'"type": "rate_limit_error"}}',
+               "ollama": b'{"error": "model \\udc00 \xed\xa0\xbd not found"}'}
+BAD_MESSAGE["generate"] = BAD_MESSAGE["ollama"]
+
+
+def bad_text_event(api: str, piece: bytes) -> bytes:
+    """A token event whose content is ``piece``, written as is (escapes and bytes alike)."""
+    if api == "openai":
+        return (b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","choices":[{"index":0,'
+                b'"delta":{"content":"' + piece + b'"},"finish_reason":null}]}\n\n')
+    return b'{"model":"fake","message":{"role":"assistant","content":"' + piece + b'"},"done":false}\n'
+
+
+_CHOICE = {"index": 0, "delta": {"content": ""}, "finish_reason": None}
+_COUNTS = {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}
+_LINE = {"model": "fake", "message": {"role": "assistant", "content": ""}, "done": False}
+_LAST = {**_LINE, "done": True, "done_reason": "stop", "prompt_eval_count": 7, "eval_count": 1}
+# Objects of the wrong shape, per API, by the name ``shape?bad=<name>`` picks.
+BAD_SHAPES: dict[str, dict[str, dict]] = {
+    "openai": {
+        "usage": {"choices": [], "usage": "lots"},
+        "choices": {"choices": {"0": _CHOICE}},
+        "choice": {"choices": ["x"]},
+        "delta": {"choices": [{**_CHOICE, "delta": "x"}]},
+        "content": {"choices": [{**_CHOICE, "delta": {"content": 5}}]},
+        "finish": {"choices": [{**_CHOICE, "finish_reason": 5}]},
+        "count_null": {"choices": [], "usage": {**_COUNTS, "prompt_tokens": None}},
+        "count_type": {"choices": [], "usage": {**_COUNTS, "completion_tokens": "1"}},
+    },
+    "ollama": {
+        "message": {**_LINE, "message": "x"},
+        "content": {**_LINE, "message": {"role": "assistant", "content": 5}},
+        "done": {**_LINE, "done": "yes"},
+        "finish": {**_LAST, "done_reason": 5},
+        "count_null": {**_LAST, "prompt_eval_count": None},
+        "count_type": {**_LAST, "eval_count": "1"},
+    },
+}
+
 
 def end_frames(api: str, n: int) -> bytes:
     """The proper end of a stream of ``n`` tokens, up to the last HTTP chunk."""
@@ -175,7 +232,7 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
     n = int(p.get("tokens", 5))
     repeat = int(p.get("repeat", 1))
     delay = float(p.get("delay_ms", 200 if mode == "slow" else 0)) / 1000
-    at = int(p.get("at", {"inband": 0, "malformed": 0, "drop": 2, "silence": 1}.get(mode, -1)))
+    at = int(p.get("at", {"inband": 0, "malformed": 0, "drop": 2, "silence": 1, "shape": 0}.get(mode, -1)))
 
     if mode == "hang":
         gevent.sleep(float(p.get("silence_s", 60)))
@@ -183,10 +240,25 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
     if mode == "reset":
         return
     if mode == "status":
-        body = STATUS_BODY[api]
+        body = BAD_MESSAGE[api] if p.get("message") == "bad" else STATUS_BODY[api]
         sock.sendall(head(int(p.get("status", 429)), "application/json", "Error", len(body), keep) + body)
         return
+    if mode == "redirect":
+        status = int(p.get("status", 302))
+        sock.sendall(f"HTTP/1.1 {status} Redirect\r\nLocation: {p['_path']}?followed=1\r\n"
+                     "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        return
+    if mode == "gzipbad":
+        gzip_head = head(200, "text/event-stream").replace(b"\r\n\r\n", b"\r\nContent-Encoding: gzip\r\n\r\n")
+        sock.sendall(gzip_head + http_chunk(b"this is not gzip at all") + END)
+        return
     sock.sendall(HEAD[api, keep])
+    if mode == "badtext":
+        for piece in BAD_TEXT_PIECES:
+            sock.sendall(http_chunk(bad_text_event(api, piece)))
+            record["sent"] += 1
+        sock.sendall(end_frames(api, len(BAD_TEXT_PIECES)))
+        return
     if mode == "split":
         for piece in ["h\u00e9llo", " \u4f60\u597d", " w\u00f6rld"]:
             frame = token_event(api, piece)
@@ -210,6 +282,9 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
                 return
             if mode == "drop":
                 return
+            if mode == "shape":
+                sock.sendall(http_chunk(bad_shape_frame(api, p.get("bad", ""))) + end_frames(api, n))
+                return
             if mode == "silence":
                 gevent.sleep(float(p.get("silence_s", 5)))
         if delay and i:
@@ -217,6 +292,12 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
         sock.sendall(frames[i % len(TOKENS)])
         record["sent"] += 1
     sock.sendall(end_frames(api, n))
+
+
+def bad_shape_frame(api: str, bad: str) -> bytes:
+    obj = BAD_SHAPES["openai" if api == "openai" else "ollama"][bad]
+    line = json.dumps(obj).encode()
+    return b"data: " + line + b"\n\n" if api == "openai" else line + b"\n"
 
 
 def watch(sock: socket.socket, record: dict, writer: gevent.Greenlet) -> None:
@@ -288,10 +369,14 @@ def handle(sock: socket.socket, addr) -> None:
             request = json.loads(body)
             mode, _, query = str(request.get("model", "normal")).partition("?")
             params = {k: v[0] for k, v in parse_qs(query).items()}
+            params["_path"] = url.path
+            followed = "followed=1" in url.query  # a client that followed our redirect
+            if followed:
+                mode = "normal"
             keep = mode in KEEP_ALIVE_MODES and headers.get("connection", "").lower() != "close"
             record = new_record(params.get("tag", ""), mode=mode, api=api, messages=request.get("messages"),
                                 stream=request.get("stream"), stream_options=request.get("stream_options"),
-                                authorization=headers.get("authorization"))
+                                authorization=headers.get("authorization"), followed=followed)
             watcher = gevent.spawn(watch, sock, record, gevent.getcurrent())
             try:
                 serve(sock, record, api, mode, params, keep)

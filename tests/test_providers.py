@@ -12,7 +12,7 @@ from streamapp.providers import ChatRequest
 from streamapp.providers.demo import DemoProvider, tokenize
 from streamapp.providers.ollama import OllamaProvider
 from streamapp.providers.openai import OpenAIProvider
-from tests.fake_upstream import token_list
+from tests.fake_upstream import BAD_SHAPES, BAD_TEXT, token_list
 from tests.helpers import free_port, upstream_closed_at, upstream_log
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -119,3 +119,79 @@ def test_demo_is_deterministic_and_tokens_rebuild_the_text() -> None:
     assert a == b and isinstance(a[-1], Done)
     text = "Hello! 你好，世界！  spaces\nnew line"
     assert "".join(tokenize(text)) == text
+
+
+def test_text_that_is_not_unicode_is_repaired(provider) -> None:
+    events = run(provider, "badtext")
+    text = text_of(events)
+    assert text == BAD_TEXT
+    text.encode("utf-8")  # what every store and encoder does with it
+    assert isinstance(events[-1], Done)
+
+
+def test_an_error_body_that_is_not_unicode_is_repaired(provider) -> None:
+    with pytest.raises(UpstreamError) as info:
+        run(provider, "status?status=429&message=bad")
+    message = info.value.message
+    assert "\ufffd" in message and ("not found" in message or "fake-model" in message), message
+    message.encode("utf-8")
+
+
+def _shape_cases() -> list:
+    return [pytest.param(api, bad, id=f"{api}-{bad}") for api in ("openai", "ollama")
+            for bad in BAD_SHAPES[api]]
+
+
+@pytest.mark.parametrize("api, bad", _shape_cases())
+@pytest.mark.parametrize("at", [0, 2])
+def test_json_of_the_wrong_shape_is_a_bad_response(fake_upstream, api, bad, at) -> None:
+    provider = OpenAIProvider(f"{fake_upstream}/v1", "sk-test", "m", (2, 2)) if api == "openai" \
+        else OllamaProvider(fake_upstream, "m", (2, 2))
+    events = []
+    with pytest.raises(UpstreamError) as info:
+        for event in provider.stream(ChatRequest(MESSAGES, model=f"shape?bad={bad}&at={at}")):
+            events.append(event)
+    assert info.value.code == "upstream_bad_response", info.value.message
+    assert info.value.status == 502
+    assert text_of(events) == "".join(token_list(at))
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_redirects_are_not_followed(provider, fake_upstream, tag, status) -> None:
+    with pytest.raises(UpstreamError) as info:
+        run(provider, f"redirect?status={status}&tag={tag}")
+    assert info.value.code == "upstream_http_error"
+    assert info.value.upstream_status == status
+    assert "?followed" not in info.value.message
+    assert [r["followed"] for r in upstream_log(fake_upstream, tag)] == [False]
+
+
+def test_a_body_that_cannot_be_decoded_is_a_bad_response(provider) -> None:
+    with pytest.raises(UpstreamError) as info:
+        run(provider, "gzipbad")
+    assert info.value.code == "upstream_bad_response"
+
+
+@pytest.mark.parametrize("model, code", [("hang?silence_s=5", "upstream_timeout"),
+                                         ("reset", "upstream_unreachable"),
+                                         ("malformed?at=1", "upstream_bad_response")])
+def test_messages_name_the_upstream_by_role_and_keep_details_for_the_log(provider, fake_upstream,
+                                                                         model, code) -> None:
+    with pytest.raises(UpstreamError) as info:
+        run(provider, model)
+    exc = info.value
+    port = fake_upstream.rpartition(":")[2]
+    assert exc.code == code
+    assert exc.message.startswith(provider.what)
+    for secret in ("127.0.0.1", port, "(", "{", "Error", "Pool"):
+        assert secret not in exc.message, exc.message
+    assert exc.detail.startswith(exc.message) and len(exc.detail) > len(exc.message)
+
+
+def test_an_unreachable_upstream_does_not_reveal_its_address() -> None:
+    port = free_port()
+    provider = OpenAIProvider(f"http://127.0.0.1:{port}/v1", "k", "m", (1, 1))
+    with pytest.raises(UpstreamError) as info:
+        run(provider, "m")
+    assert info.value.message == "OpenAI upstream is unreachable"
+    assert str(port) in info.value.detail

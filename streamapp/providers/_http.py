@@ -2,7 +2,13 @@
 
 One choke point, :func:`translate_errors`, maps every ``requests``/``urllib3``
 failure to ``UpstreamError``, around both the request and the body iteration,
-so a failure mid-stream is mapped the same way as one before it.
+so a failure mid-stream is mapped the same way as one before it. The messages
+name the upstream by its role; hosts, ports and exception reprs go only to
+``UpstreamError.detail``. Redirects are not followed: a 3xx is an error.
+
+Upstream JSON is checked where it is used: :func:`parse_object` (an object,
+text repaired to valid Unicode) and :func:`bad_shape`/:func:`token_count` for
+members of the wrong type, all ``upstream_bad_response``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import urllib3
 
 from ..errors import UpstreamError
 from ..events import Done, Event, Opened
+from .base import has_surrogate_escape, well_formed
 
 READ_SIZE = 65536
 
@@ -38,6 +45,11 @@ def new_session(base_url: str, pool_size: int = 10000) -> requests.Session:
     return session
 
 
+def _mapped(what: str, problem: str, code: str, exc: BaseException) -> UpstreamError:
+    message = f"{what} {problem}"
+    return UpstreamError(message, code=code, detail=f"{message}: {exc!r}")
+
+
 @contextmanager
 def translate_errors(what: str) -> Iterator[None]:
     """Raise ``UpstreamError`` for any transport failure inside the block."""
@@ -47,45 +59,57 @@ def translate_errors(what: str) -> Iterator[None]:
         raise
     except (requests.ConnectTimeout, requests.ReadTimeout,
             urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
-        raise UpstreamError(f"{what} timed out: {exc}", code="upstream_timeout") from exc
+        raise _mapped(what, "timed out", "upstream_timeout", exc) from exc
+    except (urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError) as exc:
+        raise _mapped(what, "sent a body that could not be decoded", "upstream_bad_response",
+                      exc) from exc
     except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError,
             ConnectionResetError) as exc:
-        raise UpstreamError(f"{what} closed the connection mid-stream: {exc}",
-                            code="upstream_disconnected") from exc
+        raise _mapped(what, "closed the connection mid-stream", "upstream_disconnected", exc) from exc
     except requests.ConnectionError as exc:
-        raise UpstreamError(f"{what} is unreachable: {exc}", code="upstream_unreachable") from exc
+        raise _mapped(what, "is unreachable", "upstream_unreachable", exc) from exc
     except requests.RequestException as exc:
-        raise UpstreamError(f"{what} request failed: {exc}", code="upstream_bad_response") from exc
+        raise _mapped(what, "request failed", "upstream_bad_response", exc) from exc
 
 
 def post_stream(session: requests.Session, what: str, url: str, payload: dict[str, Any],
                 headers: dict[str, str], timeouts: tuple[float, float]) -> requests.Response:
     """POST and return the open streaming response, or raise ``UpstreamError``.
 
-    A non-2xx status raises with the upstream's own message read from its body.
+    A non-2xx status raises with the upstream's own message read from its body;
+    a redirect is not followed (it could lead anywhere, our key in hand).
     """
     with translate_errors(what):
-        resp = session.post(url, json=payload, headers=headers, stream=True, timeout=timeouts)
-        if resp.status_code < 300:
+        resp = session.post(url, json=payload, headers=headers, stream=True, timeout=timeouts,
+                            allow_redirects=False)
+        if 200 <= resp.status_code < 300:
             return resp
         try:
             body = resp.raw.read(65536, decode_content=True) or b""
         finally:
             resp.close()
-    message = upstream_message(body) or resp.reason or "no message"
-    code = "upstream_auth" if resp.status_code in (401, 403) else "upstream_http_error"
-    raise UpstreamError(f"{what} answered {resp.status_code}: {message}", code=code,
-                        upstream_status=resp.status_code)
+    status = resp.status_code
+    if 300 <= status < 400:
+        message = f"{what} answered {status}, a redirect, which is not followed"
+        raise UpstreamError(message, code="upstream_http_error", upstream_status=status,
+                            detail=f"{message}: POST {url} -> {resp.headers.get('Location')!r}")
+    message = f"{what} answered {status}: {upstream_message(body) or resp.reason or 'no message'}"
+    code = "upstream_auth" if status in (401, 403) else "upstream_http_error"
+    raise UpstreamError(message, code=code, upstream_status=status,
+                        detail=f"{message} (POST {url}: {body[:500]!r})")
 
 
 def upstream_message(body: bytes) -> str:
     """The human message in an OpenAI (``{"error": {"message"}}``) or Ollama
-    (``{"error": "..."}``) error body, else the body's start."""
+    (``{"error": "..."}``) error body, else the body's start; valid Unicode."""
+    text = body.decode("utf-8", "replace")
     try:
-        data = json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace").strip()[:500]
-    return error_text(data) or body.decode("utf-8", "replace")[:500]
+        data = json.loads(text)
+        if has_surrogate_escape(text):
+            data = well_formed(data)
+    except (ValueError, RecursionError):
+        return text.strip()[:500]
+    return error_text(data) or text[:500]
 
 
 def error_text(data: Any) -> str | None:
@@ -94,28 +118,47 @@ def error_text(data: Any) -> str | None:
         return None
     err = data["error"]
     if isinstance(err, dict):
-        return str(err.get("message") or err.get("type") or err)
-    return str(err)
+        return str(err.get("message") or err.get("type") or err)[:500]
+    return str(err)[:500]
 
 
 def parse_object(text: str, what: str) -> dict[str, Any]:
-    """One JSON object of a stream (an SSE ``data:`` or an NDJSON line).
+    """One JSON object of a stream (an SSE ``data:`` or an NDJSON line), its
+    strings valid Unicode.
 
     Raises ``UpstreamError`` for text that is not a JSON object and for an
     in-band ``{"error": ...}``.
     """
     try:
         obj = json.loads(text)
-    except ValueError:
-        raise UpstreamError(f"{what} sent a line that is not JSON: {text[:200]!r}",
-                            code="upstream_bad_response") from None
+        if has_surrogate_escape(text):  # rare: only then walk the object
+            obj = well_formed(obj)
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
+        message = f"{what} sent a line that is not JSON"
+        raise UpstreamError(message, code="upstream_bad_response",
+                            detail=f"{message}: {text[:200]!r}") from None
     message = error_text(obj)
     if message is not None:
         raise UpstreamError(f"{what} reported an error: {message}", code="upstream_error")
     if not isinstance(obj, dict):
-        raise UpstreamError(f"{what} sent something other than an object: {text[:200]!r}",
-                            code="upstream_bad_response")
+        raise bad_shape(what, "not an object", text)
     return obj
+
+
+def bad_shape(what: str, problem: str, text: str) -> UpstreamError:
+    """The error for upstream JSON whose ``problem`` is a member of the wrong type."""
+    message = f"{what} sent JSON of the wrong shape ({problem})"
+    return UpstreamError(message, code="upstream_bad_response", detail=f"{message}: {text[:300]!r}")
+
+
+def token_count(obj: dict[str, Any], key: str, what: str, text: str) -> int | None:
+    """Member ``key``, a token count: ``None`` when absent, else a non-negative int."""
+    if key not in obj:
+        return None
+    value = obj[key]
+    if type(value) is not int or value < 0:  # not isinstance: a bool is an int too
+        raise bad_shape(what, f"{key} is not a token count", text)
+    return value
 
 
 def release(resp: requests.Response, reuse: bool) -> None:

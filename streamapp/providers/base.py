@@ -4,6 +4,11 @@ Every provider yields ``Opened`` once the upstream accepted the request, then
 ``Delta`` events, then exactly one ``Done``; any upstream failure raises
 ``UpstreamError``. Providers know nothing of Flask or of stream lifecycles;
 closing the returned iterator closes the upstream connection.
+
+Every text a provider yields is valid Unicode, so any store and encoder can
+write it as UTF-8: bytes that are not UTF-8 are decoded with U+FFFD in their
+place, and lone surrogates (which JSON lets an upstream, or a client, write as
+``"\ud83d"``) are replaced by :func:`well_formed`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,25 @@ class ChatRequest:
     messages: list[dict[str, str]]
     model: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+
+def has_surrogate_escape(text: str) -> bool:
+    """Whether JSON ``text`` may decode to a lone surrogate (a cheap test for the hot path)."""
+    return "\\ud" in text or "\\uD" in text
+
+
+def well_formed(value: Any) -> Any:
+    """``value`` (decoded JSON) with each lone surrogate in its strings replaced by U+FFFD.
+
+    A round trip through UTF-16 joins what pairs up and replaces the rest.
+    """
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [well_formed(item) for item in value]
+    if isinstance(value, dict):
+        return {well_formed(key): well_formed(item) for key, item in value.items()}
+    return value
 
 
 class Provider(Protocol):

@@ -15,7 +15,7 @@ import requests
 from .. import sse
 from ..errors import UpstreamError
 from ..events import Delta, Done, Event
-from ._http import new_session, parse_object, post_stream, stream_response
+from ._http import bad_shape, new_session, parse_object, post_stream, stream_response, token_count
 from .base import ChatRequest
 
 
@@ -46,13 +46,28 @@ class OllamaProvider:
             if not line.strip():
                 continue
             obj = parse_object(line, self.what)
-            text = (obj.get("message") or {}).get("content") or obj.get("response")
+            message = obj.get("message")
+            if message is not None and not isinstance(message, dict):
+                raise bad_shape(self.what, "message is not an object", line)
+            text = message.get("content") if message else None
+            if text is None:
+                text = obj.get("response")  # /api/generate's shape
+            if text is not None and not isinstance(text, str):
+                raise bad_shape(self.what, "message.content is not a string", line)
             if text:
                 yield Delta(text, index)
                 index += 1
-            if obj.get("done"):
-                prompt, completion = obj.get("prompt_eval_count", 0), obj.get("eval_count", 0)
-                yield Done(obj.get("done_reason") or "stop",
+            done = obj.get("done")
+            if done is not None and not isinstance(done, bool):
+                raise bad_shape(self.what, "done is not a boolean", line)
+            if done:
+                reason = obj.get("done_reason")
+                if reason is not None and not isinstance(reason, str):
+                    raise bad_shape(self.what, "done_reason is not a string", line)
+                # Ollama leaves a count out when it is 0 (a cached prompt, say).
+                prompt = token_count(obj, "prompt_eval_count", self.what, line) or 0
+                completion = token_count(obj, "eval_count", self.what, line) or 0
+                yield Done(reason or "stop",
                            {"prompt_tokens": prompt, "completion_tokens": completion,
                             "total_tokens": prompt + completion})
                 return

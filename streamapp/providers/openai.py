@@ -16,8 +16,10 @@ import requests
 from .. import sse
 from ..errors import UpstreamError
 from ..events import Delta, Done, Event
-from ._http import new_session, parse_object, post_stream, stream_response
+from ._http import bad_shape, new_session, parse_object, post_stream, stream_response, token_count
 from .base import ChatRequest
+
+_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 class OpenAIProvider:
@@ -62,13 +64,38 @@ class OpenAIProvider:
             if not event.data:
                 continue
             chunk = parse_object(event.data, self.what)
-            if chunk.get("usage"):
-                usage = {k: v for k, v in chunk["usage"].items() if isinstance(v, int)}
-            for choice in chunk.get("choices") or ():
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    yield Delta(text, index)
-                    index += 1
-                finish_reason = choice.get("finish_reason") or finish_reason
+            counts = chunk.get("usage")
+            if counts is not None:
+                usage = self._usage(counts, event.data) or usage
+            choices = chunk.get("choices")
+            if choices is None:
+                continue
+            if not isinstance(choices, list):
+                raise bad_shape(self.what, "choices is not a list", event.data)
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    raise bad_shape(self.what, "a choice is not an object", event.data)
+                delta = choice.get("delta")
+                if delta is not None:
+                    if not isinstance(delta, dict):
+                        raise bad_shape(self.what, "delta is not an object", event.data)
+                    text = delta.get("content")
+                    if text is not None and not isinstance(text, str):
+                        raise bad_shape(self.what, "delta.content is not a string", event.data)
+                    if text:
+                        yield Delta(text, index)
+                        index += 1
+                reason = choice.get("finish_reason")
+                if reason is not None and not isinstance(reason, str):
+                    raise bad_shape(self.what, "finish_reason is not a string", event.data)
+                finish_reason = reason or finish_reason
         raise UpstreamError(f"{self.what} ended the stream without [DONE]",
                             code="upstream_disconnected")
+
+    def _usage(self, counts: object, text: str) -> dict[str, int]:
+        """The integer members of ``usage``; the three standard counts must be counts."""
+        if not isinstance(counts, dict):
+            raise bad_shape(self.what, "usage is not an object", text)
+        for key in _COUNTS:
+            token_count(counts, key, self.what, text)
+        return {k: v for k, v in counts.items() if type(v) is int}
