@@ -35,7 +35,7 @@ def test_chat_answer_grows_then_completes(server, page) -> None:
     answer = page.locator(".msg.assistant").last
     seen: list[str] = []
     # Sample the growing answer until it is marked done (bounded by the wait's timeout).
-    handle = page.wait_for_function(
+    page.wait_for_function(
         """() => {
             const el = [...document.querySelectorAll('.msg.assistant')].pop();
             if (!el) return false;
@@ -43,8 +43,7 @@ def test_chat_answer_grows_then_completes(server, page) -> None:
             const t = el.textContent;
             if (window.__samples[window.__samples.length - 1] !== t) window.__samples.push(t);
             return el.dataset.done === 'true';
-        }""", polling=10, timeout=20000)
-    assert handle
+        }""", polling=10, timeout=20000)  # raises if the answer is not done in time
     seen = page.evaluate("window.__samples")
     final = answer.text_content()
     assert "hello from chromium" in final and "流式输出" in final
