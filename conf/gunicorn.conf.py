@@ -14,6 +14,9 @@ timeout = 60
 # Producers get this long to finish at shutdown while their readers resume elsewhere.
 graceful_timeout = int(os.environ.get("STREAMAPP_GRACEFUL_TIMEOUT", 30))
 keepalive = 5
+# gunicorn's most (default 4094): room for GET /stream's text at STREAM_MAX_TEXT characters
+# even percent-encoded at 12 bytes each (a 4-byte UTF-8 character), and nginx's 8 KB buffer.
+limit_request_line = 8190
 preload_app = False  # the app must be imported after the worker patched with gevent
 # gunicorn 27's control socket has one default path per user, so several
 # instances on a host would share it: opt in with a path of this instance's own.

@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import config as settings
 from . import streams
-from .errors import ApiError, StoreError, error_response
+from .errors import ApiError, BodyRefused, StoreError, error_response
 from .providers import build_providers
 
 __all__ = ["create_app"]
@@ -40,11 +40,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     @app.errorhandler(ApiError)
     @app.errorhandler(StoreError)
     def _api_error(exc: ApiError | StoreError):
-        return error_response(exc.status, exc.code, exc.message, exc.field)
+        return error_response(exc.status, exc.code, exc.message, exc.field,
+                              close=isinstance(exc, BodyRefused))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        # The exception's own headers (Allow of a 405, say), but our body's type.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type", "content-length")}
+        return error_response(exc.code or 500, code, exc.description or exc.name, headers=headers)
 
     return app

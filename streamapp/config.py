@@ -17,8 +17,9 @@ DEFAULTS: dict[str, Any] = {
     "DEMO_DELAY_MS": 40,               # pace of the demo provider's tokens
     "STREAM_DEFAULT_DELAY_MS": 50,     # GET /stream delay_ms default
     "STREAM_MAX_DELAY_MS": 5000,       # GET /stream delay_ms is capped here
-    "STREAM_MAX_TEXT": 20000,          # GET /stream text length limit
+    "STREAM_MAX_TEXT": 600,            # GET /stream text length limit (fits the request line)
     "MAX_BODY_BYTES": 1 << 20,         # request bodies above this get 413
+    "BODY_TIMEOUT_S": 10.0,            # a request body must arrive within this (else 408)
     "CONNECT_TIMEOUT_S": 5.0,          # upstream TCP connect
     "READ_TIMEOUT_S": 120.0,           # upstream silence before giving up
     "OPENAI_MODEL": "gpt-4o-mini",
@@ -36,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_PREFIX": "streamapp",       # every Redis key starts with this
 }
 
-_FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S",
+_FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S", "BODY_TIMEOUT_S",
            "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S", "STREAM_MAX_DURATION_S")
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
          "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES")

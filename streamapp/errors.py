@@ -14,9 +14,10 @@ Every error body is ``{"error": {"code", "message", "field"}}``.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Response, jsonify, request
 
 
 class StreamappError(Exception):
@@ -78,11 +79,34 @@ class UpstreamError(StreamappError):
         self.detail = detail or message
 
 
+class BodyRefused(ApiError):
+    """A request body we stop reading (too large: 413, too slow: 408). The
+    connection is closed after the answer, or the server would go on to read
+    the rest of the body before the next request."""
+
+    status = 413
+    code = "request_entity_too_large"
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
-    """The one JSON error response every route and handler uses."""
+                   headers: dict[str, str] | None = None, close: bool = False) -> Response:
+    """The one JSON error response every route and handler uses.
+
+    With ``close``, the connection ends once the response is written: gunicorn
+    drops a ``Connection: close`` header from the app, so its socket is shut
+    for writing (the client reads the answer, then the end) and gunicorn closes
+    it when the client does or its keep-alive wait runs out.
+    """
     resp = jsonify({"error": {"code": code, "message": message, "field": field}})
     resp.status_code = status
     for key, value in (headers or {}).items():
         resp.headers[key] = value
+    sock = request.environ.get("gunicorn.socket") if close else None
+    if sock is not None:
+        def shut() -> None:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # already gone
+        resp.call_on_close(shut)
     return resp

@@ -1,16 +1,59 @@
 """Declarative request models (pydantic) and the one function that applies them.
 
 The same models produce the JSON Schema of the OpenAPI document. A validation
-failure becomes ``ApiError`` naming the first bad field.
+failure becomes ``ApiError`` naming the first bad field. :func:`load_json`
+reads a request body's JSON: lone surrogates become U+FFFD, numbers are bounded
+before they are converted, and nesting too deep for the parser is a 400.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
 from .errors import ApiError
+from .providers.base import has_surrogate_escape, well_formed
+
+MAX_UID = 2**63 - 1           # a signed 64-bit integer, as databases store it
+MAX_DELAY_MS = 2**31 - 1      # GET /stream caps delay_ms lower (STREAM_MAX_DELAY_MS)
+_MAX_DIGITS = 20              # more digits than any bound here has
+_HUGE = 10**_MAX_DIGITS       # stands for any longer number: past every bound
+
+
+def bounded_int(text: str) -> int:
+    """``int(text)`` for a JSON number; one of more than 20 digits becomes a stand-in past
+    every bound, so validation names its field (Python would refuse 4,300 digits with its
+    own message, and convert fewer in quadratic time)."""
+    if len(text) > _MAX_DIGITS:
+        return -_HUGE if text.startswith("-") else _HUGE
+    return int(text)
+
+
+def _bounded_digits(value: Any) -> Any:
+    """The same bound for a number in a query string, before pydantic converts it."""
+    if isinstance(value, str) and len(value) > _MAX_DIGITS:
+        text = value.strip()
+        digits = text.lstrip("+-").lstrip("0")
+        if len(digits) > _MAX_DIGITS and digits.isascii() and digits.isdigit():
+            return -_HUGE if text.startswith("-") else _HUGE
+    return value
+
+
+def load_json(raw: bytes) -> Any:
+    """The JSON of a request body, its strings valid Unicode, or ``ApiError`` (400)."""
+    try:
+        text = raw.decode(json.detect_encoding(raw), "replace")
+        data = json.loads(text, parse_int=bounded_int)
+        if has_surrogate_escape(text):
+            data = well_formed(data)
+    except RecursionError:
+        raise ApiError("malformed JSON: nested too deeply", code="malformed_json") from None
+    except ValueError as exc:
+        raise ApiError(f"malformed JSON: {exc}", code="malformed_json") from None
+    return data
+
 
 NonEmpty = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=100_000)]
 OnDisconnect = Annotated[Literal["cancel", "finish"], Field(
@@ -30,7 +73,7 @@ class ChatBody(BaseModel):
     """Body of ``POST /api/chat``."""
 
     model_config = ConfigDict(extra="ignore")
-    uid: Annotated[int, Field(strict=True, gt=0, description="the caller's user id")]
+    uid: Annotated[int, Field(strict=True, gt=0, le=MAX_UID, description="the caller's user id")]
     message: Annotated[NonEmpty, Field(description="the user's new message")]
     provider: Literal["demo", "openai", "ollama"] | None = None
     model: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)] | None = None
@@ -42,7 +85,7 @@ class StreamQuery(BaseModel):
     """Query of ``GET /stream``."""
 
     text: Annotated[str, StringConstraints(min_length=1)] | None = None
-    delay_ms: Annotated[int, Field(ge=0)] | None = None
+    delay_ms: Annotated[int, BeforeValidator(_bounded_digits), Field(ge=0, le=MAX_DELAY_MS)] | None = None
     on_disconnect: OnDisconnect = "cancel"
 
 
@@ -61,6 +104,10 @@ _MESSAGES = {
     "int_type": "{field} must be an integer",
     "string_type": "{field} must be a string",
     "greater_than": "{field} must be a positive integer",
+    "greater_than_equal": "{field} must be at least {ge}",
+    "less_than_equal": "{field} must be at most {le}",
+    "int_parsing": "{field} must be an integer",
+    "int_from_float": "{field} must be an integer",
     "string_too_short": "{field} must not be empty",
     "literal_error": "{field} must be one of: {expected}",
     "list_type": "{field} must be a list",
@@ -81,9 +128,8 @@ def parse(model: type[M], data: Any) -> M:
         loc = [str(p) for p in err["loc"]]
         field = ".".join(loc) if loc else None
         name = field or "body"
-        expected = (err.get("ctx") or {}).get("expected", "")
+        ctx = {"expected": "", **(err.get("ctx") or {})}
         template = _MESSAGES.get(err["type"])
-        message = template.format(field=name, expected=expected) if template \
-            else f"{name}: {err['msg']}"
+        message = template.format(field=name, **ctx) if template else f"{name}: {err['msg']}"
         code = "missing_field" if err["type"] == "missing" else "invalid_field"
         raise ApiError(message, code=code, field=field) from None
