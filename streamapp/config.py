@@ -35,12 +35,15 @@ DEFAULTS: dict[str, Any] = {
     "STREAM_MAX_BYTES": 8 << 20,       # UTF-8 bytes of text per stream; likewise
     "STREAM_MAX_DURATION_S": 3600.0,   # any stream (on_disconnect=finish too) ends with "length"
     "REDIS_PREFIX": "streamapp",       # every Redis key starts with this
+    "REDIS_POOL_SIZE": 100,            # Redis connections per worker for short commands
+    "REDIS_BLOCKING_POOL_SIZE": 4,     # per worker: blocking reads for readers of other workers' streams
 }
 
 _FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S", "BODY_TIMEOUT_S",
            "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S", "STREAM_MAX_DURATION_S")
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
-         "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES")
+         "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES",
+         "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE")
 PROVIDERS = ("demo", "openai", "ollama")
 
 
@@ -71,6 +74,9 @@ def validate(config: dict[str, Any]) -> None:
         raise ValueError(f"STREAMAPP_DEFAULT_PROVIDER must be one of {', '.join(PROVIDERS)}")
     if config["HEARTBEAT_S"] <= 0:
         raise ValueError("STREAMAPP_HEARTBEAT_S must be > 0")
+    for key in ("REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE"):
+        if config[key] < 1:
+            raise ValueError(f"STREAMAPP_{key} must be >= 1")
     config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
 
 

@@ -17,7 +17,8 @@ def make_store(config: dict) -> Store:
 
         return RedisStore(config["REDIS_URL"], config["REDIS_PREFIX"], config["RESUME_TTL_S"],
                           running_ttl=config["READ_TIMEOUT_S"] + config["RESUME_GRACE_S"] + 3600,
-                          lease=config["LEASE_S"])
+                          lease=config["LEASE_S"], pool_size=config["REDIS_POOL_SIZE"],
+                          blocking_pool_size=config["REDIS_BLOCKING_POOL_SIZE"])
     return MemoryStore(config["RESUME_TTL_S"], lease=config["LEASE_S"])
 
 

@@ -4,22 +4,47 @@ Keys (``P`` is ``STREAMAPP_REDIS_PREFIX``), each with a TTL so nothing grows
 without bound:
 
 - ``P:log:<sid>``      a Redis stream; entry ``0-<seq>`` holds ``{"e": json}``
-- ``P:meta:<sid>``     a hash: flavor, owner, state, ...
+- ``P:meta:<sid>``     a hash of JSON values: format, route, owner, state, and
+                       ``last`` (the final seq) once finished
 - ``P:readers:<sid>``  a sorted set: reader id -> lease expiry (unix time)
 - ``P:cancel:<sid>``   set when a cancel was requested
+- ``P:owner:<owner>``  a process's liveness key, renewed on every manager tick
+- ``P:bell:<id>``      a doorbell that interrupts a dispatcher's blocking read
+
+A stream's meta, readers and cancel keys get its log's TTL with every write,
+so none of them expires before the log; a finished stream's keys expire
+``ttl`` seconds after its end.
 
 Control messages ("cancel <sid>", "idle <sid>") go by pub/sub to
-``P:ctl:<owner>``, the channel of the process that runs the producer. Readers
-on other processes block on ``XREAD`` for new entries; readers in the
-producer's own process read a local mirror of the log (a ``MemoryStore``) and
-never wait on Redis.
+``P:ctl:<owner>``, the channel of the process that runs the producer.
+
+The process producing a stream keeps a local mirror of its log (a
+``MemoryStore``): its readers never wait on Redis, and a writer greenlet sends
+appends to Redis in one transaction per batch (group commit). The mirror is
+freed once the stream's final event is in Redis.
+
+Readers on other processes do not hold a connection each while they wait: a
+few dispatcher greenlets (``blocking_pool_size``, each with its own
+connection) run one ``XREAD BLOCK`` over every log watched in this process and
+wake the readers whose stream moved on. Short commands use another pool
+(``pool_size``), so waiting readers never starve the liveness key, leases or
+appends.
+
+When Redis is down, operations on streams that live only in Redis raise
+``StoreError``; streams produced here go on for their local readers. A stream
+created during an outage is served by this process only (it never reaches
+Redis). The store notices Redis coming back on its own (the heartbeat).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import secrets
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +52,8 @@ from typing import Any
 import gevent
 import gevent.event
 import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
 
 from ..errors import StoreError
 from ..events import Event, from_dict, to_dict
@@ -34,123 +61,217 @@ from .store import MemoryStore, Store
 
 logger = logging.getLogger(__name__)
 OWNER_TTL_S = 10  # a process unheard of this long is taken for dead
+BLOCK_MS = 5000  # a dispatcher's XREAD returns at least this often (its doorbell interrupts it)
+MAX_UNRECORDED_ENDS = 10_000  # ends of streams still to be written to Redis after a lost batch
+_FINISHED = json.dumps("finished")
+_OUTAGE = (redis.ConnectionError, redis.TimeoutError)
 
 
-@contextmanager
-def store_errors() -> Iterator[None]:
-    """Raise ``StoreError`` (a 503) when Redis fails."""
+def _utf8(data: str) -> bytes:
+    """An event's JSON as UTF-8; a lone surrogate (a provider's bad text) is kept, escaped."""
     try:
-        yield
-    except redis.RedisError as exc:
-        raise StoreError(f"the stream store (Redis) is unavailable: {exc}") from exc
+        return data.encode()
+    except UnicodeEncodeError:
+        return json.dumps(json.loads(data)).encode()
 
 
 class RedisStore(Store):
-    """Streams in Redis; see the module docstring for the key layout."""
+    """Streams in Redis; see the module docstring for the keys, pools and degraded mode."""
 
     shared = True
+    write_tries = 5  # a batch Redis will not take is dropped after this many tries
+    backoff = 0.1  # seconds before the second try; doubles each time
+    end_retry_s = 1.0  # how often the end of a stream whose last batch was dropped is retried
 
     def __init__(self, url: str, prefix: str, ttl: float, running_ttl: float, lease: float,
-                 max_connections: int = 2000) -> None:
+                 pool_size: int = 100, blocking_pool_size: int = 4) -> None:
         super().__init__()
         self.url, self.prefix, self.ttl, self.lease = url, prefix, int(ttl) or 1, lease
         self.running_ttl = int(running_ttl) + self.ttl
-        pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=10,
-            socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
-        self.redis = redis.Redis(connection_pool=pool)
-        self._listener: gevent.Greenlet | None = None
+        self.lease_ttl = int(lease) + 1  # a readers key outlives every lease in it
+        name = re.sub(r"[^\w:.-]", "_", f"{prefix}-{os.getpid()}")  # CLIENT LIST shows who is who
+        # Short commands: fail fast (one retry, for a connection Redis closed when it
+        # restarted); the writer and the callers retry where it matters.
+        self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            url, max_connections=max(1, pool_size), timeout=5, socket_timeout=5,
+            socket_connect_timeout=2, health_check_interval=30, client_name=f"{name}-short",
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 1)))
+        # Blocking reads: one connection per dispatcher, never shared with short commands.
+        self._blocking = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            url, max_connections=max(1, blocking_pool_size), timeout=5,
+            socket_timeout=BLOCK_MS / 1000 + 10, socket_connect_timeout=2,
+            health_check_interval=30, client_name=f"{name}-block", retry=Retry(NoBackoff(), 0)))
+        self._name = name
+        self._dispatchers: list[_Dispatcher | None] = [None] * max(1, blocking_pool_size)
         self._owner = ""
-        self.local = MemoryStore(ttl)  # mirrors of the logs this process produces
+        self.local = MemoryStore(ttl, lease=lease)  # mirrors of the logs this process produces
+        self._local_only: set[str] = set()  # created while Redis was down: never sent to it
+        self._down = False  # Redis failed and has not answered since
         self._pending: list[tuple[str, int, str, bool]] = []
+        self._ends: dict[str, int] = {}  # sid -> final seq whose batch was dropped
         self._kick = gevent.event.Event()
         self._flushed = gevent.event.Event()
-        self._writer: gevent.Greenlet | None = None
         self._writing = False
+        self._greenlets: list[gevent.Greenlet] = []
+        self._beat: gevent.Greenlet | None = None
 
     def _key(self, kind: str, sid: str) -> str:
         return f"{self.prefix}:{kind}:{sid}"
 
-    # -- lifecycle ---------------------------------------------------------
+    # -- Redis health ---------------------------------------------------------
+    def _lost(self, exc: Exception) -> None:
+        """Note a failure; the first of an outage is logged."""
+        if isinstance(exc, _OUTAGE) and not self._down:
+            self._down = True
+            logger.warning("Redis is unavailable (%s); streams started now are served by this "
+                           "process only, until it is back", exc)
+
+    def _back(self) -> None:
+        if self._down:
+            self._down = False
+            logger.warning("Redis is back; new streams are shared again")
+
+    @contextmanager
+    def _failing(self) -> Iterator[None]:
+        """Raise ``StoreError`` (a 503) when Redis fails."""
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise self._store_error(exc) from exc
+
+    def _store_error(self, exc: redis.RedisError) -> StoreError:
+        self._lost(exc)
+        return StoreError(f"the stream store (Redis) is unavailable: {exc}")
+
+    def _shared(self, sid: str) -> bool:
+        """Whether Redis should hear about a local stream now (not local-only, Redis not down)."""
+        return sid not in self._local_only and not self._down
+
+    # -- lifecycle ------------------------------------------------------------
     def start(self, owner: str) -> None:
         self._owner = owner
         self.heartbeat()
-        self._listener = gevent.spawn(self._listen)
-        self._writer = gevent.spawn(self._write_loop)
+        self._greenlets = [gevent.spawn(self._listen), gevent.spawn(self._write_loop)]
 
     def close(self) -> None:
         self.flush()
-        for greenlet in (self._listener, self._writer):
-            if greenlet is not None:
-                greenlet.kill(block=False)
+        greenlets = self._greenlets + [d.greenlet for d in self._dispatchers if d is not None]
+        for greenlet in greenlets:
+            greenlet.kill(block=False)
         self.redis.connection_pool.disconnect()
+        self._blocking.connection_pool.disconnect()
 
     def _listen(self) -> None:
         """Deliver control messages; survives idle periods and Redis restarts."""
         channel = f"{self.prefix}:ctl:{self._owner}"
+        failures = 0
         while True:
             # No socket timeout: an idle subscriber must not die (flask-sse #6).
-            client = redis.Redis.from_url(self.url, socket_timeout=None,
-                                          socket_keepalive=True, health_check_interval=30)
+            client = redis.Redis.from_url(
+                self.url, socket_timeout=None, socket_connect_timeout=2, socket_keepalive=True,
+                health_check_interval=30, client_name=f"{self._name}-ctl",
+                retry=Retry(NoBackoff(), 0))
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(channel)
+                failures = 0
                 for message in pubsub.listen():
-                    kind, _, sid = message["data"].decode().partition(" ")
-                    self.control_handler(kind, sid)
+                    self._on_message(message["data"])
             except redis.RedisError as exc:
-                logger.warning("control listener lost Redis (%s); reconnecting", exc)
-                gevent.sleep(0.5)
+                self._lost(exc)
+                failures += 1
+                gevent.sleep(min(2.0, 0.05 * 2 ** failures))
             finally:
                 pubsub.close()
                 client.close()
+
+    def _on_message(self, data: bytes) -> None:
+        kind, _, sid = data.decode(errors="replace").partition(" ")
+        if kind == "cancel":
+            self.local.request_cancel(sid)  # the mirror's flag, for cancelled()
+        try:
+            self.control_handler(kind, sid)
+        except Exception:  # noqa: BLE001 - one bad message must not stop the control channel
+            logger.exception("control message %r failed", data)
 
     def _tell_owner(self, sid: str, kind: str) -> None:
         if self.is_local(sid):
             self.control_handler(kind, sid)  # no round trip for our own streams
             return
-        owner = self.redis.hget(self._key("meta", sid), "owner")
-        if owner is not None:
-            self.redis.publish(f"{self.prefix}:ctl:{json.loads(owner)}", f"{kind} {sid}")
+        with self._failing():
+            owner = self.redis.hget(self._key("meta", sid), "owner")
+            if owner is None:
+                return
+            owner = json.loads(owner)
+            if owner == self._owner:  # ours, already finished (its mirror was freed)
+                self.control_handler(kind, sid)
+            else:
+                self.redis.publish(f"{self.prefix}:ctl:{owner}", f"{kind} {sid}")
 
     def heartbeat(self) -> None:
-        # A process that dies (SIGKILL, a lost host) stops renewing this key.
+        # A process that dies (SIGKILL, a lost host) stops renewing its liveness key.
+        # In a greenlet of its own: a Redis that does not answer must not hold up the tick.
+        if self._beat is None or self._beat.dead:
+            self._beat = gevent.spawn(self._renew_liveness)
+
+    def _renew_liveness(self) -> None:
+        if self._local_only:  # forget the local-only streams whose mirror expired
+            self._local_only = {sid for sid in self._local_only if self.local.meta(sid) is not None}
         try:
             self.redis.set(f"{self.prefix}:owner:{self._owner}", 1, ex=OWNER_TTL_S)
         except redis.RedisError as exc:
-            logger.warning("could not renew this process's liveness key: %s", exc)
+            self._lost(exc)
+            return
+        self._back()
 
     def owner_alive(self, meta: dict[str, Any]) -> bool:
         owner = meta.get("owner")
         if owner is None or owner == self._owner:
             return True  # our own (a local record carries no owner)
-        with store_errors():
+        with self._failing():
             return bool(self.redis.exists(f"{self.prefix}:owner:{owner}"))
 
     def cancelled(self, sids: list[str]) -> set[str]:
-        if not sids:
-            return set()
-        with store_errors(), self.redis.pipeline(transaction=False) as pipe:
-            for sid in sids:
-                pipe.exists(self._key("cancel", sid))
-            found = pipe.execute()
-        return {sid for sid, hit in zip(sids, found, strict=True) if hit}
+        """Cancels of our own streams; while Redis is down, those asked here only."""
+        found = {sid for sid in sids if self.local.cancel_requested(sid)}
+        shared = [sid for sid in sids if sid not in found and self._shared(sid)]
+        if not shared:
+            return found
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for sid in shared:
+                    pipe.exists(self._key("cancel", sid))
+                hits = pipe.execute()
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return found
+        return found | {sid for sid, hit in zip(shared, hits, strict=True) if hit}
 
-    # -- streams -----------------------------------------------------------
+    # -- streams --------------------------------------------------------------
     def create(self, sid: str, meta: dict[str, Any]) -> None:
-        key = self._key("meta", sid)
-        with store_errors(), self.redis.pipeline() as pipe:
-            pipe.hset(key, mapping={k: json.dumps(v) for k, v in meta.items()})
-            pipe.hset(key, "owner", json.dumps(self._owner))
-            pipe.expire(key, self.running_ttl)
-            pipe.execute()
-        self.local.create(sid, meta)  # only once Redis has it: no orphan if Redis is down
+        shared = not self._down  # while Redis is down, do not wait for it on every new stream
+        if shared:
+            key = self._key("meta", sid)
+            try:
+                with self.redis.pipeline() as pipe:
+                    pipe.hset(key, mapping={k: json.dumps(v) for k, v in meta.items()})
+                    pipe.hset(key, "owner", json.dumps(self._owner))
+                    pipe.expire(key, self.running_ttl)
+                    pipe.execute()
+            except redis.RedisError as exc:
+                shared = False
+                self._lost(exc)
+                if not isinstance(exc, _OUTAGE):
+                    logger.warning("stream %s is served by this process only: %s", sid, exc)
+        if not shared:
+            self._local_only.add(sid)  # degraded: this process serves it alone, Redis never sees it
+        self.local.create(sid, meta)
 
     def meta(self, sid: str) -> dict[str, Any] | None:
         local = self.local.meta(sid)
         if local is not None:
             return local  # this process produces it: its own record is current
-        with store_errors():
+        with self._failing():
             raw = self.redis.hgetall(self._key("meta", sid))
         if not raw:
             return None
@@ -159,56 +280,120 @@ class RedisStore(Store):
             try:
                 out[k.decode()] = json.loads(v)
             except ValueError:
-                out[k.decode()] = v.decode()
+                out[k.decode()] = v.decode(errors="replace")
         return out
 
     def append(self, sid: str, seq: int, event: Event, final: bool) -> None:
         # Local readers see the event now; Redis gets it from the writer greenlet,
-        # which sends everything appended meanwhile in one pipeline (group commit).
+        # which sends everything appended meanwhile in one transaction (group commit).
         self.local.append(sid, seq, event, final)
-        self._pending.append((sid, seq, json.dumps(to_dict(event), ensure_ascii=False), final))
+        if sid in self._local_only:
+            return
+        try:
+            data = json.dumps(to_dict(event), ensure_ascii=False)
+        except (TypeError, ValueError):
+            logger.exception("stream %s: event %d cannot be serialised; remote readers miss it", sid, seq)
+            if final:
+                self._remember_end(sid, seq)
+            return
+        self._pending.append((sid, seq, data, final))
         self._kick.set()
 
     def _write_loop(self) -> None:
-        """Send pending appends to Redis, batch after batch, in order."""
+        """Send pending appends to Redis, batch after batch, in order; never dies."""
         while True:
-            self._kick.wait()
+            self._kick.wait(self.end_retry_s if self._ends else None)
             self._kick.clear()
             batch, self._pending = self._pending, []
-            if batch:
-                self._writing = True
-                try:
+            self._writing = True
+            try:
+                if batch:
                     self._write(batch)
-                finally:
-                    self._writing = False
-                    self._flushed.set()
+                if self._ends:
+                    self._record_ends()
+            except Exception:  # noqa: BLE001 - the last line: a writer that dies loses every stream
+                logger.exception("the Redis writer failed a round")
+            finally:
+                self._writing = False
+                self._flushed.set()
 
     def _write(self, batch: list[tuple[str, int, str, bool]]) -> None:
-        for attempt in range(5):
+        for attempt in range(self.write_tries):
             try:
-                # One transaction: a stream's last event, its finished state and
-                # its TTLs become visible together.
-                with self.redis.pipeline(transaction=True) as pipe:
-                    touched: dict[str, bool] = {}
-                    for sid, seq, data, final in batch:
-                        pipe.xadd(self._key("log", sid), {"e": data}, id=f"0-{seq}")
-                        touched[sid] = touched.get(sid, False) or final
-                    for sid, final in touched.items():
-                        ttl = self.ttl if final else self.running_ttl
-                        pipe.expire(self._key("log", sid), ttl)
-                        if final:
-                            pipe.hset(self._key("meta", sid), "state", json.dumps("finished"))
-                            for kind in ("meta", "readers", "cancel"):
-                                pipe.expire(self._key(kind, sid), ttl)
-                    pipe.execute(raise_on_error=False)
-                return
-            except redis.RedisError as exc:
-                logger.warning("writing %d events to Redis failed (%s), try %d", len(batch), exc, attempt + 1)
-                gevent.sleep(0.1 * 2 ** attempt)
-        logger.error("dropped %d events that Redis would not take; remote readers miss them", len(batch))
+                ended = self._commit(batch)
+            except Exception as exc:  # noqa: BLE001 - Redis or a bad event: retried, then dropped
+                if isinstance(exc, redis.RedisError):
+                    self._lost(exc)
+                    logger.warning("writing %d events to Redis failed (%s), try %d",
+                                   len(batch), exc, attempt + 1)
+                else:
+                    logger.exception("writing %d events to Redis failed, try %d", len(batch), attempt + 1)
+                if attempt + 1 < self.write_tries:
+                    gevent.sleep(self.backoff * 2 ** attempt)
+                continue
+            self._back()
+            for sid in ended:
+                self._ends.pop(sid, None)
+                self.local.drop(sid)  # its readers here go on from Redis
+            return
+        streams = {sid for sid, _, _, _ in batch}
+        logger.error("dropped %d events of %d streams that Redis would not take; their remote "
+                     "readers will find a gap", len(batch), len(streams))
+        for sid, seq, _, final in batch:
+            if final:
+                self._remember_end(sid, seq)
+
+    def _commit(self, batch: list[tuple[str, int, str, bool]]) -> list[str]:
+        """One transaction: the events, then per stream its TTLs (and its end); the ended sids."""
+        touched: dict[str, int] = {}  # sid -> final seq, or 0 while it runs
+        with self.redis.pipeline(transaction=True) as pipe:
+            for sid, seq, data, final in batch:
+                pipe.xadd(self._key("log", sid), {"e": _utf8(data)}, id=f"0-{seq}")
+                if final:
+                    touched[sid] = seq
+                else:
+                    touched.setdefault(sid, 0)
+            for sid, last in touched.items():
+                self._pipe_ttls(pipe, sid, last)
+            # An entry already there (a retry after a lost reply) fails alone; the rest applies.
+            pipe.execute(raise_on_error=False)
+        return [sid for sid, last in touched.items() if last]
+
+    def _pipe_ttls(self, pipe: Any, sid: str, last: int) -> None:
+        """Every key of ``sid`` gets the log's TTL; ``last``: it finished there."""
+        if last:
+            pipe.hset(self._key("meta", sid), mapping={"state": _FINISHED, "last": json.dumps(last)})
+        ttl = self.ttl if last else self.running_ttl
+        for kind in ("log", "meta", "readers", "cancel"):
+            pipe.expire(self._key(kind, sid), ttl)
+
+    def _remember_end(self, sid: str, seq: int) -> None:
+        """Keep trying to record that ``sid`` ended at ``seq`` (its final event was lost)."""
+        if len(self._ends) >= MAX_UNRECORDED_ENDS:
+            lost = next(iter(self._ends))
+            del self._ends[lost]
+            logger.error("stream %s: gave up recording its end in Redis (too many pending)", lost)
+        self._ends[sid] = seq
+        self._kick.set()
+
+    def _record_ends(self) -> None:
+        ends = dict(self._ends)
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
+                for sid, last in ends.items():
+                    self._pipe_ttls(pipe, sid, last)
+                pipe.execute()
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return
+        self._back()
+        for sid, last in ends.items():
+            if self._ends.get(sid) == last:
+                del self._ends[sid]
+        logger.warning("recorded the end of %d streams whose final event was lost", len(ends))
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Wait until everything appended so far is in Redis."""
+        """Wait until everything appended so far is in Redis (or dropped)."""
         deadline = time.monotonic() + timeout
         while (self._pending or self._kick.is_set() or self._writing) and time.monotonic() < deadline:
             self._flushed.clear()
@@ -221,57 +406,294 @@ class RedisStore(Store):
     def read(self, sid: str, after: int, limit: int | None = None) -> list[tuple[int, Event]]:
         if self.is_local(sid):
             return self.local.read(sid, after, limit)
-        entries = self.redis.xrange(self._key("log", sid), min=f"(0-{after}", count=limit)
+        with self._failing():
+            entries = self.redis.xrange(self._key("log", sid), min=f"(0-{after}", count=limit)
         return [(int(eid.split(b"-")[1]), from_dict(json.loads(fields[b"e"])))
                 for eid, fields in entries]
 
     def count(self, sid: str) -> int:
         if self.is_local(sid):
             return self.local.count(sid)
-        return self.redis.xlen(self._key("log", sid))
+        with self._failing():
+            return self.redis.xlen(self._key("log", sid))
+
+    # -- waiting --------------------------------------------------------------
+    def _dispatcher(self, sid: str) -> _Dispatcher:
+        """The dispatcher that serves ``sid`` (started on first use)."""
+        index = zlib.crc32(sid.encode()) % len(self._dispatchers)
+        dispatcher = self._dispatchers[index]
+        if dispatcher is None:
+            bell = f"{self.prefix}:bell:{secrets.token_hex(6)}"
+            dispatcher = self._dispatchers[index] = _Dispatcher(self, bell)
+        return dispatcher
 
     def watch(self, sid: str, wake: gevent.event.Event) -> None:
-        self.local.watch(sid, wake)  # only streams produced here; others wait in XREAD
+        if self.is_local(sid):
+            self.local.watch(sid, wake)
+        else:
+            self._dispatcher(sid).watch(self._key("log", sid), wake)
 
     def unwatch(self, sid: str, wake: gevent.event.Event) -> None:
         self.local.unwatch(sid, wake)
+        dispatcher = self._dispatchers[zlib.crc32(sid.encode()) % len(self._dispatchers)]
+        if dispatcher is not None:
+            dispatcher.unwatch(self._key("log", sid), wake)
 
     def wait(self, sid: str, after: int, timeout: float | None, wake: gevent.event.Event) -> None:
         if self.is_local(sid):
             self.local.wait(sid, after, timeout, wake)
-            return
-        # XREAD blocks in Redis; keep each block short so a wake-up is seen soon.
-        block = max(1, int(min(1.0 if timeout is None else timeout, 1.0) * 1000))
-        if not wake.is_set():
-            self.redis.xread({self._key("log", sid): f"0-{after}"}, count=1, block=block)
+        elif not wake.is_set():
+            self._dispatcher(sid).wait(self._key("log", sid), after, timeout, wake)
 
-    def attach(self, sid: str, reader: str) -> None:
-        key = self._key("readers", sid)
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(key, {reader: time.time() + self.lease})
-            pipe.expire(key, self.running_ttl)
+    def _ring(self, bell: str) -> None:
+        """Make a dispatcher's XREAD return (it then reads the logs added since it began)."""
+        with self._failing(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(bell, {"r": "1"}, maxlen=1, approximate=False)
+            pipe.expire(bell, self.ttl)
             pipe.execute()
 
-    def detach(self, sid: str, reader: str) -> int:
+    # -- readers and cancel ---------------------------------------------------
+    def attach(self, sid: str, reader: str) -> None:
+        local = self.is_local(sid)
+        if local:
+            self.local.attach(sid, reader)  # counted here even while Redis is down
+            if not self._shared(sid):
+                return
         key = self._key("readers", sid)
-        with self.redis.pipeline() as pipe:
-            pipe.zrem(key, reader)
-            pipe.zcount(key, time.time(), "+inf")
-            removed, left = pipe.execute()
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(key, {reader: time.time() + self.lease})
+                # TTL: at least the lease, never shorter than it was (the log's).
+                pipe.expire(key, self.lease_ttl, nx=True)
+                pipe.expire(key, self.lease_ttl, gt=True)
+                pipe.execute()
+        except redis.RedisError as exc:
+            if not local:
+                raise self._store_error(exc) from exc
+            self._lost(exc)
+
+    def detach(self, sid: str, reader: str) -> int:
+        local = self.is_local(sid)
+        removed = False
+        left = 0
+        if local:
+            before = self.local.readers(sid)
+            left = self.local.detach(sid, reader)  # the mirror tells nobody: we do, below
+            removed = left < before
+        if not local or self._shared(sid):
+            key = self._key("readers", sid)
+            try:
+                with self.redis.pipeline() as pipe:
+                    pipe.zrem(key, reader)
+                    pipe.zcount(key, time.time(), "+inf")
+                    gone, shared_left = pipe.execute()
+            except redis.RedisError as exc:
+                if not local:
+                    raise self._store_error(exc) from exc
+                self._lost(exc)
+            else:
+                removed = removed or bool(gone)
+                left = max(left, shared_left)
         if removed and not left:
             self._tell_owner(sid, "idle")
         return left
 
     def detach_quietly(self, sid: str, reader: str) -> None:
-        self.redis.zrem(self._key("readers", sid), reader)
+        local = self.is_local(sid)
+        if local:
+            self.local.detach_quietly(sid, reader)
+            if not self._shared(sid):
+                return
+        try:
+            self.redis.zrem(self._key("readers", sid), reader)
+        except redis.RedisError as exc:
+            if not local:
+                raise self._store_error(exc) from exc
+            self._lost(exc)
 
     def readers(self, sid: str) -> int:
-        return self.redis.zcount(self._key("readers", sid), time.time(), "+inf")
+        return self.reader_counts([sid])[0]
+
+    def reader_counts(self, sids: list[str]) -> list[int]:
+        """Live leases per stream: Redis's count, at least the mirror's for our own streams
+        (only the mirror's while Redis is down); one round trip."""
+        counts = [self.local.readers(sid) for sid in sids]
+        ask = [i for i, sid in enumerate(sids) if self._shared(sid) or not self.is_local(sid)]
+        if not ask:
+            return counts
+        now = time.time()
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for i in ask:
+                    pipe.zcount(self._key("readers", sids[i]), now, "+inf")
+                found = pipe.execute()
+        except redis.RedisError as exc:
+            if any(not self.is_local(sids[i]) for i in ask):
+                raise self._store_error(exc) from exc
+            self._lost(exc)
+            return counts
+        for i, count in zip(ask, found, strict=True):
+            counts[i] = max(counts[i], count)
+        return counts
 
     def request_cancel(self, sid: str) -> None:
-        with store_errors():
-            self.redis.set(self._key("cancel", sid), 1, ex=self.running_ttl)
-            self._tell_owner(sid, "cancel")
+        if self.is_local(sid):
+            self.local.request_cancel(sid)
+            self.control_handler("cancel", sid)  # no round trip, and works with Redis down
+            if self._shared(sid):
+                try:
+                    self.redis.set(self._key("cancel", sid), 1, ex=max(self.ttl, self.lease_ttl))
+                except redis.RedisError as exc:
+                    self._lost(exc)
+            return
+        with self._failing():
+            self.redis.set(self._key("cancel", sid), 1, ex=max(self.ttl, self.lease_ttl))
+        self._tell_owner(sid, "cancel")
 
     def cancel_requested(self, sid: str) -> bool:
-        return bool(self.redis.exists(self._key("cancel", sid)))
+        local = self.is_local(sid)
+        if local and (self.local.cancel_requested(sid) or not self._shared(sid)):
+            return self.local.cancel_requested(sid)
+        try:
+            return bool(self.redis.exists(self._key("cancel", sid)))
+        except redis.RedisError as exc:
+            if not local:
+                raise self._store_error(exc) from exc
+            self._lost(exc)
+            return False
+
+
+class _Watch:
+    """What a dispatcher knows of one log: who watches it, who waits past which seq."""
+
+    __slots__ = ("watchers", "waiters", "seen")
+
+    def __init__(self) -> None:
+        self.watchers: set[gevent.event.Event] = set()
+        self.waiters: dict[gevent.event.Event, int] = {}  # wake -> the cursor it waits past
+        self.seen = -1  # the highest seq this dispatcher saw in the log (-1: none yet)
+
+
+class _Dispatcher:
+    """One blocking connection serving every wait on a share of the remote logs.
+
+    Its greenlet runs ``XREAD BLOCK`` over all the logs with waiters or watchers
+    (one entry each, from the lowest cursor waited past), wakes the readers whose
+    log moved past their cursor, and goes round again. A wait on a log the
+    XREAD in flight does not cover rings the dispatcher's doorbell (an ``XADD``
+    to a key in the same XREAD), which cannot be missed the way a wake-up sent
+    before the XREAD began could.
+    """
+
+    def __init__(self, store: RedisStore, bell: str) -> None:
+        self.store, self.bell = store, bell
+        self.logs: dict[str, _Watch] = {}
+        self.inflight: dict[str, int] | None = None  # the XREAD under way: key -> seq
+        self.rung: dict[str, int] | None = None  # the XREAD the doorbell was rung for
+        self.bell_id = "0-0"
+        self.failures = 0  # XREADs that failed so far; a waiter that saw one fail raises
+        self.error = ""
+        self.work = gevent.event.Event()
+        self.greenlet = gevent.spawn(self._run)
+
+    def watch(self, key: str, wake: gevent.event.Event) -> None:
+        self.logs.setdefault(key, _Watch()).watchers.add(wake)
+
+    def unwatch(self, key: str, wake: gevent.event.Event) -> None:
+        log = self.logs.get(key)
+        if log is not None:
+            log.watchers.discard(wake)
+            self._tidy(key, log)
+
+    def _tidy(self, key: str, log: _Watch) -> None:
+        if not log.watchers and not log.waiters and self.logs.get(key) is log:
+            del self.logs[key]
+
+    def wait(self, key: str, after: int, timeout: float | None, wake: gevent.event.Event) -> None:
+        log = self.logs.setdefault(key, _Watch())
+        if log.seen > after:
+            return  # already known to have moved on
+        log.waiters[wake] = after
+        failures = self.failures
+        try:
+            self.work.set()
+            inflight = self.inflight
+            if inflight is not None and inflight.get(key, after + 1) > after and self.rung is not inflight:
+                self.rung = inflight
+                self.store._ring(self.bell)
+            wake.wait(timeout)
+        finally:
+            log.waiters.pop(wake, None)
+            self._tidy(key, log)
+        if self.failures != failures:
+            raise StoreError(f"the stream store (Redis) is unavailable: {self.error}")
+
+    def _request(self) -> dict[str, int]:
+        request = {}
+        for key, log in self.logs.items():
+            if log.waiters:
+                request[key] = min(log.waiters.values())
+            elif log.seen >= 0:
+                request[key] = log.seen
+        return request
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                self._round()
+            except Exception as exc:  # noqa: BLE001 - Redis, or a bug: a dead dispatcher strands its readers
+                if isinstance(exc, redis.RedisError):
+                    self.store._lost(exc)
+                else:
+                    logger.exception("a Redis dispatcher failed a round")
+                self.failures += 1
+                self.error = str(exc)
+                self._wake_all()  # they raise StoreError
+                failures += 1
+                gevent.sleep(min(2.0, 0.05 * 2 ** failures))
+            else:
+                failures = 0
+
+    def _round(self) -> None:
+        """One XREAD over the logs waited on, and the wake-ups it brings."""
+        request = self._request()
+        if not request:
+            self.work.clear()
+            self.work.wait()
+            return
+        streams: dict[str, str] = {key: f"0-{seq}" for key, seq in request.items()}
+        streams[self.bell] = self.bell_id
+        self.inflight = request
+        try:
+            reply = self.store._blocking.xread(streams, count=1, block=BLOCK_MS)
+        finally:
+            self.inflight = None
+        self.store._back()
+        for name, entries in reply or ():
+            if entries:
+                self._moved(name.decode(), entries[-1][0])
+
+    def _moved(self, key: str, entry_id: bytes) -> None:
+        if key == self.bell:
+            self.bell_id = entry_id.decode()
+            return
+        log = self.logs.get(key)
+        if log is None:
+            return
+        seq = int(entry_id.split(b"-")[1])
+        log.seen = max(log.seen, seq)
+        for wake in log.watchers:
+            wake.set()
+        for wake, after in list(log.waiters.items()):
+            if after < seq:
+                wake.set()
+                del log.waiters[wake]
+
+    def _wake_all(self) -> None:
+        for log in self.logs.values():
+            for wake in log.watchers:
+                wake.set()
+            for wake in log.waiters:
+                wake.set()
+            log.waiters.clear()
