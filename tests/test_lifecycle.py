@@ -361,16 +361,62 @@ def test_cancelled_text_answer_says_so(server):
     assert text.endswith("\n[cancelled]\n")
 
 
-def test_redis_down_is_a_503_not_a_500(start_server):
-    import uuid
+def test_redis_stopped_and_restarted_mid_stream(start_server, tmp_path, tag):
+    """A redis-server of this test's own stops mid-stream and comes back: local readers go
+    on, streams that live only in Redis are 503 meanwhile, new streams are served by their
+    own instance, and shared again once Redis is back."""
+    import os
 
+    from tests.conftest import Process, require_binary
     from tests.helpers import free_port
 
-    server = start_server(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-                          REDIS_PREFIX=f"streamapp-test-{uuid.uuid4().hex[:6]}")
-    resp = requests.post(f"{server.url}/api/chat", json={"uid": 1, "message": "hi"}, timeout=20)
-    assert resp.status_code == 503
-    assert resp.json()["error"]["code"] == "store_unavailable"
+    port = free_port()
+    binary = require_binary("redis-server", "apt-get install -y redis-server")
+
+    def start_redis(n: int) -> Process:
+        proc = Process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no"], dict(os.environ), tmp_path / f"redis-{n}.log")
+        proc.wait_for("Ready to accept connections", 10, f"redis-server on {port}")
+        return proc
+
+    redis_proc = start_redis(1)
+    try:
+        settings = dict(REDIS_URL=f"redis://127.0.0.1:{port}/0", REDIS_PREFIX=f"streamapp-test-{tag}",
+                        RESUME_GRACE_S=5, HEARTBEAT_S=0.5, HEADER_WAIT_S=0.2)
+        a, b = start_server(**settings), start_server(**settings)
+        local = SSEClient(f"{a.url}/ai-stream?prompt=hi&model={q(f'slow?tokens=40&delay_ms=50&tag={tag}')}",
+                          timeout=30)
+        first_deltas(local, 2)
+        model = q(f"slow?tokens=400&delay_ms=50&tag={tag}-remote")
+        remote, _ = read_then_leave(a, f"/ai-stream?prompt=hi&model={model}", 1)
+        assert requests.get(f"{b.url}/api/streams/{remote}/info", timeout=5).status_code == 200
+
+        redis_proc.stop(signal.SIGKILL)
+        for method, path in (("GET", f"/api/streams/{remote}"), ("GET", f"/api/streams/{remote}/info"),
+                             ("POST", f"/api/streams/{remote}/cancel")):
+            resp = requests.request(method, f"{b.url}{path}", headers={"Last-Event-ID": f"{remote}-1"},
+                                    timeout=10)
+            assert resp.status_code == 503, (path, resp.status_code, resp.text)
+            assert resp.json()["error"]["code"] == "store_unavailable"
+        with SSEClient(f"{a.url}/stream?delay_ms=0&text=served%20alone") as degraded:
+            events = degraded.read_all()
+        assert "".join(e.data for e in data_events(events)) == "served alone"
+        assert events[-1].event == "end"
+        events = local.read_all()  # the reader in the producing process goes on to the end
+        local.close()
+        assert "".join(e.data for e in data_events(events)) == "".join(token_list(40))
+        assert events[-1].event == "end"
+
+        redis_proc = start_redis(2)
+
+        def shared_again() -> bool:
+            with SSEClient(f"{a.url}/stream?delay_ms=0&text=shared") as client:
+                sid = client.headers["X-Stream-Id"]
+                client.read_all()
+            return requests.get(f"{b.url}/api/streams/{sid}/info", timeout=5).status_code == 200
+        poll_until(shared_again, 15, "new streams to be shared again", interval=0.2)
+    finally:
+        redis_proc.stop()
 
 
 def test_reader_of_a_stream_whose_worker_died_gets_an_error(redis_pair, fake_upstream, tag):
