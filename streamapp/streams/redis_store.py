@@ -38,6 +38,7 @@ Redis). The store notices Redis coming back on its own (the heartbeat).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -63,7 +64,22 @@ logger = logging.getLogger(__name__)
 OWNER_TTL_S = 10  # a process unheard of this long is taken for dead
 BLOCK_MS = 5000  # a dispatcher's XREAD returns at least this often (its doorbell interrupts it)
 MAX_UNRECORDED_ENDS = 10_000  # ends of streams still to be written to Redis after a lost batch
-_FINISHED = json.dumps("finished")
+# The writer's one command per stream and batch: append the events (ARGV from the third on:
+# seq, JSON pairs; one already there, after a retry, is skipped), record the end (ARGV[2],
+# the final seq, 0 while it runs), and give every key of the stream the log's TTL (ARGV[1]),
+# so its meta, readers and cancel keys never expire before its log.
+_WRITE = b"""
+for i = 3, #ARGV, 2 do
+  redis.pcall('XADD', KEYS[1], '0-' .. ARGV[i], 'e', ARGV[i + 1])
+end
+if ARGV[2] ~= '0' then
+  redis.call('HSET', KEYS[2], 'state', '"finished"', 'last', ARGV[2])
+end
+for i = 1, 4 do
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
+end
+"""
+_WRITE_SHA = hashlib.sha1(_WRITE).hexdigest()
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError)
 
 
@@ -344,28 +360,36 @@ class RedisStore(Store):
                 self._remember_end(sid, seq)
 
     def _commit(self, batch: list[tuple[str, int, str, bool]]) -> list[str]:
-        """One transaction: the events, then per stream its TTLs (and its end); the ended sids."""
-        touched: dict[str, int] = {}  # sid -> final seq, or 0 while it runs
-        with self.redis.pipeline(transaction=True) as pipe:
-            for sid, seq, data, final in batch:
-                pipe.xadd(self._key("log", sid), {"e": _utf8(data)}, id=f"0-{seq}")
-                if final:
-                    touched[sid] = seq
-                else:
-                    touched.setdefault(sid, 0)
-            for sid, last in touched.items():
-                self._pipe_ttls(pipe, sid, last)
-            # An entry already there (a retry after a lost reply) fails alone; the rest applies.
-            pipe.execute(raise_on_error=False)
-        return [sid for sid, last in touched.items() if last]
+        """One transaction, one script call per stream (its events, TTLs and end); the ended sids."""
+        streams: dict[str, list] = {}  # sid -> [final seq or 0, seq, event, seq, event, ...]
+        for sid, seq, data, final in batch:
+            args = streams.get(sid)
+            if args is None:
+                args = streams[sid] = [0]
+            if final:
+                args[0] = seq
+            args += (seq, _utf8(data))
+        self._run_writes([(sid, args[0], args[1:]) for sid, args in streams.items()])
+        return [sid for sid, args in streams.items() if args[0]]
 
-    def _pipe_ttls(self, pipe: Any, sid: str, last: int) -> None:
-        """Every key of ``sid`` gets the log's TTL; ``last``: it finished there."""
-        if last:
-            pipe.hset(self._key("meta", sid), mapping={"state": _FINISHED, "last": json.dumps(last)})
-        ttl = self.ttl if last else self.running_ttl
-        for kind in ("log", "meta", "readers", "cancel"):
-            pipe.expire(self._key(kind, sid), ttl)
+    def _run_writes(self, writes: list[tuple[str, int, list]]) -> None:
+        """One transaction of ``_WRITE`` calls ``(sid, last, events)``; loads the script if
+        Redis lost it (a restart): the calls are safe to repeat."""
+        for loaded in (False, True):
+            try:
+                with self.redis.pipeline(transaction=True) as pipe:
+                    p = self.prefix
+                    for sid, last, events in writes:
+                        pipe.execute_command(
+                            "EVALSHA", _WRITE_SHA, 4, f"{p}:log:{sid}", f"{p}:meta:{sid}",
+                            f"{p}:readers:{sid}", f"{p}:cancel:{sid}",
+                            self.ttl if last else self.running_ttl, last, *events)
+                    pipe.execute()
+                return
+            except redis.exceptions.NoScriptError:
+                if loaded:
+                    raise
+                self.redis.script_load(_WRITE)
 
     def _remember_end(self, sid: str, seq: int) -> None:
         """Keep trying to record that ``sid`` ended at ``seq`` (its final event was lost)."""
@@ -379,10 +403,7 @@ class RedisStore(Store):
     def _record_ends(self) -> None:
         ends = dict(self._ends)
         try:
-            with self.redis.pipeline(transaction=True) as pipe:
-                for sid, last in ends.items():
-                    self._pipe_ttls(pipe, sid, last)
-                pipe.execute()
+            self._run_writes([(sid, last, []) for sid, last in ends.items()])
         except redis.RedisError as exc:
             self._lost(exc)
             return
