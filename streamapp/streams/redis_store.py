@@ -62,6 +62,7 @@ from .store import MemoryStore, Store
 
 logger = logging.getLogger(__name__)
 OWNER_TTL_S = 10  # a process unheard of this long is taken for dead
+ALIVE_CACHE_S = 1.0  # how long an answer about another process's liveness is reused
 BLOCK_MS = 5000  # a dispatcher's XREAD returns at least this often (its doorbell interrupts it)
 MAX_UNRECORDED_ENDS = 10_000  # ends of streams still to be written to Redis after a lost batch
 # The writer's one command per stream and batch: append the events (ARGV from the third on:
@@ -80,7 +81,13 @@ for i = 1, 4 do
 end
 """
 _WRITE_SHA = hashlib.sha1(_WRITE).hexdigest()
-_OUTAGE = (redis.ConnectionError, redis.TimeoutError)
+
+
+def _outage(exc: Exception) -> bool:
+    """Whether ``exc`` says Redis cannot be reached; a full connection pool (redis-py's
+    ``BlockingConnectionPool`` timing out, "No connection available.") is load, not an outage."""
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) and \
+        "No connection available" not in str(exc)
 
 
 def _utf8(data: str) -> bytes:
@@ -130,6 +137,8 @@ class RedisStore(Store):
         self._writing = False
         self._greenlets: list[gevent.Greenlet] = []
         self._beat: gevent.Greenlet | None = None
+        self.closed = False
+        self._alive: dict[str, tuple[float, bool]] = {}  # owner -> (asked at, alive)
 
     def _key(self, kind: str, sid: str) -> str:
         return f"{self.prefix}:{kind}:{sid}"
@@ -137,7 +146,7 @@ class RedisStore(Store):
     # -- Redis health ---------------------------------------------------------
     def _lost(self, exc: Exception) -> None:
         """Note a failure; the first of an outage is logged."""
-        if isinstance(exc, _OUTAGE) and not self._down:
+        if not self._down and _outage(exc):
             self._down = True
             logger.warning("Redis is unavailable (%s); streams started now are served by this "
                            "process only, until it is back", exc)
@@ -170,6 +179,7 @@ class RedisStore(Store):
         self._greenlets = [gevent.spawn(self._listen), gevent.spawn(self._write_loop)]
 
     def close(self) -> None:
+        self.closed = True
         self.flush()
         greenlets = self._greenlets + [d.greenlet for d in self._dispatchers if d is not None]
         for greenlet in greenlets:
@@ -244,8 +254,17 @@ class RedisStore(Store):
         owner = meta.get("owner")
         if owner is None or owner == self._owner:
             return True  # our own (a local record carries no owner)
+        # Every reader of every stream of that process asks: one answer serves them for a second.
+        now = time.monotonic()
+        known = self._alive.get(owner)
+        if known is not None and now - known[0] < ALIVE_CACHE_S:
+            return known[1]
         with self._failing():
-            return bool(self.redis.exists(f"{self.prefix}:owner:{owner}"))
+            alive = bool(self.redis.exists(f"{self.prefix}:owner:{owner}"))
+        if len(self._alive) > 1000:
+            self._alive = {o: k for o, k in self._alive.items() if now - k[0] < ALIVE_CACHE_S}
+        self._alive[owner] = (now, alive)
+        return alive
 
     def cancelled(self, sids: list[str]) -> set[str]:
         """Cancels of our own streams; while Redis is down, those asked here only."""
@@ -277,7 +296,7 @@ class RedisStore(Store):
             except redis.RedisError as exc:
                 shared = False
                 self._lost(exc)
-                if not isinstance(exc, _OUTAGE):
+                if not _outage(exc):
                     logger.warning("stream %s is served by this process only: %s", sid, exc)
         if not shared:
             self._local_only.add(sid)  # degraded: this process serves it alone, Redis never sees it
@@ -664,6 +683,8 @@ class _Dispatcher:
             try:
                 self._round()
             except Exception as exc:  # noqa: BLE001 - Redis, or a bug: a dead dispatcher strands its readers
+                if self.store.closed:
+                    return  # killed by close() in the middle of its XREAD
                 if isinstance(exc, redis.RedisError):
                     self.store._lost(exc)
                 else:
