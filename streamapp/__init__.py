@@ -15,6 +15,8 @@ from .providers import build_providers
 
 __all__ = ["create_app"]
 
+STORE_RETRY_AFTER_S = 2
+
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then environment, then ``test_config``."""
@@ -40,7 +42,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     @app.errorhandler(ApiError)
     @app.errorhandler(StoreError)
     def _api_error(exc: ApiError | StoreError):
-        return error_response(exc.status, exc.code, exc.message, exc.field,
+        # A store outage is brief: say when to try again (an EventSource never does on a 503).
+        headers = {"Retry-After": str(STORE_RETRY_AFTER_S)} if exc.status == 503 else None
+        return error_response(exc.status, exc.code, exc.message, exc.field, headers=headers,
                               close=isinstance(exc, BodyRefused))
 
     @app.errorhandler(HTTPException)

@@ -7,7 +7,7 @@
                          (unreachable, timeout, HTTP status, bad response, auth,
                          in-band error). Before the first byte it becomes a 502
                          (504 on timeout) JSON response; after it, a final
-                         ``event: error`` (see ``streamapp.streams.consumer``).
+                         ``event: error`` (see ``streamapp.streams.reader``).
 
 Every error body is ``{"error": {"code", "message", "field"}}``.
 """
