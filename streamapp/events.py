@@ -3,11 +3,22 @@
 A provider turns a chat request into an iterator of these; the stream producer
 numbers them and appends them to a store; encoders (``streamapp.wire``) write
 them out. ``to_dict``/``from_dict`` give the compact form the Redis store keeps.
+
+The shapes follow OpenAI's chat-completion chunks, the richest of the upstream
+formats, so that nothing a real model sends is lost on the way:
+
+- ``Delta``: answer text; ``Reasoning``: the model's reasoning text
+  (``reasoning_content`` / ``reasoning`` / Ollama's ``thinking``), kept apart;
+- ``ToolCall``: one fragment of a tool call: ``index`` tells calls apart, ``id``,
+  ``name`` come with a call's first fragment, ``arguments`` is a piece of a
+  JSON string to concatenate;
+- ``Done``: the end, with ``usage`` (``None`` when the upstream sent none: never
+  zeros standing for "unknown").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -29,11 +40,35 @@ class Delta:
 
 
 @dataclass(slots=True)
+class Reasoning:
+    """A piece of the model's reasoning, shown apart from the answer."""
+
+    text: str
+    kind: str = "reasoning"
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A fragment of tool call number ``index`` (OpenAI's ``delta.tool_calls[]`` shape)."""
+
+    index: int
+    id: str | None = None  # noqa: A003 - OpenAI's field name
+    name: str | None = None
+    arguments: str = ""
+    kind: str = "tool_call"
+
+
+@dataclass(slots=True)
 class Done:
-    """Generation finished; ``finish_reason`` is the upstream's or ours."""
+    """Generation finished; ``finish_reason`` is the upstream's or ours.
+
+    ``usage`` has ``prompt_tokens``, ``completion_tokens``, ``total_tokens`` and,
+    where the upstream gave them, ``prompt_tokens_details`` (``cached_tokens``)
+    and ``completion_tokens_details`` (``reasoning_tokens``); ``None`` if unknown.
+    """
 
     finish_reason: str = "stop"
-    usage: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, Any] | None = None
     kind: str = "done"
 
 
@@ -47,8 +82,9 @@ class Failed:
     kind: str = "error"
 
 
-Event = Opened | Delta | Done | Failed
-_KINDS = {"open": Opened, "delta": Delta, "done": Done, "error": Failed}
+Event = Opened | Delta | Reasoning | ToolCall | Done | Failed
+_KINDS = {"open": Opened, "delta": Delta, "reasoning": Reasoning, "tool_call": ToolCall,
+          "done": Done, "error": Failed}
 
 
 def is_terminal(event: Event) -> bool:

@@ -9,7 +9,7 @@ before they are converted, and nesting too deep for the parser is a 400.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -97,6 +97,68 @@ class PromptQuery(BaseModel):
     on_disconnect: OnDisconnect = "cancel"
 
 
+# -- POST /v1/chat/completions: OpenAI's request, the fields upstreams understand ---------------
+
+ModelName = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)]
+
+
+class V1Message(BaseModel):
+    """One message of an OpenAI chat request (tool calls and tool results included)."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Annotated[str, StringConstraints(strict=True, max_length=100_000)] | \
+        Annotated[list[dict[str, Any]], Field(max_length=100)] | None = None
+    name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    tool_calls: Annotated[list[dict[str, Any]], Field(max_length=128)] | None = None
+    tool_call_id: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: ``include_usage`` adds a last chunk with the usage."""
+
+    include_usage: bool = False
+
+
+class V1ChatRequest(BaseModel):
+    """Body of ``POST /v1/chat/completions`` (OpenAI's chat-completions request).
+
+    ``model`` picks the provider: ``demo``, ``openai/<model>``, ``ollama/<model>``,
+    or a bare name for the default provider. The other fields are passed to the
+    upstream (translated for Ollama); ``on_disconnect`` is streamapp's own.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+    model: ModelName
+    messages: Annotated[list[V1Message], Field(min_length=1, max_length=500)]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_DELAY_MS)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_DELAY_MS)] | None = None
+    stop: Annotated[str, StringConstraints(max_length=200)] | \
+        Annotated[list[Annotated[str, StringConstraints(max_length=200)]], Field(max_length=4)] | None = None
+    seed: Annotated[int, Field(ge=-MAX_UID - 1, le=MAX_UID)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=128)] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    user: Annotated[str, StringConstraints(max_length=256)] | None = None
+    n: Literal[1] | None = None
+    on_disconnect: OnDisconnect = "cancel"
+
+    PASSED: ClassVar[tuple[str, ...]] = (
+        "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "presence_penalty",
+        "frequency_penalty", "tools", "tool_choice", "response_format", "reasoning_effort", "user")
+
+    def upstream_params(self) -> dict[str, Any]:
+        """The request fields an upstream understands, as the client sent them."""
+        return {name: getattr(self, name) for name in self.PASSED if getattr(self, name) is not None}
+
+
 M = TypeVar("M", bound=BaseModel)
 
 _MESSAGES = {
@@ -119,7 +181,7 @@ _MESSAGES = {
 
 def parse(model: type[M], data: Any) -> M:
     """Validate ``data`` against ``model`` or raise ``ApiError`` (400)."""
-    if model is ChatBody and not isinstance(data, dict):
+    if model in (ChatBody, V1ChatRequest) and not isinstance(data, dict):
         raise ApiError("the body must be a JSON object", code="invalid_body")
     try:
         return model.model_validate(data)
