@@ -119,11 +119,12 @@ class RedisStore(Store):
             url, max_connections=max(1, pool_size), timeout=5, socket_timeout=5,
             socket_connect_timeout=2, health_check_interval=30, client_name=f"{name}-short",
             retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 1)))
-        # Blocking reads: one connection per dispatcher, never shared with short commands.
+        # Blocking reads: one connection per dispatcher, never shared with short commands;
+        # one immediate retry, so a connection dropped under it does not end its readers.
         self._blocking = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
             url, max_connections=max(1, blocking_pool_size), timeout=5,
             socket_timeout=BLOCK_MS / 1000 + 10, socket_connect_timeout=2,
-            health_check_interval=30, client_name=f"{name}-block", retry=Retry(NoBackoff(), 0)))
+            health_check_interval=30, client_name=f"{name}-block", retry=Retry(NoBackoff(), 1)))
         self._name = name
         self._dispatchers: list[_Dispatcher | None] = [None] * max(1, blocking_pool_size)
         self._owner = ""
@@ -358,9 +359,9 @@ class RedisStore(Store):
                 ended = self._commit(batch)
             except Exception as exc:  # noqa: BLE001 - Redis or a bad event: retried, then dropped
                 if isinstance(exc, redis.RedisError):
-                    self._lost(exc)
-                    logger.warning("writing %d events to Redis failed (%s), try %d",
-                                   len(batch), exc, attempt + 1)
+                    self._lost(exc)  # an outage is reported once; its tries are details
+                    logger.log(logging.INFO if self._down else logging.WARNING,
+                               "writing %d events to Redis failed (%s), try %d", len(batch), exc, attempt + 1)
                 else:
                     logger.exception("writing %d events to Redis failed, try %d", len(batch), attempt + 1)
                 if attempt + 1 < self.write_tries:
