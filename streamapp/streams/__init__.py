@@ -16,7 +16,9 @@ def make_store(config: dict) -> Store:
         from .redis_store import RedisStore  # only needed with Redis
 
         return RedisStore(config["REDIS_URL"], config["REDIS_PREFIX"], config["RESUME_TTL_S"],
-                          running_ttl=config["READ_TIMEOUT_S"] + config["RESUME_GRACE_S"] + 3600,
+                          # A silent running stream's keys outlive its longest possible run.
+                          running_ttl=config["STREAM_MAX_DURATION_S"] + config["READ_TIMEOUT_S"]
+                          + config["RESUME_GRACE_S"] + 60,
                           lease=config["LEASE_S"], pool_size=config["REDIS_POOL_SIZE"],
                           blocking_pool_size=config["REDIS_BLOCKING_POOL_SIZE"])
     return MemoryStore(config["RESUME_TTL_S"], lease=config["LEASE_S"])
