@@ -54,4 +54,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type", "content-length")}
         return error_response(exc.code or 500, code, exc.description or exc.name, headers=headers)
 
+    from .routes import docs  # GET /api.json and /swagger/: registered last, to describe every route
+
+    app.register_blueprint(docs.bp)
+    docs.log_route_table(app)  # once per process: each gunicorn worker builds its own app
     return app
