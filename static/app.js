@@ -43,6 +43,17 @@ function bubble(role, text) {
   return div;
 }
 
+// An assistant bubble: the model's reasoning (when it sends any) apart, above the answer.
+function part(out, cls) {
+  let el = out.querySelector(`.${cls}`);
+  if (!el) {
+    el = document.createElement("div");
+    el.className = cls;
+    if (cls === "reasoning") out.prepend(el); else out.appendChild(el);
+  }
+  return el;
+}
+
 async function readStream(response, out, state) {
   // A streaming TextDecoder keeps a multi-byte character split across chunks whole.
   const reader = response.body.pipeThrough(new TextDecoderStream("utf-8")).getReader();
@@ -52,8 +63,21 @@ async function readStream(response, out, state) {
     if (ev.event === "stream") { state.streamId = payload.stream_id; return; }
     if (ev.event === "error") { state.error = payload.message; return; }
     if (payload.is_end) { state.finish = payload.finish_reason; return; }
+    if (payload.reasoning !== undefined) {
+      state.reasoning += payload.reasoning;
+      part(out, "reasoning").textContent = state.reasoning; // text, never HTML
+      return;
+    }
+    if (payload.tool_call) {
+      const call = payload.tool_call;
+      const seen = state.tools[call.index] || (state.tools[call.index] = { name: "", args: "" });
+      seen.name = call.function.name || seen.name;
+      seen.args += call.function.arguments || "";
+      part(out, "tools").textContent = state.tools.map((t) => `${t.name}(${t.args})`).join("\n");
+      return;
+    }
     state.text += payload.delta;
-    out.textContent = state.text;
+    part(out, "answer").textContent = state.text;
     out.dataset.chunks = String(Number(out.dataset.chunks || 0) + 1);
   });
   for (;;) {
@@ -69,8 +93,8 @@ async function send(message) {
   if (provider) body.provider = provider;
   bubble("user", message);
   const out = bubble("assistant", "");
-  const state = { text: "", streamId: null, lastEventId: null, finish: null, error: null,
-                  controller: new AbortController() };
+  const state = { text: "", reasoning: "", tools: [], streamId: null, lastEventId: null, finish: null,
+                  error: null, controller: new AbortController() };
   current = state;
   $("stop").disabled = false;
   $("send").disabled = true;
@@ -97,7 +121,7 @@ async function send(message) {
     if (state.controller.signal.aborted) state.finish = "cancelled";
     else state.error = String(e);
   }
-  if (state.error) { out.classList.add("error"); out.textContent = state.text + `\n[${state.error}]`; }
+  if (state.error) { out.classList.add("error"); part(out, "answer").textContent = state.text + `\n[${state.error}]`; }
   history.push({ role: "user", content: message }, { role: "assistant", content: state.text });
   out.dataset.done = "true";
   $("status").textContent = state.error ? "failed" : `done (${state.finish || "ended"})`;

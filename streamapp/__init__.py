@@ -33,11 +33,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["providers"] = build_providers(app.config)
     streams.init_app(app)
 
-    from .routes import chat, pages, sse
+    from .routes import chat, pages, sse, v1
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(sse.bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(v1.bp)
 
     @app.errorhandler(ApiError)
     @app.errorhandler(StoreError)

@@ -9,7 +9,8 @@
                          (504 on timeout) JSON response; after it, a final
                          ``event: error`` (see ``streamapp.streams.reader``).
 
-Every error body is ``{"error": {"code", "message", "field"}}``.
+Every error body is ``{"error": {"code", "message", "field"}}`` (OpenAI's shape
+under ``/v1/``, see :func:`error_response`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import socket
 from typing import Any
 
 from flask import Response, jsonify, request
+
+from .wire import openai_error
 
 
 class StreamappError(Exception):
@@ -92,12 +95,17 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
                    headers: dict[str, str] | None = None, close: bool = False) -> Response:
     """The one JSON error response every route and handler uses.
 
-    With ``close``, the connection ends once the response is written: gunicorn
+    Under ``/v1/`` the body has OpenAI's shape, ``{"error": {"message", "type",
+    "code", "param"}}`` (``param`` is our ``field``), which its SDKs turn into
+    their error classes. With ``close``, the connection ends once the response is written: gunicorn
     drops a ``Connection: close`` header from the app, so its socket is shut
     for writing (the client reads the answer, then the end) and gunicorn closes
     it when the client does or its keep-alive wait runs out.
     """
-    resp = jsonify({"error": {"code": code, "message": message, "field": field}})
+    if request.path.startswith("/v1/"):
+        resp = jsonify(openai_error(status, code, message, field))
+    else:
+        resp = jsonify({"error": {"code": code, "message": message, "field": field}})
     resp.status_code = status
     for key, value in (headers or {}).items():
         resp.headers[key] = value

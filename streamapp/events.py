@@ -79,6 +79,7 @@ class Failed:
     code: str
     message: str
     status: int = 502
+    upstream_status: int | None = None  # the upstream's own HTTP status, when it answered one
     kind: str = "error"
 
 

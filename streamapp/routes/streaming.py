@@ -14,7 +14,7 @@ reconnecting. It never starts a new generation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent.event
@@ -66,20 +66,30 @@ def _respond(sid: str, after: int, enc: Encoder) -> Response:
                     headers={**STREAM_HEADERS, "X-Stream-Id": sid})
 
 
+ErrorBody = Callable[[Failed, dict[str, str]], Response]  # a failure before the first byte, as a response
+
+
+def json_error(failed: Failed, headers: dict[str, str]) -> Response:
+    """Our JSON error body for a failure before the first byte."""
+    return error_response(failed.status, failed.code, failed.message, headers=headers)
+
+
 def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
-                 on_disconnect: str = "cancel") -> Response:
-    """Start a generation in wire format ``fmt`` and answer with its stream (or its early failure).
+                 on_disconnect: str = "cancel", fail: ErrorBody = json_error) -> Response:
+    """Start a generation in wire format ``fmt`` and answer with its stream (or its early
+    failure, shaped by ``fail``).
 
     ``HEAD`` gets the headers a ``GET`` would and starts nothing.
     """
     config = current_app.config
     if fmt == "chat" and wants_text():
         fmt = "text"
-    enc = encoder(fmt, config["RETRY_MS"])
+    meta = {**meta, "format": fmt}
+    enc = encoder(fmt, config["RETRY_MS"], meta)
     if request.method == "HEAD":
         return Response(status=200, content_type=enc.content_type, headers=STREAM_HEADERS)
     manager = get_manager()
-    sid = manager.start(events, {**meta, "format": fmt}, on_disconnect)
+    sid = manager.start(events, meta, on_disconnect)
     limit = config["CONNECT_TIMEOUT_S"] + config["READ_TIMEOUT_S"] + 5
     client_gone = gevent.event.Event()
     sock = request.environ.get("gunicorn.socket")
@@ -93,13 +103,11 @@ def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
     if client_gone.is_set():
         manager.abandon(sid)  # it never learnt the stream id, so it cannot resume
         return Response(status=204)
-    if isinstance(first, Failed):
-        return error_response(first.status, first.code, first.message,
-                              headers={"X-Stream-Id": sid})
     if first is None:
         manager.cancel(sid)
-        return error_response(504, "upstream_timeout", "the upstream did not answer in time",
-                              headers={"X-Stream-Id": sid})
+        first = Failed("upstream_timeout", "the upstream did not answer in time", 504)
+    if isinstance(first, Failed):
+        return fail(first, {"X-Stream-Id": sid})
     return _respond(sid, 0, enc)
 
 
@@ -121,4 +129,29 @@ def resume_stream(sid: str, after: int, route: str | None = None) -> Response:
         last = meta.get("last")
         if (after >= int(last)) if last is not None else not store.read(sid, after, 1):
             return nothing_to_resume()
-    return _respond(sid, after, encoder(fmt, current_app.config["RETRY_MS"]))
+    return _respond(sid, after, encoder(fmt, current_app.config["RETRY_MS"], meta))
+
+
+def collect_stream(events: Iterator[Event], meta: dict[str, Any],
+                   on_disconnect: str = "cancel") -> tuple[str, list[Event]]:
+    """Start a generation and read it whole in this request (a non-streaming answer).
+
+    The request is the stream's reader: a client that leaves is a departure like any
+    other (``on_disconnect`` applies), and what was read so far is returned.
+    """
+    config = current_app.config
+    manager = get_manager()
+    sid = manager.start(events, meta, on_disconnect)
+    reader = manager.attach(sid, 0, idle=config["HEARTBEAT_S"])
+    sock = request.environ.get("gunicorn.socket")
+    watch = DepartureWatch(sock, reader.leave) if sock is not None else None
+    got: list[Event] = []
+    try:
+        for batch in reader:
+            got.extend(event for _, event in batch)
+    finally:
+        if watch is not None:
+            watch.stop()
+            reader.join_departure()
+        reader.close()
+    return sid, got

@@ -112,7 +112,7 @@ class Producer:
         if isinstance(exc, UpstreamError):
             logger.warning("stream %s: %s (%s)", self.sid, exc.message,
                            getattr(exc, "detail", None) or exc.code)
-            return Failed(exc.code, exc.message, exc.status)
+            return Failed(exc.code, exc.message, exc.status, exc.upstream_status)
         # A provider bug must end the stream, not hang it.
         logger.error("producer of stream %s failed", self.sid, exc_info=exc)
         return Failed("internal_error", f"internal error: {type(exc).__name__}", 500)

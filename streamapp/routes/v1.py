@@ -1,0 +1,110 @@
+"""OpenAI-compatible API: ``POST /v1/chat/completions``, ``GET /v1/models``.
+
+The official SDKs (and what is built on them) use it unmodified: point their
+``base_url`` at ``http://host:port/v1``. ``model`` picks the provider:
+
+- ``demo``: the embedded demo provider;
+- ``openai/<model>``: the OpenAI-compatible upstream with that model;
+- ``ollama/<model>``: Ollama with that model;
+- anything else: the default provider (``STREAMAPP_DEFAULT_PROVIDER``) with that
+  name as its model (the demo provider ignores it).
+
+Streaming answers are ``chat.completion.chunk`` objects (``wire.OpenAIChunks``)
+on the same stream lifecycle as every route: an ``X-Stream-Id`` header, an SSE id
+on every chunk (resume by sending the same request with ``Last-Event-ID``, or
+``GET /api/streams/<id>``), prompt cancel. Non-streaming answers are the same
+stream collected into one ``chat.completion``. Errors are OpenAI's
+``{"error": {"message", "type", "code", "param"}}`` (``errors.error_response``
+gives that shape under ``/v1/``); an upstream's 404 (an unknown model) is a 404.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from ..errors import ApiError, error_response
+from ..events import Failed
+from ..providers import ChatRequest
+from ..schemas import V1ChatRequest, parse
+from ..wire import completion
+from .body import read_json_body
+from .streaming import collect_stream, nothing_to_resume, requested_resume, resume_stream, start_stream
+
+bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+PROVIDER_PREFIXES = ("openai", "ollama")
+
+
+def resolve_model(name: str) -> tuple[str, str | None]:
+    """``(provider, upstream model or None)`` for a ``model`` of a /v1 request."""
+    if name == "demo" or name.startswith("demo/"):
+        return "demo", None
+    prefix, sep, rest = name.partition("/")
+    if sep and prefix in PROVIDER_PREFIXES:
+        if not rest:
+            raise ApiError(f"the model '{name}' does not exist: name one after the '/'",
+                           code="model_not_found", status=404, field="model")
+        return prefix, rest
+    default = current_app.config["DEFAULT_PROVIDER"]
+    return default, None if default == "demo" else name
+
+
+def _fail(failed: Failed, headers: dict[str, str]) -> Response:
+    """A failure before the first byte, OpenAI-shaped; an upstream 404 (its model is unknown) stays a 404."""
+    if failed.upstream_status == 404:
+        return error_response(404, "model_not_found", failed.message, "model", headers=headers)
+    return error_response(failed.status, failed.code, failed.message, headers=headers)
+
+
+@bp.post("/chat/completions")
+def chat_completions() -> Response:
+    """A chat completion, streamed (``stream: true``) or whole."""
+    point = requested_resume()
+    if point is False:
+        return nothing_to_resume()
+    if point is not None:
+        return resume_stream(*point, route="v1")
+    body = parse(V1ChatRequest, read_json_body())
+    name, model = resolve_model(body.model)
+    provider = current_app.extensions["providers"][name]
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    chat = ChatRequest(messages, model=model, params=body.upstream_params())
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    meta: dict[str, Any] = {"route": "v1", "provider": name, "model": body.model,
+                            "created": int(time.time()), "include_usage": include_usage}
+    if body.stream:
+        return start_stream(provider.stream(chat), "openai", meta, body.on_disconnect, fail=_fail)
+    sid, events = collect_stream(provider.stream(chat), {**meta, "format": "openai"}, body.on_disconnect)
+    end = events[-1] if events else Failed("client_gone", "the client left", 499)
+    if isinstance(end, Failed):
+        return _fail(end, {"X-Stream-Id": sid})
+    resp = jsonify(completion(sid, meta, events))
+    resp.headers["X-Stream-Id"] = sid
+    return resp
+
+
+def _models() -> list[dict[str, Any]]:
+    config = current_app.config
+    ids = [("demo", "streamapp"), (f"openai/{config['OPENAI_MODEL']}", "openai"),
+           (f"ollama/{config['OLLAMA_MODEL']}", "ollama")]
+    return [{"id": model, "object": "model", "created": 0, "owned_by": owner} for model, owner in ids]
+
+
+@bp.get("/models")
+def models() -> Response:
+    """The models this service is configured with (each provider's default, and ``demo``)."""
+    return jsonify({"object": "list", "data": _models()})
+
+
+@bp.get("/models/<path:model>")
+def model(model: str) -> Response:
+    """One model of :func:`models`, or 404."""
+    for entry in _models():
+        if entry["id"] == model:
+            return jsonify(entry)
+    raise ApiError(f"the model '{model}' does not exist", code="model_not_found", status=404,
+                   field="model")
+
