@@ -128,3 +128,19 @@ def upstream_closed_at(upstream: str, tag: str, timeout: float = 5) -> float:
 def data_events(events: list[ServerSentEvent]) -> list[ServerSentEvent]:
     """The token events (default ``message`` type)."""
     return [e for e in events if e.event == "message"]
+
+
+def q(model: str) -> str:
+    """A fake-upstream model string (``mode?param=...``) quoted for a query string."""
+    return requests.utils.quote(model, safe="")
+
+
+def first_deltas(client: SSEClient, n: int) -> list[ServerSentEvent]:
+    """Read until ``n`` token events have arrived (fails if the stream ends first)."""
+    got = []
+    for event in client.iter_events():
+        if event.event == "message":
+            got.append(event)
+            if len(got) == n:
+                return got
+    raise AssertionError(f"stream ended after {len(got)} deltas")

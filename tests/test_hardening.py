@@ -18,21 +18,15 @@ import redis
 import requests
 
 from tests.fake_upstream import token_list
-from tests.helpers import SSEClient, data_events, poll_until, upstream_closed_at, upstream_log
-
-
-def q(model: str) -> str:
-    return requests.utils.quote(model, safe="")
-
-
-def first_deltas(client: SSEClient, n: int) -> list:
-    got = []
-    for event in client.iter_events():
-        if event.event == "message":
-            got.append(event)
-            if len(got) == n:
-                return got
-    raise AssertionError(f"stream ended after {len(got)} deltas")
+from tests.helpers import (
+    SSEClient,
+    data_events,
+    first_deltas,
+    poll_until,
+    q,
+    upstream_closed_at,
+    upstream_log,
+)
 
 
 def seq_of(event) -> int:

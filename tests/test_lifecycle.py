@@ -16,11 +16,15 @@ import pytest
 import requests
 
 from tests.fake_upstream import token_list
-from tests.helpers import SSEClient, data_events, poll_until, upstream_closed_at, upstream_log
-
-
-def q(model: str) -> str:
-    return requests.utils.quote(model, safe="")
+from tests.helpers import (
+    SSEClient,
+    data_events,
+    first_deltas,
+    poll_until,
+    q,
+    upstream_closed_at,
+    upstream_log,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +55,6 @@ def read_then_leave(server, path: str, n: int) -> tuple[str, list]:
     got = first_deltas(client, n)
     client.close()
     return sid, got
-
-
-def first_deltas(client: SSEClient, n: int) -> list:
-    got = []
-    for event in client.iter_events():
-        if event.event == "message":
-            got.append(event)
-            if len(got) == n:
-                return got
-    raise AssertionError(f"stream ended after {len(got)} deltas")
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app
 from ..providers import ChatRequest
 from ..schemas import ChatBody, parse
 from .body import read_json_body
-from .streaming import nothing_to_resume, requested_resume, resume_stream, start_stream
+from .streaming import resume_if_asked, start_stream
 
 bp = Blueprint("chat", __name__)
 
@@ -15,11 +15,9 @@ bp = Blueprint("chat", __name__)
 @bp.post("/api/chat")
 def chat() -> Response:
     """Stream an answer to ``message`` (after ``history``) from ``provider``."""
-    point = requested_resume()
-    if point is False:
-        return nothing_to_resume()
-    if point is not None:
-        return resume_stream(*point, route="chat")
+    resumed = resume_if_asked("chat")
+    if resumed is not None:
+        return resumed
     body = parse(ChatBody, read_json_body())
     name = body.provider or current_app.config["DEFAULT_PROVIDER"]
     provider = current_app.extensions["providers"][name]

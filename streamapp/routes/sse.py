@@ -11,7 +11,7 @@ from ..providers import ChatRequest
 from ..schemas import PromptQuery, StreamQuery, parse
 from ..streams import get_manager
 from ..wire import is_stream_id
-from .streaming import nothing_to_resume, requested_resume, resume_stream, start_stream
+from .streaming import requested_resume, resume_if_asked, resume_stream, start_stream
 
 bp = Blueprint("sse", __name__)
 
@@ -20,12 +20,8 @@ DEFAULT_TEXT = "Hello! 你好，世界！This is streamapp, streaming one token 
 
 def _resume_or(route: str, start):
     """Resume the stream of ``route`` named by ``Last-Event-ID``, else call ``start()``."""
-    point = requested_resume()
-    if point is False:
-        return nothing_to_resume()
-    if point is not None:
-        return resume_stream(*point, route=route)
-    return start()
+    resumed = resume_if_asked(route)
+    return start() if resumed is None else resumed
 
 
 @bp.get("/stream")

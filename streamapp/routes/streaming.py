@@ -50,6 +50,17 @@ def requested_resume() -> tuple[str, int] | None | bool:
     return parse_event_id(value) or False
 
 
+def resume_if_asked(route: str) -> Response | None:
+    """The answer to a request of ``route`` that carries a ``Last-Event-ID`` (the resume
+    rule), or ``None`` when it carries none."""
+    point = requested_resume()
+    if point is None:
+        return None
+    if point is False:
+        return nothing_to_resume()
+    return resume_stream(*point, route=route)
+
+
 def nothing_to_resume() -> Response:
     """The 204 of the resume rule, typed as SSE (SSE client libraries check the type)."""
     return Response(status=204, content_type=SSE_TYPE)

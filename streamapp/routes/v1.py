@@ -31,7 +31,7 @@ from ..providers import ChatRequest
 from ..schemas import V1ChatRequest, parse
 from ..wire import completion
 from .body import read_json_body
-from .streaming import collect_stream, nothing_to_resume, requested_resume, resume_stream, start_stream
+from .streaming import collect_stream, resume_if_asked, start_stream
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -62,11 +62,9 @@ def _fail(failed: Failed, headers: dict[str, str]) -> Response:
 @bp.post("/chat/completions")
 def chat_completions() -> Response:
     """A chat completion, streamed (``stream: true``) or whole."""
-    point = requested_resume()
-    if point is False:
-        return nothing_to_resume()
-    if point is not None:
-        return resume_stream(*point, route="v1")
+    resumed = resume_if_asked("v1")
+    if resumed is not None:
+        return resumed
     body = parse(V1ChatRequest, read_json_body())
     name, model = resolve_model(body.model)
     provider = current_app.extensions["providers"][name]
