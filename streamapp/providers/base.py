@@ -1,9 +1,10 @@
 """The provider interface: a chat request in, an iterator of events out.
 
 Every provider yields ``Opened`` once the upstream accepted the request, then
-``Delta`` events, then exactly one ``Done``; any upstream failure raises
-``UpstreamError``. Providers know nothing of Flask or of stream lifecycles;
-closing the returned iterator closes the upstream connection.
+``Delta``, ``Reasoning`` and ``ToolCall`` events as the upstream sends them, then
+exactly one ``Done``; any upstream failure raises ``UpstreamError``. Providers
+know nothing of Flask or of stream lifecycles; closing the returned iterator
+closes the upstream connection.
 
 Every text a provider yields is valid Unicode, so any store and encoder can
 write it as UTF-8: bytes that are not UTF-8 are decoded with U+FFFD in their
@@ -22,11 +23,33 @@ from ..events import Event
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """What a provider needs: messages, a model (or ``None``), options."""
+    """What a provider needs: messages, a model (or ``None``), options, upstream params.
 
-    messages: list[dict[str, str]]
+    ``messages`` are OpenAI chat messages: ``role`` and ``content`` (a string, a
+    list of content parts such as ``{"type": "text", "text": ...}``, or ``None``),
+    and where they apply ``name``, ``tool_calls`` (assistant) and ``tool_call_id``
+    (role ``tool``). ``params`` are the OpenAI request fields the client sent,
+    under OpenAI's names (``temperature``, ``max_tokens``, ``tools``,
+    ``response_format``, ``reasoning_effort`` ...): each provider passes or
+    translates them. ``options`` are streamapp's own (the demo's ``text``, say).
+    """
+
+    messages: list[dict[str, Any]]
     model: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's ``content``: a string as is, the ``text`` parts of
+    a list of content parts joined by newlines, ``""`` for ``None`` or anything else."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(part["text"] for part in content
+                         if isinstance(part, dict) and part.get("type") == "text"
+                         and isinstance(part.get("text"), str))
+    return ""
 
 
 def has_surrogate_escape(text: str) -> bool:
@@ -54,5 +77,5 @@ class Provider(Protocol):
     name: str
 
     def stream(self, request: ChatRequest) -> Iterator[Event]:
-        """Yield ``Opened``, ``Delta``s and a final ``Done``; raise ``UpstreamError``."""
+        """Yield ``Opened``, the answer's events and a final ``Done``; raise ``UpstreamError``."""
         ...

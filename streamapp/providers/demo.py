@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from ..events import Delta, Done, Event, Opened
-from .base import ChatRequest
+from .base import ChatRequest, content_text
 
 # A word with its leading space, or one CJK character, or one other symbol.
 _WIDE = "\u3000-\u9fff\uac00-\ud7af\uff00-\uffef"
@@ -19,10 +20,10 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
-def answer_for(messages: list[dict[str, str]]) -> str:
-    """The demo's deterministic reply to the last user message."""
-    last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    turns = sum(1 for m in messages if m["role"] == "user")
+def answer_for(messages: list[dict[str, Any]]) -> str:
+    """The demo's deterministic reply to the last user message (its text parts)."""
+    last = next((content_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+    turns = sum(1 for m in messages if m.get("role") == "user")
     return (f"You said: \u201c{last.strip()}\u201d. This answer streams from the embedded "
             f"demo provider, one token at a time (turn {turns}). "
             "流式输出让回答逐字出现。Set OPENAI_API_KEY or OLLAMA_HOST for a real model.")
@@ -46,6 +47,6 @@ class DemoProvider:
             if delay and index:  # the pace is between tokens; the first comes at once
                 time.sleep(delay)  # gevent-patched in the server: yields to the hub
             yield Delta(token, index)
-        prompt = sum(len(tokenize(m["content"])) for m in request.messages)
+        prompt = sum(len(tokenize(content_text(m.get("content")))) for m in request.messages)
         yield Done("stop", {"prompt_tokens": prompt, "completion_tokens": len(tokens),
                             "total_tokens": prompt + len(tokens)})

@@ -4,22 +4,31 @@ The body is SSE (decoded by ``streamapp.sse``); each ``data:`` is a
 ``chat.completion.chunk`` JSON object until ``data: [DONE]``. An event whose
 JSON has an ``error`` member is an in-band failure. With
 ``stream_options.include_usage`` the last chunk before ``[DONE]`` carries usage
-and no choices.
+and no choices. Shapes: openai-python ``types/chat/chat_completion_chunk.py``
+and ``types/completion_usage.py``.
+
+A chunk's ``delta`` becomes events: ``content`` a ``Delta``;
+``reasoning_content`` (vLLM, DeepSeek, LM Studio) or ``reasoning`` (OpenRouter,
+Ollama's compatibility layer) a ``Reasoning``; each ``tool_calls[]`` entry a
+``ToolCall`` fragment as given (``index``, ``id``/``name`` on a call's first
+fragment, a piece of ``arguments``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import requests
 
 from .. import sse
 from ..errors import UpstreamError
-from ..events import Delta, Done, Event
+from ..events import Delta, Done, Event, Reasoning, ToolCall
 from ._http import bad_shape, new_session, parse_object, post_stream, stream_response, token_count
 from .base import ChatRequest
 
 _COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+_DETAILS = ("prompt_tokens_details", "completion_tokens_details")
 
 
 class OpenAIProvider:
@@ -37,8 +46,13 @@ class OpenAIProvider:
         self.session = session or new_session(self.url)
 
     def stream(self, request: ChatRequest) -> Iterator[Event]:
-        """Yield ``Opened``, ``Delta``s, ``Done``; raise ``UpstreamError``."""
+        """Yield ``Opened``, the answer's events, ``Done``; raise ``UpstreamError``.
+
+        ``request.messages`` and ``request.params`` go to the upstream as they are:
+        both are already in OpenAI's shape.
+        """
         payload = {
+            **request.params,
             "model": request.model or self.default_model,
             "messages": request.messages,
             "stream": True,
@@ -56,7 +70,7 @@ class OpenAIProvider:
     def _events(self, events: Iterator[sse.ServerSentEvent]) -> Iterator[Event]:
         index = 0
         finish_reason: str | None = None
-        usage: dict[str, int] = {}
+        usage: dict[str, Any] | None = None  # None until a usage chunk: unknown, never zeros
         for event in events:
             if event.data == "[DONE]":
                 yield Done(finish_reason or "stop", usage)
@@ -80,11 +94,29 @@ class OpenAIProvider:
                     if not isinstance(delta, dict):
                         raise bad_shape(self.what, "delta is not an object", event.data)
                     text = delta.get("content")
-                    if text is not None and not isinstance(text, str):
-                        raise bad_shape(self.what, "delta.content is not a string", event.data)
-                    if text:
-                        yield Delta(text, index)
-                        index += 1
+                    if text is not None and len(delta) == 1:  # the hot path: a plain text delta
+                        if not isinstance(text, str):
+                            raise bad_shape(self.what, "delta.content is not a string", event.data)
+                        if text:
+                            yield Delta(text, index)
+                            index += 1
+                    else:  # the first (with role), reasoning, tool calls, the last
+                        thought = delta.get("reasoning_content")
+                        if thought is None:
+                            thought = delta.get("reasoning")
+                        if thought is not None:
+                            if not isinstance(thought, str):
+                                raise bad_shape(self.what, "delta reasoning is not a string", event.data)
+                            if thought:
+                                yield Reasoning(thought)
+                        if text is not None and not isinstance(text, str):
+                            raise bad_shape(self.what, "delta.content is not a string", event.data)
+                        if text:
+                            yield Delta(text, index)
+                            index += 1
+                        calls = delta.get("tool_calls")
+                        if calls is not None:
+                            yield from self._tool_calls(calls, event.data)
                 reason = choice.get("finish_reason")
                 if reason is not None and not isinstance(reason, str):
                     raise bad_shape(self.what, "finish_reason is not a string", event.data)
@@ -92,10 +124,44 @@ class OpenAIProvider:
         raise UpstreamError(f"{self.what} ended the stream without [DONE]",
                             code="upstream_disconnected")
 
-    def _usage(self, counts: object, text: str) -> dict[str, int]:
-        """The integer members of ``usage``; the three standard counts must be counts."""
+    def _tool_calls(self, calls: object, text: str) -> list[ToolCall]:
+        """One ``ToolCall`` per ``delta.tool_calls[]`` entry, each checked before any is used."""
+        if not isinstance(calls, list):
+            raise bad_shape(self.what, "delta.tool_calls is not a list", text)
+        out = []
+        for call in calls:
+            if not isinstance(call, dict):
+                raise bad_shape(self.what, "a tool call is not an object", text)
+            index = call.get("index")
+            if type(index) is not int or index < 0:  # not isinstance: a bool is an int too
+                raise bad_shape(self.what, "a tool call's index is not an integer", text)
+            call_id, function = call.get("id"), call.get("function")
+            if call_id is not None and not isinstance(call_id, str):
+                raise bad_shape(self.what, "a tool call's id is not a string", text)
+            name = arguments = None
+            if function is not None:
+                if not isinstance(function, dict):
+                    raise bad_shape(self.what, "a tool call's function is not an object", text)
+                name, arguments = function.get("name"), function.get("arguments")
+                if name is not None and not isinstance(name, str):
+                    raise bad_shape(self.what, "a tool call's function.name is not a string", text)
+                if arguments is not None and not isinstance(arguments, str):
+                    raise bad_shape(self.what, "a tool call's function.arguments is not a string", text)
+            out.append(ToolCall(index, call_id or None, name or None, arguments or ""))
+        return out
+
+    def _usage(self, counts: object, text: str) -> dict[str, Any]:
+        """The integer members of ``usage`` and of its ``*_tokens_details`` objects
+        (``cached_tokens``, ``reasoning_tokens`` ...); the three standard counts must be counts."""
         if not isinstance(counts, dict):
             raise bad_shape(self.what, "usage is not an object", text)
         for key in _COUNTS:
             token_count(counts, key, self.what, text)
-        return {k: v for k, v in counts.items() if type(v) is int}
+        usage: dict[str, Any] = {k: v for k, v in counts.items() if type(v) is int}
+        for key in _DETAILS:
+            details = counts.get(key)
+            if isinstance(details, dict):
+                kept = {k: v for k, v in details.items() if type(v) is int}
+                if kept:
+                    usage[key] = kept
+        return usage
