@@ -4,8 +4,8 @@ Run it as a process: ``python tests/fake_upstream.py --port N`` (prints ``listen
 The pytest suite and the benchmark (``bench/``) both use it. It is a gevent
 ``StreamServer`` writing raw HTTP/1.1, so tests control every byte and every
 network chunk: one HTTP chunk per event. Like the real servers it keeps the
-connection alive after a complete answer (normal, slow, split, silence, status);
-every other mode closes it. The request's
+connection alive after a complete answer (normal, slow, split, silence, status,
+tools, reasoning, nousage); every other mode closes it. The request's
 ``model`` picks the behaviour, as a query string: ``"<mode>?tokens=5&delay_ms=10&tag=abc"``.
 Modes:
 
@@ -34,6 +34,20 @@ Modes:
 - ``gzipbad``     200 with ``Content-Encoding: gzip`` and a body that is not gzip
 - ``status`` with ``message=bad``: the error body's message holds a lone surrogate
   escape and bytes that are not UTF-8
+- ``tools``       200, the two calls of ``TOOL_CALLS``. OpenAI: a first chunk with
+                  ``role``, then ``delta.tool_calls`` fragments (``index`` 0 and 1, ``id``
+                  and ``name`` in each call's first, its arguments' JSON cut in
+                  ``TOOL_FRAGMENTS`` pieces), ``finish_reason: "tool_calls"``, the usage
+                  chunk, ``[DONE]``. Ollama: one line whose ``message.tool_calls`` holds
+                  both calls whole (arguments as objects; with ``ids=1`` also the ``id``
+                  and ``function.index`` newer Ollama sends), then the done line
+- ``reasoning``   200, the pieces of ``REASONING`` as reasoning, then ``tokens`` tokens
+                  (default 5) of content. OpenAI: ``delta.reasoning_content`` (with
+                  ``field=reasoning``: ``delta.reasoning``), ``content: null`` beside it,
+                  and a usage with the details of ``REASONING_USAGE``; Ollama:
+                  ``message.thinking`` lines
+- ``nousage``     ``tokens`` tokens and the end, without any usage (OpenAI: no usage
+                  chunk; Ollama: a done line without counts)
 
 It is cheap enough for thousands of connections: token frames are encoded once,
 a pause is one ``gevent.sleep``, and a peer that closes is noticed by one greenlet
@@ -43,7 +57,8 @@ Every connection is recorded: ``GET /_log?tag=T`` returns the list of records wi
 that tag, ``GET /_log?prefix=P`` returns ``{tag: records}`` for every tag starting
 with ``P``. A record has ``opened``, ``closed_by_peer``, ``finished`` (``time.monotonic()``
 seconds, comparable across processes on Linux), ``sent`` (token events written) and
-what the request carried (``messages``, ``stream``, ``stream_options``, ``authorization``).
+what the request carried (``messages``, ``stream``, ``stream_options``, ``authorization``,
+and ``body``: the whole parsed request body).
 ``GET /_log?tag=T&wait=FIELD&timeout=S`` is a long-poll: it answers once a record of
 ``T`` has ``FIELD`` set (``opened``: once there is a record), or after ``S`` seconds.
 """
@@ -88,6 +103,20 @@ def openai_chunk(text: str | None, finish: str | None = None, usage: dict | None
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
+def openai_delta(delta: dict, finish: str | None = None) -> bytes:
+    """One chunk whose only choice has ``delta`` (any members) and ``finish``."""
+    obj = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": "fake",
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+def ollama_message(message: dict, **fields: object) -> bytes:
+    """One NDJSON line with ``message`` (role added) and ``fields`` (``done`` defaults to false)."""
+    obj = {"model": "fake", "created_at": "2026-01-01T00:00:00Z",
+           "message": {"role": "assistant", "content": "", **message}, "done": False, **fields}
+    return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+
 def ollama_line(text: str, done: bool = False, generate: bool = False) -> bytes:
     obj: dict = {"model": "fake", "created_at": "2026-01-01T00:00:00Z", "done": done}
     if generate:
@@ -126,7 +155,7 @@ HEAD = {(api, keep): head(200, "text/event-stream" if api == "openai" else "appl
                          keep_alive=keep)
         + (http_chunk(b": fake upstream comment\n\n") if api == "openai" else b"")
         for api in APIS.values() for keep in (False, True)}
-KEEP_ALIVE_MODES = ("normal", "slow", "split", "silence", "status")
+KEEP_ALIVE_MODES = ("normal", "slow", "split", "silence", "status", "tools", "reasoning", "nousage")
 TOKEN_FRAMES = {api: [http_chunk(token_event(api, t)) for t in TOKENS] for api in APIS.values()}
 OPENAI_STOP = http_chunk(openai_chunk(None, "stop"))
 OPENAI_DONE = http_chunk(b"data: [DONE]\n\n") + END
@@ -191,6 +220,106 @@ BAD_SHAPES: dict[str, dict[str, dict]] = {
 }
 
 
+_TOOL_INDEX = {"index": 0, "id": "call_fake0", "type": "function"}
+_TOOL_CHOICE = {"index": 0, "delta": {"tool_calls": [_TOOL_INDEX]}, "finish_reason": None}
+BAD_SHAPES["openai"].update({
+    "reasoning": {"choices": [{**_CHOICE, "delta": {"reasoning_content": 5}}]},
+    "tool_calls": {"choices": [{**_TOOL_CHOICE, "delta": {"tool_calls": {"index": 0}}}]},
+    "tool_call": {"choices": [{**_TOOL_CHOICE, "delta": {"tool_calls": ["x"]}}]},
+    "tool_index": {"choices": [{**_TOOL_CHOICE, "delta": {"tool_calls": [{**_TOOL_INDEX, "index": "0"}]}}]},
+    "tool_no_index": {"choices": [{**_TOOL_CHOICE, "delta": {"tool_calls": [{"id": "call_x"}]}}]},
+    "tool_id": {"choices": [{**_TOOL_CHOICE, "delta": {"tool_calls": [{**_TOOL_INDEX, "id": 7}]}}]},
+    "tool_function": {"choices": [{**_TOOL_CHOICE, "delta": {"tool_calls": [{**_TOOL_INDEX,
+                                                                             "function": "f"}]}}]},
+    "tool_name": {"choices": [{**_TOOL_CHOICE, "delta": {"tool_calls": [{**_TOOL_INDEX,
+                                                                         "function": {"name": 5}}]}}]},
+    "tool_arguments": {"choices": [{**_TOOL_CHOICE, "delta": {"tool_calls": [
+        {**_TOOL_INDEX, "function": {"name": "f", "arguments": {"a": 1}}}]}}]},
+})
+
+
+def _ollama_calls(calls: object, **message: object) -> dict:
+    return {**_LINE, "message": {"role": "assistant", "content": "", "tool_calls": calls, **message}}
+
+
+BAD_SHAPES["ollama"].update({
+    "thinking": {**_LINE, "message": {"role": "assistant", "content": "", "thinking": 5}},
+    "tool_calls": _ollama_calls({"function": {"name": "f", "arguments": {"a": 1}}}),
+    "tool_call": _ollama_calls(["x"]),
+    "tool_function": _ollama_calls([{"name": "f"}]),
+    "tool_name": _ollama_calls([{"function": {"name": 5, "arguments": {}}}]),
+    "tool_arguments": _ollama_calls([{"function": {"name": "f", "arguments": '{"a": 1}'}}]),
+    "tool_id": _ollama_calls([{"id": 7, "function": {"name": "f", "arguments": {}}}]),
+})
+
+# ``tools`` mode: two calls, arguments with non-ASCII text and nesting; OpenAI streams each
+# call's arguments JSON in TOOL_FRAGMENTS pieces.
+TOOL_CALLS = [
+    {"id": "call_fake0", "name": "get_weather", "arguments": {"city": "Zürich", "unit": "celsius"}},
+    {"id": "call_fake1", "name": "search", "arguments": {"query": "你好 world", "filters": {"limit": 3}}},
+]
+TOOL_FRAGMENTS = 3
+TOOL_USAGE = {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}
+# ``reasoning`` mode.
+REASONING = ["Let me think", " about 你好", " first."]
+REASONING_USAGE = {"prompt_tokens": 7, "completion_tokens": 9, "total_tokens": 16,
+                   "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0},
+                   "completion_tokens_details": {"reasoning_tokens": 3, "audio_tokens": 0,
+                                                 "accepted_prediction_tokens": 0,
+                                                 "rejected_prediction_tokens": 0}}
+
+
+def pieces(text: str, n: int) -> list[str]:
+    """``text`` cut in ``n`` pieces of about the same length."""
+    size = -(-len(text) // n)
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+def tools_frames(api: str, p: dict) -> bytes:
+    """The whole ``tools`` answer after the head, up to the last HTTP chunk."""
+    if api != "openai":
+        calls = []
+        for i, call in enumerate(TOOL_CALLS):
+            function: dict = {"name": call["name"], "arguments": call["arguments"]}
+            calls.append({"id": call["id"], "function": {"index": i, **function}} if p.get("ids")
+                         else {"function": function})
+        return (http_chunk(ollama_message({"tool_calls": calls}))
+                + http_chunk(ollama_message({}, done=True, done_reason="stop", prompt_eval_count=12,
+                                            eval_count=30)) + END)
+    frames = [openai_delta({"role": "assistant", "content": None})]
+    for i, call in enumerate(TOOL_CALLS):
+        frames.append(openai_delta({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                                    "function": {"name": call["name"], "arguments": ""}}]}))
+        for piece in pieces(json.dumps(call["arguments"], ensure_ascii=False), TOOL_FRAGMENTS):
+            frames.append(openai_delta({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+    frames += [openai_delta({}, "tool_calls"), openai_chunk(None, usage=TOOL_USAGE)]
+    return b"".join(http_chunk(f) for f in frames) + OPENAI_DONE
+
+
+def reasoning_frames(api: str, p: dict) -> bytes:
+    """The whole ``reasoning`` answer after the head, up to the last HTTP chunk."""
+    n = int(p.get("tokens", 5))
+    if api != "openai":
+        frames = [ollama_message({"thinking": piece}) for piece in REASONING]
+        frames += [ollama_message({"content": t}) for t in token_list(n)]
+        frames.append(ollama_message({}, done=True, done_reason="stop", prompt_eval_count=7, eval_count=9))
+        return b"".join(http_chunk(f) for f in frames) + END
+    field = "reasoning" if p.get("field") == "reasoning" else "reasoning_content"
+    frames = [openai_delta({"role": "assistant", "content": ""})]
+    frames += [openai_delta({"content": None, field: piece}) for piece in REASONING]
+    frames += [openai_chunk(t) for t in token_list(n)]
+    frames += [openai_chunk(None, "stop"), openai_chunk(None, usage=REASONING_USAGE)]
+    return b"".join(http_chunk(f) for f in frames) + OPENAI_DONE
+
+
+def nousage_frames(api: str, p: dict) -> bytes:
+    """``tokens`` tokens and the end without any usage, after the head."""
+    tokens = b"".join(TOKEN_FRAMES[api][i % len(TOKENS)] for i in range(int(p.get("tokens", 5))))
+    if api == "openai":
+        return tokens + OPENAI_STOP + OPENAI_DONE
+    return tokens + http_chunk(ollama_message({}, done=True, done_reason="stop")) + END
+
+
 def end_frames(api: str, n: int) -> bytes:
     """The proper end of a stream of ``n`` tokens, up to the last HTTP chunk."""
     if api != "openai":
@@ -253,6 +382,9 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
         sock.sendall(gzip_head + http_chunk(b"this is not gzip at all") + END)
         return
     sock.sendall(HEAD[api, keep])
+    if mode in ANSWERS:
+        sock.sendall(ANSWERS[mode](api, p))
+        return
     if mode == "badtext":
         for piece in BAD_TEXT_PIECES:
             sock.sendall(http_chunk(bad_text_event(api, piece)))
@@ -292,6 +424,9 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
         sock.sendall(frames[i % len(TOKENS)])
         record["sent"] += 1
     sock.sendall(end_frames(api, n))
+
+
+ANSWERS = {"tools": tools_frames, "reasoning": reasoning_frames, "nousage": nousage_frames}
 
 
 def bad_shape_frame(api: str, bad: str) -> bytes:
@@ -376,7 +511,8 @@ def handle(sock: socket.socket, addr) -> None:
             keep = mode in KEEP_ALIVE_MODES and headers.get("connection", "").lower() != "close"
             record = new_record(params.get("tag", ""), mode=mode, api=api, messages=request.get("messages"),
                                 stream=request.get("stream"), stream_options=request.get("stream_options"),
-                                authorization=headers.get("authorization"), followed=followed)
+                                authorization=headers.get("authorization"), followed=followed,
+                                body=request)
             watcher = gevent.spawn(watch, sock, record, gevent.getcurrent())
             try:
                 serve(sock, record, api, mode, params, keep)
