@@ -72,3 +72,18 @@ def test_eventsource_demo(server, page) -> None:
     page.wait_for_function("document.querySelector('#es-out').textContent.includes('one token at a time')",
                            timeout=10000)
     assert "你好" in page.locator("#es-out").text_content()
+
+
+def test_reasoning_is_shown_apart_from_the_answer(start_server, page) -> None:
+    from tests.fake_upstream import REASONING, token_list
+
+    thinking = start_server(OPENAI_MODEL="reasoning?tokens=4", HEADER_WAIT_S=0.2)
+    page.goto(thinking.url)
+    page.select_option("#provider", "openai")
+    page.fill("#message", "think first")
+    page.click("#send")
+    page.wait_for_function("document.querySelector('.msg.assistant').dataset.done === 'true'", timeout=10000)
+    answer = page.locator(".msg.assistant")
+    assert answer.locator(".reasoning").text_content() == "".join(REASONING)
+    assert answer.locator(".answer").text_content() == "".join(token_list(4))
+    assert page.locator("#status").text_content() == "done (stop)"
