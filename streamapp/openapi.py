@@ -534,9 +534,6 @@ OPERATIONS: list[Op] = [
 
 # -- The generator ---------------------------------------------------------------------------
 
-_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
-
-
 def _walk(node: Any, models: list[type[BaseModel]]) -> Any:
     """``node`` with every model class replaced by its ``$ref`` (and recorded in ``models``)."""
     if isinstance(node, type) and issubclass(node, BaseModel):
@@ -551,18 +548,10 @@ def _walk(node: Any, models: list[type[BaseModel]]) -> Any:
 
 
 def _clean(schema: Any) -> Any:
-    """pydantic's JSON Schema made plain: bounds it left as ``ge``/``le`` (a ``Field`` after a
-    ``BeforeValidator``) become JSON Schema's keywords; ``title`` goes (the names say it)."""
+    """pydantic's JSON Schema made plain: ``title`` goes (the names say it)."""
     if isinstance(schema, dict):
-        out = {}
-        for key, value in schema.items():
-            if key in _BOUNDS and isinstance(value, (int, float)) and "type" in schema:
-                out[_BOUNDS[key]] = value
-            elif key == "title" and isinstance(value, str):
-                continue
-            else:
-                out[key] = _clean(value)
-        return out
+        return {key: _clean(value) for key, value in schema.items()
+                if not (key == "title" and isinstance(value, str))}
     if isinstance(schema, list):
         return [_clean(v) for v in schema]
     return schema

@@ -85,7 +85,7 @@ class StreamQuery(BaseModel):
     """Query of ``GET /stream``."""
 
     text: Annotated[str, StringConstraints(min_length=1)] | None = None
-    delay_ms: Annotated[int, BeforeValidator(_bounded_digits), Field(ge=0, le=MAX_DELAY_MS)] | None = None
+    delay_ms: Annotated[int, Field(ge=0, le=MAX_DELAY_MS), BeforeValidator(_bounded_digits)] | None = None
     on_disconnect: OnDisconnect = "cancel"
 
 
