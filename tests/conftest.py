@@ -210,3 +210,21 @@ def tag() -> str:
 def deadline() -> float:
     """Monotonic time by which a test's network loops must be done."""
     return time.monotonic() + 30
+
+
+# Headless Debian Chromium as the machine's probe runs it: without the background-networking
+# flags it keeps trying hosts this closed network refuses.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright (never a downloaded browser)."""
+    path = require_binary("chromium", "apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -32,8 +32,6 @@ QUICK = {"HEARTBEAT_S": 0.5, "RESUME_GRACE_S": 0, "HEADER_WAIT_S": 0.3, "READ_TI
 SCHEMATHESIS_CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
                        "response_headers_conformance,response_schema_conformance,unsupported_method,"
                        "allow_header_conformance")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -224,15 +222,6 @@ def test_a_refused_method_is_a_405_with_allow(quick, doc) -> None:
 # -- Swagger UI in Chromium ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser():
-    path = require_binary("chromium", "apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def operation(page, path: str):
