@@ -108,6 +108,7 @@ async function send(message) {
                              body: JSON.stringify(body), signal: state.controller.signal })
         : await fetch(url, { signal: state.controller.signal });
       if (resp.status === 204) break;
+      if (resp.status === 401) needKey("Your session has expired or this server needs an API key.");
       if (!resp.ok) {
         const err = await resp.json().catch(() => ({}));
         state.error = (err.error && err.error.message) || `HTTP ${resp.status}`;
@@ -148,6 +149,35 @@ $("stop").addEventListener("click", async () => {
   }
   await fetch(`/api/streams/${current.streamId}/cancel`, { method: "POST" });
 });
+
+// API keys: when the server needs one, the page trades it once for an HttpOnly session cookie
+// (POST /api/session); the key itself is never stored by the page. fetch and EventSource then
+// send the cookie by themselves.
+function needKey(why) {
+  $("auth").hidden = false;
+  $("auth-status").textContent = why;
+}
+
+$("auth").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const key = $("api-key").value.trim();
+  if (!key) return;
+  const resp = await fetch("/api/session", { method: "POST", headers: { Authorization: `Bearer ${key}` } });
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    $("auth-status").textContent = (body.error && body.error.message) || `HTTP ${resp.status}`;
+    return;
+  }
+  $("api-key").value = "";
+  $("auth").hidden = true;
+  $("auth-status").textContent = `Signed in as ${body.client}.`;
+});
+
+if (document.body.dataset.authRequired === "true") {
+  const who = document.body.dataset.sessionClient;
+  if (who) $("auth-status").textContent = `Signed in as ${who}.`;
+  else needKey("This server needs an API key.");
+}
 
 $("es-start").addEventListener("click", () => {
   const out = $("es-out");

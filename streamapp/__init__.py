@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
+from . import auth, streams
 from . import config as settings
-from . import streams
 from .errors import ApiError, BodyRefused, StoreError, error_response
 from .providers import build_providers
 
 __all__ = ["create_app"]
 
 STORE_RETRY_AFTER_S = 2
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -32,13 +34,24 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.extensions["providers"] = build_providers(app.config)
     streams.init_app(app)
+    auth.init_app(app)  # before any other hook: every request is authenticated first
 
-    from .routes import chat, pages, sse, v1
+    from .routes import chat, pages, session, sse, v1
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(sse.bp)
     app.register_blueprint(chat.bp)
     app.register_blueprint(v1.bp)
+    app.register_blueprint(session.bp)
+
+    @app.after_request
+    def _page_headers(resp):
+        # The demo page: no inline script or style, nothing from elsewhere, never framed.
+        if request.endpoint == "pages.index":
+            resp.headers["Content-Security-Policy"] = PAGE_CSP
+            resp.headers["X-Content-Type-Options"] = "nosniff"
+            resp.headers["Referrer-Policy"] = "no-referrer"
+        return resp
 
     @app.errorhandler(ApiError)
     @app.errorhandler(StoreError)

@@ -37,10 +37,19 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_PREFIX": "streamapp",       # every Redis key starts with this
     "REDIS_POOL_SIZE": 100,            # Redis connections per worker for short commands
     "REDIS_BLOCKING_POOL_SIZE": 4,     # per worker: blocking reads for readers of other workers' streams
+    # Access (streamapp/auth.py). No key configured: the API is open.
+    "API_KEYS": "",                    # comma-separated keys: KEY, NAME:KEY or [NAME:]sha256:HEX
+    "API_KEYS_FILE": "",               # one key a line, with a name and limits (see auth.py)
+    "SECRET_KEY": None,                # signs session cookies; unset: one per process (a warning)
+    "SESSION_TTL_S": 43200.0,          # a browser session cookie (POST /api/session) lasts this long
+    "CORS_ORIGINS": "",                # comma-separated origins allowed cross-origin; "*" only when open
 }
 
 _FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S", "BODY_TIMEOUT_S",
-           "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S", "STREAM_MAX_DURATION_S")
+           "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S", "STREAM_MAX_DURATION_S",
+           "SESSION_TTL_S")
+# Taken as written from the environment (Flask parses STREAMAPP_* values as JSON: a key "1e5" stays text).
+_RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "SECRET_KEY", "CORS_ORIGINS")
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
          "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES",
          "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE")
@@ -66,6 +75,10 @@ def _ollama_url(value: str) -> str:
 
 def validate(config: dict[str, Any]) -> None:
     """Coerce types and reject impossible values, naming the setting."""
+    for key in _RAW_STRINGS:
+        raw = os.environ.get(f"STREAMAPP_{key}")
+        if raw is not None and config.get(key) is not None and not isinstance(config[key], str):
+            config[key] = raw
     for key in _FLOATS:
         config[key] = _number(config, key, float)
     for key in _INTS:

@@ -86,6 +86,14 @@ class CancelResult(_Strict):
     status: Literal["cancelling", "finished"]
 
 
+class SessionInfo(_Strict):
+    """``POST /api/session``: the session cookie's client and lifetime (both null when no key is
+    configured: no cookie is set)."""
+
+    client: str | None = Field(description="the key's name (never the key)")
+    expires_in: int | None = Field(description="seconds the session cookie lasts (SESSION_TTL_S)")
+
+
 class Usage(BaseModel):
     """Token counts when the upstream gave them (never zeros standing for "unknown")."""
 
@@ -402,6 +410,10 @@ _ERRORS: dict[str, tuple[str, dict[str, Any] | None]] = {
             "too deeply, or a body shorter than its Content-Length (`incomplete_body`).", None),
     "404": ("Unknown route, an unknown stream (`not_found`, `field: stream_id`), or (`/v1`) an unknown "
             "model (`model_not_found`, `param: model`).", None),
+    "401": ("API keys are configured and the request has none, a wrong one, or no valid session cookie "
+            "(`unauthorized`).", {"WWW-Authenticate": _header("`Bearer realm=\"streamapp\"`", True)}),
+    "403": ("A session cookie from a page of another origin (`origin_not_allowed`), or a stream another "
+            "client started (`not_stream_owner`).", None),
     "405": ("The route does not take this method (`method_not_allowed`); `Allow` lists those it does.",
             {"Allow": _header("the methods the route takes", True)}),
     "408": ("The declared body did not arrive within BODY_TIMEOUT_S (`request_timeout`); the connection "
@@ -510,6 +522,12 @@ OPERATIONS: list[Op] = [
        {"200": json_body(CancelResult, "The stream had already ended (`finished`)."),
         "202": json_body(CancelResult, "The producer was asked to stop (`cancelling`)."),
         **errors("404", "503")}, path_params=SID),
+    Op("POST", "/api/session", "Trade an API key for a browser session cookie", "auth",
+       {"200": json_body(SessionInfo, "With keys configured: sets the `streamapp_session` cookie (signed, "
+                                      "expiring, HttpOnly, SameSite=Strict) that authenticates this "
+                                      "browser's requests from this site's pages, EventSource included. "
+                                      "Without: sets nothing.")},
+       description="The key goes in `Authorization: Bearer <key>` or `X-API-Key` (never the URL)."),
     Op("POST", "/v1/chat/completions", "OpenAI-compatible chat completion", "openai",
        {"200": {"description": "`\"stream\": false`: a `chat.completion`. `\"stream\": true`: "
                                "`chat.completion.chunk` objects as `data:` lines, then `data: [DONE]`."
@@ -605,7 +623,7 @@ def build(operations: Iterable[Op] = OPERATIONS, only: set[tuple[str, str]] | No
     """The OpenAPI document of ``operations`` (those in ``only`` when given)."""
     ops = [op for op in operations if only is None or (op.method, op.path) in only]
     models: list[type[BaseModel]] = []
-    walked = [(op, _walk(op.responses, models)) for op in ops]
+    walked = [(op, _walk({**_auth_errors(op), **op.responses}, models)) for op in ops]
     for op in ops:
         for model in (*op.query, *((op.body,) if op.body else ())):
             _walk(model, models)
@@ -638,8 +656,30 @@ def build(operations: Iterable[Op] = OPERATIONS, only: set[tuple[str, str]] | No
         "info": {"title": "streamapp", "version": "0.1.0", "description": _INFO},
         "tags": [{"name": t} for t in dict.fromkeys(op.tag for op in ops)],
         "paths": dict(sorted(paths.items())),
-        "components": {"schemas": {**defs, **events}, "responses": responses},
+        "components": {"schemas": {**defs, **events}, "responses": responses,
+                       "securitySchemes": SECURITY_SCHEMES},
+        # Keys are optional (none configured: the API is open), hence the empty alternative.
+        "security": [{"bearer": []}, {"apiKey": []}, {"session": []}, {}],
     }
+
+
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/api.json", "/swagger/", "/swagger/{filename}",
+                          "/static/{filename}"})
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer",
+               "description": "An API key (STREAMAPP_API_KEYS / STREAMAPP_API_KEYS_FILE)."},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The same key."},
+    "session": {"type": "apiKey", "in": "cookie", "name": "streamapp_session",
+                "description": "Set by `POST /api/session`; accepted only from this site's pages "
+                               "(`Origin` or `Sec-Fetch-Site: same-origin`)."},
+}
+
+
+def _auth_errors(op: Op) -> dict[str, Any]:
+    """401 and 403 on every route but the public ones (when keys are configured)."""
+    if op.path in PUBLIC_PATHS:
+        return {}
+    return errors("401", "403", table=OPENAI_ERR if op.path.startswith("/v1/") else ERR)
 
 
 def _operation_id(op: Op) -> str:

@@ -6,6 +6,7 @@ import os
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from ..auth import require_owner
 from ..errors import ApiError
 from ..providers import ChatRequest
 from ..schemas import PromptQuery, StreamQuery, parse
@@ -81,6 +82,7 @@ def info(sid: str) -> Response:
     meta = manager.store.meta(sid) if is_stream_id(sid) else None
     if meta is None:
         raise _unknown(sid)
+    require_owner(meta)
     return jsonify({"stream_id": sid, "state": meta.get("state"), "route": meta.get("route"),
                     "pid": os.getpid(),  # the worker answering, handy when tracing a stream
                     "readers": manager.store.readers(sid),
@@ -90,7 +92,11 @@ def info(sid: str) -> Response:
 @bp.post("/api/streams/<sid>/cancel")
 def cancel(sid: str) -> Response:
     """Stop generation of ``sid`` on whichever worker or host runs it."""
-    state = get_manager().cancel(sid) if is_stream_id(sid) else None
+    manager = get_manager()
+    meta = manager.store.meta(sid) if is_stream_id(sid) else None
+    if meta is not None:
+        require_owner(meta)
+    state = manager.cancel(sid) if meta is not None else None
     if state is None:
         raise _unknown(sid)
     resp = jsonify({"stream_id": sid, "status": state})

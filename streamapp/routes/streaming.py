@@ -20,6 +20,7 @@ from typing import Any
 import gevent.event
 from flask import Response, current_app, request, stream_with_context
 
+from ..auth import require_owner
 from ..errors import error_response
 from ..events import Event, Failed
 from ..streams import get_manager
@@ -131,6 +132,7 @@ def resume_stream(sid: str, after: int, route: str | None = None) -> Response:
     meta = store.meta(sid) if is_stream_id(sid) else None
     if meta is None or (route is not None and meta.get("route") != route):
         return nothing_to_resume()
+    require_owner(meta)  # 403: another client's stream
     fmt = meta.get("format", "plain")
     if not is_resumable(fmt):
         if route is not None:

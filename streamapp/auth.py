@@ -1,0 +1,280 @@
+"""Who may use the API: API keys, browser session cookies, the Origin rule, and CORS.
+
+One ``before_request`` hook decides for every request (no view checks anything):
+
+- Public endpoints (the page, ``/healthz``, ``/api.json``, ``/swagger/``, static files) and CORS
+  preflights pass. Every other path, unknown ones and routes added later included, is protected.
+- With no key configured the API is open: ``g.client`` is ``None`` (a warning at start-up when
+  the server is bound to a non-loopback address).
+- With keys: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, compared as SHA-256 digests
+  with :func:`hmac.compare_digest` against every key (no early exit); or the signed session cookie
+  that ``POST /api/session`` sets, accepted only from an allowed ``Origin`` (this one, or
+  ``CORS_ORIGINS``) or with ``Sec-Fetch-Site: same-origin``, so a cross-site page cannot spend the
+  user's cookie, by ``POST`` or by a ``GET`` stream route. A missing or wrong key is a 401 with
+  ``WWW-Authenticate: Bearer``; a cookie from elsewhere a 403. ``g.client`` is then a
+  :class:`Client`: the key's name and limits, never the key.
+
+Keys (``API_KEYS``, comma-separated, or ``API_KEYS_FILE``, one a line, ``#`` comments)::
+
+    sk-plain-key                                   # named key-<first 8 hex of its SHA-256>
+    alice:sk-alice-key rpm=60 streams=2 models=demo,openai/gpt-4o-mini
+    bob:sha256:<64 hex digits of the key's SHA-256> rate=1000/hour
+    sha256:<64 hex digits>
+
+Limits, all optional: ``rpm=N`` (``N/minute``) or ``rate=<flask-limiter string>``,
+``streams=N`` (concurrent streams), ``models=a,b`` (allowed models).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app, g, request, session
+from flask_cors import CORS
+
+from .errors import ApiError, error_response
+
+__all__ = ["Client", "Keys", "init_app", "require_owner"]
+
+logger = logging.getLogger(__name__)
+
+# Endpoints anyone may reach; everything else needs a key when keys are configured.
+PUBLIC_ENDPOINTS = frozenset({"pages.index", "pages.healthz", "static"})
+PUBLIC_BLUEPRINTS = frozenset({"docs", "swagger_ui"})
+SESSION_ENDPOINT = "session.create"
+COOKIE_NAME = "streamapp_session"
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who is calling: a key's name (never the key) and its limits (``None``: the defaults)."""
+
+    name: str
+    rate_limit: str | None = None        # a flask-limiter string, e.g. "60/minute"
+    max_streams: int | None = None       # concurrent streams
+    models: frozenset[str] | None = None  # allowed models
+
+
+class Unauthorized(ApiError):
+    """No key, or a key (or session) we do not know: 401 with ``WWW-Authenticate``."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    """Authenticated, but not allowed this (a cookie from another origin, another client's stream)."""
+
+    status = 403
+    code = "forbidden"
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _parse_entry(spec: str, limits: list[str], where: str) -> tuple[bytes, Client]:
+    """One key: ``[NAME:]KEY`` or ``[NAME:]sha256:HEX`` and its limits. Errors never quote the key."""
+    name, _, rest = spec.partition(":")
+    if not rest:                                   # a bare key
+        name, rest = "", spec
+    elif name == "sha256":                         # an unnamed hash
+        name, rest = "", spec
+    if rest.startswith("sha256:"):
+        hex_ = rest[len("sha256:"):]
+        try:
+            digest = bytes.fromhex(hex_)
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise ValueError(f"{where}: sha256: needs 64 hex digits")
+    else:
+        if not rest:
+            raise ValueError(f"{where}: empty key")
+        digest = _digest(rest)
+    name = name or f"key-{digest.hex()[:8]}"
+    opts: dict[str, Any] = {}
+    for item in limits:
+        opt, _, value = item.partition("=")
+        try:
+            if opt == "rpm":
+                opts["rate_limit"] = f"{int(value)}/minute"
+            elif opt == "rate" and value:
+                opts["rate_limit"] = value
+            elif opt == "streams":
+                opts["max_streams"] = int(value)
+            elif opt == "models" and value:
+                opts["models"] = frozenset(v for v in value.split(",") if v)
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{where}: bad option {opt!r} (rpm=N, rate=N/unit, streams=N, "
+                             "models=a,b)") from None
+    return digest, Client(name, **opts)
+
+
+class Keys:
+    """The configured keys: SHA-256 digests, each with its :class:`Client`."""
+
+    def __init__(self, entries: list[tuple[bytes, Client]]) -> None:
+        names = [c.name for _, c in entries]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"API key names must be unique: {', '.join(sorted(dupes))}")
+        self._entries = entries
+        self.by_name = {c.name: c for _, c in entries}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Keys:
+        """The keys of ``API_KEYS`` and ``API_KEYS_FILE``."""
+        entries = []
+        for i, spec in enumerate(s.strip() for s in str(config.get("API_KEYS") or "").split(",")):
+            if spec:
+                entries.append(_parse_entry(spec, [], f"STREAMAPP_API_KEYS entry {i + 1}"))
+        path = config.get("API_KEYS_FILE")
+        if path:
+            for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+                words = line.split("#", 1)[0].split()
+                if words:
+                    entries.append(_parse_entry(words[0], words[1:], f"{path} line {n}"))
+        return cls(entries)
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def match(self, key: str) -> Client | None:
+        """The client of ``key``: constant-time over every configured digest."""
+        digest = _digest(key)
+        found = None
+        for known, client in self._entries:
+            if hmac.compare_digest(digest, known):
+                found = client
+        return found
+
+
+def _presented_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("X-API-Key") or None
+
+
+def allowed_origins(config: dict[str, Any]) -> list[str]:
+    """``CORS_ORIGINS`` as a list (``*`` kept: refused with keys at start-up)."""
+    raw = config.get("CORS_ORIGINS") or ""
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    return [o.strip().rstrip("/") for o in items if o.strip()]
+
+
+def _from_allowed_origin(origins: frozenset[str]) -> bool:
+    """A cookie counts only from this origin or an allowed one (``Origin``), or when the browser
+    says the request is same-origin (``Sec-Fetch-Site``, which pages cannot set)."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return origin == f"{request.scheme}://{request.host}" or origin in origins
+    return request.headers.get("Sec-Fetch-Site") == "same-origin"
+
+
+def session_client() -> Client | None:
+    """The client of a valid, unexpired session cookie (Flask's signed cookie, max age = TTL)."""
+    name = session.get("client")
+    keys: Keys = current_app.extensions["auth"]
+    return keys.by_name.get(name) if isinstance(name, str) else None
+
+
+def authenticate() -> None:
+    """The one check (a ``before_request`` hook): sets ``g.client`` or refuses the request."""
+    keys: Keys = current_app.extensions["auth"]
+    g.client = None
+    if not keys or request.method == "OPTIONS" or request.endpoint in PUBLIC_ENDPOINTS \
+            or request.blueprint in PUBLIC_BLUEPRINTS:
+        return
+    key = _presented_key()
+    if key is not None:
+        client = keys.match(key)
+        if client is None:
+            raise Unauthorized("invalid API key")
+        g.client = client
+        return
+    if request.endpoint != SESSION_ENDPOINT and COOKIE_NAME in request.cookies:
+        client = session_client()
+        if client is not None:
+            if not _from_allowed_origin(current_app.extensions["auth_origins"]):
+                raise Forbidden("a session cookie is accepted only from this site's own pages "
+                                "(Origin / Sec-Fetch-Site)", code="origin_not_allowed")
+            g.client = client
+            return
+    raise Unauthorized("an API key is required: Authorization: Bearer <key> or X-API-Key, "
+                       "or a session from POST /api/session")
+
+
+def require_owner(meta: dict[str, Any]) -> None:
+    """403 unless the caller started the stream of ``meta`` (when keys are configured)."""
+    client = g.get("client")
+    if client is not None and meta.get("client") != client.name:
+        raise Forbidden("this stream was started by another client", code="not_stream_owner")
+
+
+def _loopback(bind: str) -> bool:
+    if bind.startswith(("unix:", "fd://")):
+        return True
+    host = bind.rsplit(":", 1)[0] if bind.count(":") == 1 or bind.startswith("[") else bind
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it is reachable
+
+
+def init_app(app: Flask) -> None:
+    """Load keys, set up signed session cookies and CORS, and install the hook."""
+    config = app.config
+    keys = Keys.from_config(config)
+    origins = allowed_origins(config)
+    if keys and "*" in origins:
+        raise ValueError("STREAMAPP_CORS_ORIGINS=* is allowed only when no API key is configured")
+    app.extensions["auth"] = keys
+    app.extensions["auth_origins"] = frozenset(origins)
+    if not config.get("SECRET_KEY"):
+        config["SECRET_KEY"] = secrets.token_hex(32)
+        if keys:
+            logger.warning("STREAMAPP_SECRET_KEY is not set: session cookies are signed with a key made "
+                           "for this process, so they do not survive a restart or span workers")
+    config.update(SESSION_COOKIE_NAME=COOKIE_NAME, SESSION_COOKIE_HTTPONLY=True,
+                  SESSION_COOKIE_SAMESITE="Strict", SESSION_REFRESH_EACH_REQUEST=False,
+                  PERMANENT_SESSION_LIFETIME=timedelta(seconds=config["SESSION_TTL_S"]))
+    if not keys:
+        binds = str(config.get("BIND") or "127.0.0.1:8000").split(",")
+        exposed = [b for b in binds if not _loopback(b.strip())]
+        if exposed:
+            logger.warning("no API key configured (STREAMAPP_API_KEYS / STREAMAPP_API_KEYS_FILE) and "
+                           "bound to %s: anyone who can reach it can use the API and its upstreams",
+                           ", ".join(exposed))
+    if origins:
+        # Preflights are answered by flask-cors before our hook (which lets OPTIONS pass).
+        CORS(app, origins=origins, supports_credentials="*" not in origins,
+             allow_headers=["Content-Type", "Authorization", "X-API-Key", "Last-Event-ID"],
+             expose_headers=["X-Stream-Id", "Retry-After"], max_age=600)
+    app.before_request(authenticate)
+
+    @app.errorhandler(Unauthorized)
+    def _unauthorized(exc: Unauthorized):
+        # RFC 6750: a 401 names the scheme; the message never repeats what was sent.
+        return error_response(exc.status, exc.code, exc.message, exc.field,
+                              headers={"WWW-Authenticate": 'Bearer realm="streamapp"'})
+
+    @app.context_processor
+    def _auth_state() -> dict[str, Any]:
+        client = session_client() if keys else None
+        return {"auth_required": bool(keys), "session_client": client.name if client else None}

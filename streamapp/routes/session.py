@@ -1,0 +1,25 @@
+"""``POST /api/session``: trade an API key for a browser session cookie.
+
+``EventSource`` (and WebSocket) cannot send headers and keys do not belong in URLs, so the
+page posts the key once (``Authorization: Bearer``); the answer sets a signed, expiring,
+``HttpOnly``, ``SameSite=Strict`` cookie naming the key's client (never the key). The key
+check itself is :mod:`streamapp.auth`'s hook, like every other route's.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, g, jsonify, session
+
+bp = Blueprint("session", __name__)
+
+
+@bp.post("/api/session")
+def create() -> Response:
+    """Start a browser session for the key in ``Authorization`` / ``X-API-Key``."""
+    client = g.get("client")
+    if client is None:  # no key configured: nothing to remember
+        return jsonify({"client": None, "expires_in": None})
+    session.clear()
+    session["client"] = client.name
+    session.permanent = True  # expires after SESSION_TTL_S (checked on every request, too)
+    return jsonify({"client": client.name, "expires_in": int(current_app.config["SESSION_TTL_S"])})
