@@ -42,10 +42,10 @@ def test_stop_button_cancels_generation(start_server, page) -> None:
     page.goto(slow.url)
     page.fill("#message", "stop me")
     page.click("#send")
-    page.wait_for_function("document.querySelector('.msg.assistant').textContent.length > 0",
+    page.wait_for_function("() => document.querySelector('.msg.assistant').textContent.length > 0",
                            timeout=10000)
     page.click("#stop")
-    page.wait_for_function("document.querySelector('.msg.assistant').dataset.done === 'true'",
+    page.wait_for_function("() => document.querySelector('.msg.assistant').dataset.done === 'true'",
                            timeout=5000)
     assert page.locator("#status").text_content() == "done (cancelled)"
 
@@ -53,7 +53,8 @@ def test_stop_button_cancels_generation(start_server, page) -> None:
 def test_eventsource_demo(server, page) -> None:
     page.goto(server.url)
     page.click("#es-start")
-    page.wait_for_function("document.querySelector('#es-out').textContent.includes('one token at a time')",
+    page.wait_for_function("() => document.querySelector('#es-out').textContent"
+                           ".includes('one token at a time')",
                            timeout=10000)
     assert "你好" in page.locator("#es-out").text_content()
 
@@ -66,7 +67,8 @@ def test_reasoning_is_shown_apart_from_the_answer(start_server, page) -> None:
     page.select_option("#provider", "openai")
     page.fill("#message", "think first")
     page.click("#send")
-    page.wait_for_function("document.querySelector('.msg.assistant').dataset.done === 'true'", timeout=10000)
+    page.wait_for_function("() => document.querySelector('.msg.assistant').dataset.done === 'true'",
+                           timeout=10000)
     answer = page.locator(".msg.assistant")
     assert answer.locator(".reasoning").text_content() == "".join(REASONING)
     assert answer.locator(".answer").text_content() == "".join(token_list(4))

@@ -1,0 +1,215 @@
+"""API keys, session cookies, the Origin rule, CORS and stream ownership, against real gunicorn."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from unittest import mock
+
+import openai
+import pytest
+import requests
+
+ALICE, BOB, PLAIN = "sk-alice-3f9a7c1e", "sk-bob-88d0b2aa", "sk-plain-51c4e0d9"
+SECRET = "test-secret-7d1c"
+OTHER = "http://127.0.0.1:1"  # an origin CORS_ORIGINS allows (nothing listens there)
+
+# Every protected route, as (method, path, JSON body or None).
+PROTECTED = [
+    ("POST", "/api/chat", {"uid": 1, "message": "hi"}),
+    ("GET", "/stream?text=a%20b&delay_ms=0", None),
+    ("GET", "/ai-stream?prompt=hi", None),
+    ("GET", "/local-ai?prompt=hi", None),
+    ("GET", "/api/streams/abc", None),
+    ("GET", "/api/streams/abc/info", None),
+    ("POST", "/api/streams/abc/cancel", None),
+    ("POST", "/v1/chat/completions", {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}),
+    ("GET", "/v1/models", None),
+    ("GET", "/v1/models/demo", None),
+    ("POST", "/api/session", None),
+    ("GET", "/no/such/route", None),
+]
+PUBLIC = ["/", "/healthz", "/api.json", "/swagger/", "/static/app.js", "/static/favicon.svg"]
+
+
+@pytest.fixture(scope="module")
+def keyed(start_server, tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    digest = hashlib.sha256(BOB.encode()).hexdigest()
+    keys.write_text(f"# test keys\nalice:{ALICE} rpm=60 streams=2 models=demo\nbob:sha256:{digest}\n")
+    return start_server(API_KEYS_FILE=keys, API_KEYS=PLAIN, SECRET_KEY=SECRET, CORS_ORIGINS=OTHER,
+                        ACCESS_LOG="-", DEMO_DELAY_MS=5, HEADER_WAIT_S=0.2, RESUME_GRACE_S=5)
+
+
+def call(server, method, path, body=None, headers=None, **kw):
+    return requests.request(method, server.url + path, json=body, headers=headers or {}, timeout=10, **kw)
+
+
+def session_cookie(server, key=ALICE) -> dict[str, str]:
+    resp = call(server, "POST", "/api/session", headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 200, resp.text
+    return {"streamapp_session": resp.cookies["streamapp_session"]}
+
+
+@pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
+@pytest.mark.parametrize("sent", [{}, {"Authorization": "Bearer wrong-key"}, {"X-API-Key": "wrong-key"},
+                                  {"Authorization": "Basic " + ALICE}])
+def test_protected_routes_need_a_key(keyed, method, path, body, sent) -> None:
+    resp = call(keyed, method, path, body, sent)
+    assert resp.status_code == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    error = resp.json()["error"]
+    assert error["code"] == "unauthorized" and "wrong-key" not in resp.text and ALICE not in resp.text
+    if path.startswith("/v1/"):
+        assert error["type"] == "authentication_error"  # OpenAI's shape
+
+
+@pytest.mark.parametrize("path", PUBLIC)
+def test_public_routes_stay_open(keyed, path) -> None:
+    assert call(keyed, "GET", path).status_code == 200
+
+
+@pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {ALICE}"}, {"X-API-Key": BOB},
+                                     {"authorization": f"bearer {PLAIN}"}])
+def test_each_kind_of_key_works(keyed, headers) -> None:
+    resp = call(keyed, "GET", "/stream?text=one%20two&delay_ms=0", headers=headers)
+    assert resp.status_code == 200 and "event: end" in resp.text
+    assert call(keyed, "POST", "/api/chat", {"uid": 1, "message": "hi"}, headers).status_code == 200
+
+
+def test_keys_never_reach_the_log(keyed) -> None:
+    for key in (ALICE, "sk-wrong-0f3e"):
+        call(keyed, "GET", "/v1/models", headers={"Authorization": f"Bearer {key}"})
+        call(keyed, "GET", "/stream?text=x&delay_ms=0", headers={"X-API-Key": key})
+    call(keyed, "GET", "/api/streams/abc/info", cookies={"streamapp_session": "forged." + ALICE})
+    log = keyed.process.output()
+    assert "GET /v1/models" in log  # the access log is on
+    for key in (ALICE, BOB, PLAIN, "sk-wrong-0f3e", SECRET):
+        assert key not in log
+
+
+def test_openai_sdk_authenticates_with_api_key(keyed) -> None:
+    good = openai.OpenAI(base_url=f"{keyed.url}/v1", api_key=ALICE, max_retries=0)
+    chunks = list(good.chat.completions.create(model="demo", stream=True,
+                                               messages=[{"role": "user", "content": "Hi"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    bad = openai.OpenAI(base_url=f"{keyed.url}/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_session_cookie_is_signed_expiring_httponly_strict(keyed) -> None:
+    resp = call(keyed, "POST", "/api/session", headers={"X-API-Key": ALICE})
+    assert resp.json() == {"client": "alice", "expires_in": 43200}
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Expires=" in cookie
+    assert ALICE not in cookie
+    # A cookie alone does not open a session: only a key does.
+    only_cookie = call(keyed, "POST", "/api/session", cookies=session_cookie(keyed),
+                       headers={"Sec-Fetch-Site": "same-origin"})
+    assert only_cookie.status_code == 401
+
+
+def test_session_cookie_works_only_from_this_site(keyed) -> None:
+    jar = session_cookie(keyed)
+    own = keyed.url
+    ok = [{"Sec-Fetch-Site": "same-origin"}, {"Origin": own}, {"Origin": OTHER}]
+    refused = [{}, {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+               {"Origin": "http://evil.example"}, {"Origin": "null"},
+               {"Origin": "http://evil.example", "Sec-Fetch-Site": "same-origin"}]
+    for path, body in (("/stream?text=a%20b&delay_ms=0", None), ("/api/chat", {"uid": 1, "message": "x"})):
+        method = "POST" if body else "GET"
+        for headers in ok:
+            resp = call(keyed, method, path, body, headers, cookies=jar)
+            assert resp.status_code == 200, (path, headers, resp.text)
+        for headers in refused:
+            resp = call(keyed, method, path, body, headers, cookies=jar)
+            assert resp.status_code == 403, (path, headers)
+            assert resp.json()["error"]["code"] == "origin_not_allowed"
+            assert "X-Stream-Id" not in resp.headers  # nothing was started
+
+
+def _forged(secret: str, client: str, age_s: float = 0) -> dict[str, str]:
+    """A session cookie as Flask signs it, made ``age_s`` seconds ago."""
+    from flask import Flask
+
+    app = Flask("forge")
+    app.secret_key = secret
+    serializer = app.session_interface.get_signing_serializer(app)
+    with mock.patch("time.time", return_value=time.time() - age_s):
+        return {"streamapp_session": serializer.dumps({"client": client, "_permanent": True})}
+
+
+@pytest.mark.parametrize(("cookie", "why"), [
+    (lambda: _forged(SECRET, "alice", age_s=43200 + 60), "expired"),
+    (lambda: _forged("another-secret", "alice"), "wrong signature"),
+    (lambda: _forged(SECRET, "mallory"), "unknown client"),
+])
+def test_bad_session_cookies_are_refused(keyed, cookie, why) -> None:
+    assert call(keyed, "GET", "/stream?text=a", headers={"Sec-Fetch-Site": "same-origin"},
+                cookies=_forged(SECRET, "alice")).status_code == 200  # the forge itself is right
+    resp = call(keyed, "GET", "/stream?text=a", headers={"Sec-Fetch-Site": "same-origin"}, cookies=cookie())
+    assert resp.status_code == 401, why
+
+
+def test_cors_preflight_for_an_allowed_origin_only(keyed) -> None:
+    ask = {"Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "content-type,authorization,last-event-id"}
+    resp = call(keyed, "OPTIONS", "/api/chat", headers={"Origin": OTHER, **ask})
+    assert resp.status_code == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == OTHER
+    allowed = resp.headers["Access-Control-Allow-Headers"].lower()
+    assert {"content-type", "authorization", "last-event-id"} <= set(allowed.replace(" ", "").split(","))
+    resp = call(keyed, "POST", "/api/chat", {"uid": 1, "message": "x"},
+                {"Origin": OTHER, "Authorization": f"Bearer {ALICE}"})
+    exposed = resp.headers["Access-Control-Expose-Headers"].lower()
+    assert "x-stream-id" in exposed and "retry-after" in exposed
+    denied = call(keyed, "OPTIONS", "/api/chat", headers={"Origin": "http://evil.example", **ask})
+    assert "Access-Control-Allow-Origin" not in denied.headers
+
+
+def _stream_of(server, key) -> str:
+    with requests.post(f"{server.url}/api/chat", json={"uid": 1, "message": "a b c d e f",
+                                                      "on_disconnect": "finish"},
+                       headers={"X-API-Key": key}, stream=True, timeout=10) as resp:
+        assert resp.status_code == 200
+        return resp.headers["X-Stream-Id"]
+
+
+def test_another_client_may_not_resume_inspect_or_cancel(keyed) -> None:
+    sid = _stream_of(keyed, ALICE)
+    bob = {"X-API-Key": BOB}
+    for method, path in (("GET", f"/api/streams/{sid}"), ("GET", f"/api/streams/{sid}/info"),
+                         ("POST", f"/api/streams/{sid}/cancel")):
+        resp = call(keyed, method, path, headers=bob)
+        assert resp.status_code == 403 and resp.json()["error"]["code"] == "not_stream_owner", path
+    resumed = call(keyed, "POST", "/api/chat", headers={**bob, "Last-Event-ID": f"{sid}-1"})
+    assert resumed.status_code == 403
+
+
+def test_the_starting_client_may_resume_inspect_and_cancel(keyed) -> None:
+    """Needs ``meta["client"] = g.client.name`` in start_stream (the lead's side of the contract)."""
+    sid = _stream_of(keyed, ALICE)
+    alice = {"X-API-Key": ALICE}
+    assert call(keyed, "GET", f"/api/streams/{sid}/info", headers=alice).json()["route"] == "chat"
+    assert call(keyed, "POST", f"/api/streams/{sid}/cancel", headers=alice).status_code in (200, 202)
+
+
+def test_open_server_warns_when_exposed(start_server) -> None:
+    from tests.helpers import free_port
+
+    port = free_port()
+    exposed = start_server(port=port, BIND=f"0.0.0.0:{port}")
+    assert "no API key configured" in exposed.process.output()
+    assert call(exposed, "POST", "/api/chat", {"uid": 1, "message": "x"}).status_code == 200  # open
+    assert call(exposed, "POST", "/api/session").json() == {"client": None, "expires_in": None}
+    loopback = start_server()
+    assert "no API key configured" not in loopback.process.output()
+
+
+def test_wildcard_cors_is_refused_with_keys() -> None:
+    from streamapp import create_app
+
+    with pytest.raises(ValueError, match="CORS_ORIGINS"):
+        create_app({"API_KEYS": ALICE, "CORS_ORIGINS": "*"})
+    assert create_app({"CORS_ORIGINS": "*"})  # open: fine
