@@ -7,8 +7,9 @@ from typing import Any
 
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, streams
+from . import auth, limits, streams
 from . import config as settings
 from .errors import ApiError, BodyRefused, StoreError, error_response
 from .providers import build_providers
@@ -43,6 +44,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(chat.bp)
     app.register_blueprint(v1.bp)
     app.register_blueprint(session.bp)
+    limits.init_app(app)  # rate limits and stream caps, on the views registered above
+    if app.config["TRUSTED_PROXIES"]:  # the client's address from X-Forwarded-For, through these hops only
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"])
 
     @app.after_request
     def _page_headers(resp):

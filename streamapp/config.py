@@ -43,16 +43,30 @@ DEFAULTS: dict[str, Any] = {
     "SECRET_KEY": None,                # signs session cookies; unset: one per process (a warning)
     "SESSION_TTL_S": 43200.0,          # a browser session cookie (POST /api/session) lasts this long
     "CORS_ORIGINS": "",                # comma-separated origins allowed cross-origin; "*" only when open
+    # What one client may spend (streamapp/limits.py); 0 or "" switches a limit off.
+    "TRUSTED_PROXIES": 0,              # proxy hops whose X-Forwarded-For is believed (nginx in front: 1)
+    "RATE_LIMIT": "",                  # stream starts per API key (per client IP when open): "120/minute"
+    "RATE_LIMIT_STRATEGY": "moving-window",  # exact over the last period (the limits package's names)
+    "MAX_STREAMS_PER_KEY": 0,          # concurrent streams per API key (per client IP when open)
+    "MAX_STREAMS_PER_PROCESS": 0,      # concurrent streams one worker runs
+    "SLOT_LEASE_S": 15.0,              # a stream slot's lease in Redis, renewed every third of it
+    "MAX_MESSAGE_CHARS": 100_000,      # characters of one message
+    "MAX_MESSAGES": 500,               # messages of one request (history and the new message)
+    "MAX_INPUT_CHARS": 400_000,        # characters of all the messages of one request
+    "MAX_TOKENS_CEILING": 65_536,      # max_tokens / max_completion_tokens above this: 400
+    "ALLOWED_MODELS": "",              # "openai:gpt-4o-mini,gpt-4o;ollama:llama3.2"; "" = any
 }
 
 _FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S", "BODY_TIMEOUT_S",
            "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S", "STREAM_MAX_DURATION_S",
-           "SESSION_TTL_S")
+           "SESSION_TTL_S", "SLOT_LEASE_S")
 # Taken as written from the environment (Flask parses STREAMAPP_* values as JSON: a key "1e5" stays text).
 _RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "SECRET_KEY", "CORS_ORIGINS")
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
          "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES",
-         "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE")
+         "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE", "TRUSTED_PROXIES", "MAX_STREAMS_PER_KEY",
+         "MAX_STREAMS_PER_PROCESS", "MAX_MESSAGE_CHARS", "MAX_MESSAGES", "MAX_INPUT_CHARS",
+         "MAX_TOKENS_CEILING")
 PROVIDERS = ("demo", "openai", "ollama")
 
 
@@ -90,6 +104,10 @@ def validate(config: dict[str, Any]) -> None:
     for key in ("REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE"):
         if config[key] < 1:
             raise ValueError(f"STREAMAPP_{key} must be >= 1")
+    if config["SLOT_LEASE_S"] <= 0:
+        raise ValueError("STREAMAPP_SLOT_LEASE_S must be > 0")
+    for key in ("RATE_LIMIT", "ALLOWED_MODELS"):  # from_prefixed_env parses "0" or 60 as a number
+        config[key] = "" if config[key] in (None, 0, False) else str(config[key])
     config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
 
 

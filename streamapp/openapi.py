@@ -401,12 +401,19 @@ def _ref(name: str) -> dict[str, str]:
 
 _RETRY_AFTER = {"Retry-After": _header("seconds to wait before trying again", True,
                                        {"type": "string", "pattern": "^[0-9]+$"})}
+_RATE_LIMITED = {**_RETRY_AFTER, **{
+    name: _header(text, schema={"type": "string", "pattern": "^[0-9]+$"}) for name, text in (
+        ("X-RateLimit-Limit", "stream starts allowed per period (when a rate limit applies)"),
+        ("X-RateLimit-Remaining", "stream starts left in the current period"),
+        ("X-RateLimit-Reset", "when the period resets (unix time)"))}}
 _STREAM_ID_MAYBE = {"X-Stream-Id": _header("the stream that failed, when one was started",
                                            schema={"type": "string", "pattern": STREAM_ID_PATTERN})}
 
 # Error responses, once each in components/responses; operations refer to them by status.
 _ERRORS: dict[str, tuple[str, dict[str, Any] | None]] = {
-    "400": ("A missing or wrong field (`field` names it), malformed JSON (`malformed_json`), JSON nested "
+    "400": ("A missing or wrong field (`field` names it), a field over an input limit (the message names "
+            "the setting: MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_INPUT_CHARS, MAX_TOKENS_CEILING, "
+            "ALLOWED_MODELS), malformed JSON (`malformed_json`), JSON nested "
             "too deeply, or a body shorter than its Content-Length (`incomplete_body`).", None),
     "404": ("Unknown route, an unknown stream (`not_found`, `field: stream_id`), or (`/v1`) an unknown "
             "model (`model_not_found`, `param: model`).", None),
@@ -421,6 +428,10 @@ _ERRORS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "413": ("A body over MAX_BODY_BYTES, with Content-Length or chunked (`request_entity_too_large`); the "
             "connection is closed.", None),
     "415": ("The body is not `Content-Type: application/json` (`unsupported_media_type`).", None),
+    "429": ("Over a limit of this client (its API key, or its address when the service runs open): "
+            "stream starts per period (`rate_limited`, RATE_LIMIT or the key's own) or concurrent streams "
+            "(`too_many_streams`, MAX_STREAMS_PER_KEY or the key's own, MAX_STREAMS_PER_PROCESS); the "
+            "message names the limit.", _RATE_LIMITED),
     "502": ("The upstream failed before the first token (`upstream_unreachable`, `upstream_http_error`, "
             "`upstream_auth`, `upstream_bad_response`, `upstream_error`, `upstream_disconnected`).",
             _STREAM_ID_MAYBE),
@@ -467,7 +478,7 @@ def _get_stream(summary: str, query: type[BaseModel]) -> Op:
                              "The stream: `event: stream`, one event per token (`data:` is the raw text), "
                              "then `event: end` with the finish reason and usage."),
                        "headers": STREAM_HEADERS, "links": STREAM_LINKS},
-               "204": NO_CONTENT, "414": URI_TOO_LONG, **errors("400", "502", "503", "504")},
+               "204": NO_CONTENT, "414": URI_TOO_LONG, **errors("400", "429", "502", "503", "504")},
               query=(query, ResumeQuery), headers=(LAST_EVENT_ID,))
 
 
@@ -496,7 +507,7 @@ OPERATIONS: list[Op] = [
                       "fails)."),
                 "headers": STREAM_HEADERS, "links": STREAM_LINKS,
                 "content": {SSE: {"schema": _ref("ChatStreamEvent")}, **TEXT}},
-        "204": NO_CONTENT, **errors("400", "408", "413", "415", "502", "503", "504")},
+        "204": NO_CONTENT, **errors("400", "408", "413", "415", "429", "502", "503", "504")},
        description="With `Last-Event-ID` (header) or `last_event_id` (query) it resumes a chat stream "
                    "instead, and takes no body.",
        query=(ChatFormatQuery, ResumeQuery), body=ChatBody, headers=(LAST_EVENT_ID,),
@@ -536,7 +547,7 @@ OPERATIONS: list[Op] = [
                 "content": {"application/json": {"schema": ChatCompletion},
                             SSE: {"schema": _ref("OpenAIStreamEvent")}}},
         "204": NO_CONTENT,
-        **errors("400", "404", "408", "413", "415", "502", "503", "504", table=OPENAI_ERR)},
+        **errors("400", "404", "408", "413", "415", "429", "502", "503", "504", table=OPENAI_ERR)},
        description="`model` picks the provider: `demo`, `openai/<model>`, `ollama/<model>`, or a bare name "
                    "for the default provider. With `Last-Event-ID` it resumes a `/v1` stream. Errors are in "
                    "OpenAI's shape.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
 
+from ..limits import check_chat_input
 from ..providers import ChatRequest
 from ..schemas import ChatBody, parse
 from .body import read_json_body
@@ -20,6 +21,8 @@ def chat() -> Response:
         return resumed
     body = parse(ChatBody, read_json_body())
     name = body.provider or current_app.config["DEFAULT_PROVIDER"]
+    check_chat_input("history", [*((f"history.{i}.content", m.content) for i, m in enumerate(body.history)),
+                                 ("message", body.message)], name, body.model)
     provider = current_app.extensions["providers"][name]
     messages = [m.model_dump() for m in body.history]
     messages.append({"role": "user", "content": body.message})

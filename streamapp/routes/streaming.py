@@ -23,6 +23,7 @@ from flask import Response, current_app, request, stream_with_context
 from ..auth import require_owner
 from ..errors import error_response
 from ..events import Event, Failed
+from ..limits import acquire_slot
 from ..streams import get_manager
 from ..wire import Encoder, encoder, is_resumable, is_stream_id, parse_event_id
 from .edge import DepartureWatch, http_body
@@ -101,7 +102,8 @@ def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
     if request.method == "HEAD":
         return Response(status=200, content_type=enc.content_type, headers=STREAM_HEADERS)
     manager = get_manager()
-    sid = manager.start(events, meta, on_disconnect)
+    slot = acquire_slot()  # 429 over a concurrent-stream cap; given back when the producer exits
+    sid = manager.start(events, meta, on_disconnect, on_exit=slot.release)
     limit = config["CONNECT_TIMEOUT_S"] + config["READ_TIMEOUT_S"] + 5
     client_gone = gevent.event.Event()
     sock = request.environ.get("gunicorn.socket")
@@ -154,7 +156,8 @@ def collect_stream(events: Iterator[Event], meta: dict[str, Any],
     """
     config = current_app.config
     manager = get_manager()
-    sid = manager.start(events, meta, on_disconnect)
+    slot = acquire_slot()
+    sid = manager.start(events, meta, on_disconnect, on_exit=slot.release)
     reader = manager.attach(sid, 0, idle=config["HEARTBEAT_S"])
     sock = request.environ.get("gunicorn.socket")
     watch = DepartureWatch(sock, reader.leave) if sock is not None else None

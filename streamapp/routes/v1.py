@@ -27,6 +27,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from ..errors import ApiError, error_response
 from ..events import Failed
+from ..limits import check_chat_input
 from ..providers import ChatRequest
 from ..schemas import V1ChatRequest, parse
 from ..wire import completion
@@ -67,6 +68,9 @@ def chat_completions() -> Response:
         return resumed
     body = parse(V1ChatRequest, read_json_body())
     name, model = resolve_model(body.model)
+    check_chat_input("messages", [(f"messages.{i}.content", m.content) for i, m in enumerate(body.messages)],
+                     name, model, {"max_tokens": body.max_tokens,
+                                   "max_completion_tokens": body.max_completion_tokens})
     provider = current_app.extensions["providers"][name]
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     chat = ChatRequest(messages, model=model, params=body.upstream_params())

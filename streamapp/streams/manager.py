@@ -54,6 +54,7 @@ class StreamManager:
         self._producers: dict[str, Producer] = {}
         self._held: dict[str, int] = {}  # streams whose starting request still holds its headers
         self._grace_timers: dict[str, gevent.Greenlet] = {}
+        self._on_exit: dict[str, Callable[[], None]] = {}  # sid -> called when its producer exits
         store.control_handler = self._on_control
         self._started = False
 
@@ -108,11 +109,19 @@ class StreamManager:
                 producer.stop("client_gone")
 
     # -- producing ---------------------------------------------------------
-    def start(self, events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "cancel") -> str:
-        """Register a stream, start its producer, return its id."""
+    def start(self, events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "cancel",
+              on_exit: Callable[[], None] | None = None) -> str:
+        """Register a stream, start its producer, return its id. ``on_exit`` is called once
+        when the producer exits, however the stream ends (a stream slot's release)."""
         self._ensure_started()
         sid = secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
-        self.store.create(sid, {**meta, "state": "running"})
+        if on_exit is not None:
+            self._on_exit[sid] = on_exit
+        try:
+            self.store.create(sid, {**meta, "state": "running"})
+        except BaseException:
+            self._run_on_exit(sid)
+            raise
         self._producers[sid] = Producer(
             sid, events, self.store, self._producer_exit, max_events=self.max_events,
             max_bytes=self.max_bytes, on_disconnect=on_disconnect, started_at=self.clock())
@@ -123,6 +132,15 @@ class StreamManager:
         timer = self._grace_timers.pop(sid, None)
         if timer is not None:
             timer.kill(block=False)
+        self._run_on_exit(sid)
+
+    def _run_on_exit(self, sid: str) -> None:
+        callback = self._on_exit.pop(sid, None)
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a hook must not break the producer's exit
+                logger.exception("stream %s: an exit hook failed", sid)
 
     @contextmanager
     def holding(self, sid: str) -> Iterator[None]:

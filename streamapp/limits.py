@@ -1,0 +1,371 @@
+"""What one client may spend: request rates, concurrent streams, input sizes.
+
+Three extensions, bound to the app by :func:`init_app` and applied in one place each:
+
+- **Rate limits** (Flask-Limiter): one shared count per client across the routes that start
+  a generation (``STREAM_ENDPOINTS``), keyed by the API key's name (``g.client.name``) or,
+  when the service runs open, by the client IP (``X-Forwarded-For`` is trusted only through
+  ``TRUSTED_PROXIES`` hops, see ``create_app``). The limit is ``g.client.rate_limit`` or
+  ``RATE_LIMIT``; counts live in Redis when ``REDIS_URL`` is set, so every worker and host
+  shares them. Over it: 429 ``rate_limited`` with ``Retry-After``; every limited answer
+  carries ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset``. A resume (``Last-Event-ID``)
+  and a ``HEAD`` start nothing and are not counted.
+- **Stream caps** (:class:`StreamSlots`): concurrent streams per client
+  (``g.client.max_streams`` or ``MAX_STREAMS_PER_KEY``) and per process
+  (``MAX_STREAMS_PER_PROCESS``). A stream takes a slot before its producer starts and gives
+  it back when the producer exits, however it ends (the manager's ``on_exit``). With Redis, a
+  client's slots are leases in a sorted set ``P:slots:<client>`` (member -> expiry in Redis
+  time, ms), taken by one Lua script that drops expired leases, checks the cap and adds, so
+  workers and hosts never race; this process renews its leases every third of
+  ``SLOT_LEASE_S``, so a worker that dies loses its slots within one lease, never an hour.
+- **Input limits** (:func:`check_chat_input`): message length, number of messages, total
+  characters, the ``max_tokens`` ceiling and the model allow-list, the same for
+  ``POST /api/chat`` and ``POST /v1/chat/completions``.
+
+A value of 0 (or an empty string) switches a limit off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import gevent
+from flask import Flask, Response, current_app, g, request
+from flask_limiter import Limiter, RequestLimit
+from flask_limiter.errors import RateLimitExceeded
+
+from .errors import ApiError, error_response
+
+logger = logging.getLogger(__name__)
+
+# The views that start a generation: one shared rate-limit count across them.
+STREAM_ENDPOINTS = ("sse.stream", "sse.ai_stream", "sse.local_ai", "chat.chat", "v1.chat_completions")
+CAP_RETRY_AFTER_S = 1  # a slot may free up any moment: try again soon
+
+
+def client_identity() -> str:
+    """Whom a request's limits count against: its API key's name, else its IP."""
+    client = getattr(g, "client", None)
+    if client is not None:
+        return f"key:{client.name}"
+    return f"ip:{request.remote_addr or 'unknown'}"
+
+
+# -- rate limits -------------------------------------------------------------------------------
+
+def _rate_limit() -> str:
+    client = getattr(g, "client", None)
+    return (getattr(client, "rate_limit", None) or current_app.config["RATE_LIMIT"] or "").strip()
+
+
+def _not_counted() -> bool:
+    # HEAD and resumes never start a generation (the resume rule); no limit, nothing to count.
+    return request.method == "HEAD" or not _rate_limit() or \
+        bool(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
+
+
+def _breach_message() -> str:
+    return f"rate limit exceeded: at most {_rate_limit()} stream starts for this " \
+           f"{'API key' if getattr(g, 'client', None) is not None else 'client address'}"
+
+
+def _storage(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    if config["REDIS_URL"]:
+        return config["REDIS_URL"], {"key_prefix": f"{config['REDIS_PREFIX']}:ratelimit",
+                                     "socket_timeout": 2, "socket_connect_timeout": 2}
+    return "memory://", {}
+
+
+def _rate_headers(response: Response) -> Response:
+    """``X-RateLimit-*`` on every limited answer; ``Retry-After`` on the 429 only."""
+    limiter: Limiter = current_app.extensions["streamapp.limiter"]
+    current: RequestLimit | None = limiter.current_limit
+    if current is None:
+        return response
+    try:
+        reset = current.reset_at
+        response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
+        response.headers["X-RateLimit-Remaining"] = str(max(0, current.remaining))
+        response.headers["X-RateLimit-Reset"] = str(reset)
+        if response.status_code == 429 and current.breached:
+            response.headers["Retry-After"] = str(max(1, int(reset - time.time())))
+    except Exception as exc:  # noqa: BLE001 - the store failed: the answer goes out without them
+        logger.warning("could not read the rate-limit window: %s", exc)
+    return response
+
+
+def _init_limiter(app: Flask) -> None:
+    uri, options = _storage(app.config)
+    limiter = Limiter(
+        client_identity, storage_uri=uri, storage_options=options,
+        strategy=app.config["RATE_LIMIT_STRATEGY"], headers_enabled=False,
+        # Redis down: count in this process meanwhile rather than refuse every stream.
+        in_memory_fallback_enabled=True, swallow_errors=True,
+        key_prefix="", default_limits=[])
+    limiter.init_app(app)
+    shared = limiter.shared_limit(_rate_limit, scope="streams", exempt_when=_not_counted,
+                                  error_message=_breach_message)
+    for endpoint in STREAM_ENDPOINTS:
+        view = app.view_functions.get(endpoint)
+        if view is not None:
+            app.view_functions[endpoint] = shared(view)
+    app.extensions["streamapp.limiter"] = limiter
+    app.after_request(_rate_headers)
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(exc: RateLimitExceeded) -> Response:
+        return error_response(429, "rate_limited", exc.description or "rate limit exceeded")
+
+
+# -- stream caps -------------------------------------------------------------------------------
+
+class TooManyStreams(ApiError):
+    """Over a concurrent-stream cap: 429 naming the cap."""
+
+    status = 429
+    code = "too_many_streams"
+
+
+# Take a slot in every set of KEYS at once, or none: drop expired leases, check each cap
+# (ARGV[2 + i]), then add member ARGV[1] with expiry now + ARGV[2] ms. Returns the index of
+# the first full set, 0 when taken. Redis's clock, so hosts' clocks need not agree.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if redis.call('ZCARD', key) >= tonumber(ARGV[i + 2]) then return i end
+end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', key, 2 * tonumber(ARGV[2]))
+end
+return 0
+"""
+# Renew the leases of this process: KEYS[i] holds member ARGV[i + 1]; ARGV[1] is the lease (ms).
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + tonumber(ARGV[1]), ARGV[i + 1])
+  redis.call('PEXPIRE', key, 2 * tonumber(ARGV[1]))
+end
+return 0
+"""
+
+
+class Slot:
+    """One stream's slot; :meth:`release` gives it back (idempotent)."""
+
+    __slots__ = ("key", "owner", "token")
+
+    def __init__(self, owner: StreamSlots, token: str, key: str | None) -> None:
+        self.owner, self.token, self.key = owner, token, key
+
+    def release(self) -> None:
+        """Give the slot back (any number of times)."""
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.release(self)
+
+
+class StreamSlots:
+    """Concurrent-stream caps: per client (Redis leases or this process's memory) and per process."""
+
+    def __init__(self, per_key: int, per_process: int, lease_s: float, redis_url: str = "",
+                 prefix: str = "streamapp", pool_size: int = 16) -> None:
+        self.per_key, self.per_process, self.lease_s = per_key, per_process, lease_s
+        self.prefix = prefix
+        self.running: set[str] = set()  # tokens of this process's slots
+        self._local: dict[str, set[str]] = {}  # client key -> tokens (memory mode)
+        self._leases: dict[str, str] = {}  # token -> Redis key (renewed while held)
+        self._renewer: gevent.Greenlet | None = None
+        self.redis = None
+        if redis_url:
+            import redis
+
+            self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+                redis_url, max_connections=pool_size, timeout=2, socket_timeout=2,
+                socket_connect_timeout=2))
+            self._acquire = self.redis.register_script(_ACQUIRE)
+            self._renew = self.redis.register_script(_RENEW)
+
+    def acquire(self, identity: str, cap: int | None = None) -> Slot:
+        """A slot for a stream of ``identity`` (cap: its own, else the per-key setting), or
+        ``TooManyStreams``."""
+        cap = self.per_key if cap is None else cap
+        if self.per_process and len(self.running) >= self.per_process:
+            raise TooManyStreams(
+                f"too many concurrent streams on this server process: at most {self.per_process} "
+                f"(STREAMAPP_MAX_STREAMS_PER_PROCESS); try again shortly")
+        token = secrets.token_hex(8)
+        key = None
+        if cap:
+            key = f"{self.prefix}:slots:{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
+            if not self._take(key, token, cap):
+                who = "API key" if identity.startswith("key:") else "client address"
+                raise TooManyStreams(
+                    f"too many concurrent streams: at most {cap} per {who} "
+                    f"(STREAMAPP_MAX_STREAMS_PER_KEY); end one, or try again when one finishes")
+        self.running.add(token)
+        return Slot(self, token, key)
+
+    def _take(self, key: str, token: str, cap: int) -> bool:
+        if self.redis is None:
+            held = self._local.setdefault(key, set())
+            if len(held) >= cap:
+                return False
+            held.add(token)
+            return True
+        import redis
+
+        try:
+            full = self._acquire(keys=[key], args=[token, int(self.lease_s * 1000), cap])
+        except redis.RedisError as exc:
+            # Fail open: Redis down must not stop every stream; the per-process cap still holds.
+            logger.warning("could not take a stream slot in Redis (%s); not counting this stream", exc)
+            return True
+        if full:
+            return False
+        self._leases[token] = key
+        if self._renewer is None or self._renewer.dead:
+            self._renewer = gevent.spawn(self._renew_loop)
+        return True
+
+    def release(self, slot: Slot) -> None:
+        """Give ``slot`` back."""
+        self.running.discard(slot.token)
+        if slot.key is None:
+            return
+        if self.redis is None:
+            held = self._local.get(slot.key)
+            if held is not None:
+                held.discard(slot.token)
+                if not held:
+                    del self._local[slot.key]
+            return
+        if self._leases.pop(slot.token, None) is None:
+            return
+        import redis
+
+        try:
+            self.redis.zrem(slot.key, slot.token)
+        except redis.RedisError as exc:
+            logger.warning("could not give a stream slot back (%s); its lease runs out in %.0f s",
+                           exc, self.lease_s)
+
+    def _renew_loop(self) -> None:
+        import redis
+
+        while self._leases:
+            gevent.sleep(self.lease_s / 3)
+            leases = list(self._leases.items())
+            if not leases:
+                break
+            try:
+                self._renew(keys=[key for _, key in leases],
+                            args=[int(self.lease_s * 1000), *(token for token, _ in leases)])
+            except redis.RedisError as exc:
+                logger.warning("could not renew stream slot leases: %s", exc)
+
+
+def acquire_slot() -> Slot:
+    """A stream slot for the current request's client, or ``TooManyStreams`` (429)."""
+    client = getattr(g, "client", None)
+    return current_app.extensions["streamapp.slots"].acquire(
+        client_identity(), getattr(client, "max_streams", None))
+
+
+# -- input limits ------------------------------------------------------------------------------
+
+def parse_allowed_models(value: str) -> dict[str, frozenset[str]]:
+    """``"openai:gpt-4o-mini,gpt-4o;ollama:llama3.2"`` -> ``{provider: models}``."""
+    allowed: dict[str, frozenset[str]] = {}
+    for part in filter(None, (p.strip() for p in (value or "").split(";"))):
+        provider, sep, models = part.partition(":")
+        names = frozenset(filter(None, (m.strip() for m in models.split(","))))
+        if not sep or not provider.strip() or not names:
+            raise ValueError(f"STREAMAPP_ALLOWED_MODELS: {part!r} is not 'provider:model,model'")
+        allowed[provider.strip()] = names
+    return allowed
+
+
+def _text_length(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):  # content parts: their text counts
+        return sum(len(p.get("text") or "") for p in content if isinstance(p, dict)
+                   and isinstance(p.get("text"), str))
+    return 0
+
+
+def check_chat_input(list_field: str, messages: Iterable[tuple[str, Any]], provider: str,
+                     model: str | None, max_tokens: dict[str, int | None] | None = None) -> None:
+    """Raise ``ApiError`` (400, naming the field and the limit) when a chat request is over a
+    limit. ``messages`` are ``(field, content)`` pairs of the list ``list_field`` (``history``,
+    ``messages``); ``model`` None is the provider's default."""
+    config = current_app.config
+    per_message, most, total_max = config["MAX_MESSAGE_CHARS"], config["MAX_MESSAGES"], \
+        config["MAX_INPUT_CHARS"]
+    total = count = 0
+    for field, content in messages:
+        count += 1
+        size = _text_length(content)
+        if per_message and size > per_message:
+            raise ApiError(f"{field} must be at most {per_message} characters "
+                           f"(STREAMAPP_MAX_MESSAGE_CHARS), got {size}", field=field, code="too_long")
+        total += size
+    if most and count > most:
+        raise ApiError(f"at most {most} messages (STREAMAPP_MAX_MESSAGES), got {count}",
+                       field=list_field, code="too_many")
+    if total_max and total > total_max:
+        raise ApiError(f"the messages must total at most {total_max} characters "
+                       f"(STREAMAPP_MAX_INPUT_CHARS), got {total}", field=list_field,
+                       code="too_long")
+    ceiling = config["MAX_TOKENS_CEILING"]
+    for name, value in (max_tokens or {}).items():
+        if ceiling and value is not None and value > ceiling:
+            raise ApiError(f"{name} must be at most {ceiling} (STREAMAPP_MAX_TOKENS_CEILING)",
+                           field=name, code="invalid_field")
+    _check_model(provider, model)
+
+
+def _check_model(provider: str, model: str | None) -> None:
+    config = current_app.config
+    if provider == "demo":
+        return  # the embedded demo spends nothing
+    name = model or config.get(f"{provider.upper()}_MODEL")
+    allowed = config["ALLOWED_MODELS_PARSED"].get(provider)
+    if allowed is not None and name not in allowed:
+        raise ApiError(f"the model '{name}' is not allowed for {provider}: allowed are "
+                       f"{', '.join(sorted(allowed))} (STREAMAPP_ALLOWED_MODELS)", field="model",
+                       code="model_not_allowed")
+    client_models = getattr(getattr(g, "client", None), "models", None)
+    if client_models is not None and name not in client_models and f"{provider}/{name}" not in client_models:
+        raise ApiError(f"the model '{name}' is not allowed for this API key", field="model",
+                       code="model_not_allowed", status=403)
+
+
+# -- the extension -----------------------------------------------------------------------------
+
+def init_app(app: Flask) -> None:
+    """Bind the limiter and the stream caps to ``app`` (after its blueprints are registered)."""
+    config = app.config
+    config["ALLOWED_MODELS_PARSED"] = parse_allowed_models(config["ALLOWED_MODELS"])
+    _init_limiter(app)
+    app.extensions["streamapp.slots"] = StreamSlots(
+        config["MAX_STREAMS_PER_KEY"], config["MAX_STREAMS_PER_PROCESS"], config["SLOT_LEASE_S"],
+        config["REDIS_URL"], config["REDIS_PREFIX"])
+
+    @app.errorhandler(TooManyStreams)
+    def _too_many(exc: TooManyStreams) -> Response:
+        return error_response(429, exc.code, exc.message, headers={"Retry-After": str(CAP_RETRY_AFTER_S)})
+
+
+__all__ = ["STREAM_ENDPOINTS", "Slot", "StreamSlots", "TooManyStreams", "acquire_slot",
+           "check_chat_input", "client_identity", "init_app", "parse_allowed_models"]
