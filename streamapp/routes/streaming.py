@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent.event
-from flask import Response, current_app, request, stream_with_context
+from flask import Response, current_app, g, request, stream_with_context
 
 from ..auth import require_owner
 from ..errors import error_response
@@ -87,6 +87,13 @@ def json_error(failed: Failed, headers: dict[str, str]) -> Response:
     return error_response(failed.status, failed.code, failed.message, headers=headers)
 
 
+def _with_client(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with the name of the client (API key) starting the stream: resuming,
+    inspecting and cancelling it then take the same client (``auth.require_owner``)."""
+    client = g.get("client")
+    return meta if client is None else {**meta, "client": client.name}
+
+
 def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
                  on_disconnect: str = "cancel", fail: ErrorBody = json_error) -> Response:
     """Start a generation in wire format ``fmt`` and answer with its stream (or its early
@@ -97,7 +104,7 @@ def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
     config = current_app.config
     if fmt == "chat" and wants_text():
         fmt = "text"
-    meta = {**meta, "format": fmt}
+    meta = _with_client({**meta, "format": fmt})
     enc = encoder(fmt, config["RETRY_MS"], meta)
     if request.method == "HEAD":
         return Response(status=200, content_type=enc.content_type, headers=STREAM_HEADERS)
@@ -157,7 +164,7 @@ def collect_stream(events: Iterator[Event], meta: dict[str, Any],
     config = current_app.config
     manager = get_manager()
     slot = acquire_slot()
-    sid = manager.start(events, meta, on_disconnect, on_exit=slot.release)
+    sid = manager.start(events, _with_client(meta), on_disconnect, on_exit=slot.release)
     reader = manager.attach(sid, 0, idle=config["HEARTBEAT_S"])
     sock = request.environ.get("gunicorn.socket")
     watch = DepartureWatch(sock, reader.leave) if sock is not None else None
