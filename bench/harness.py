@@ -213,6 +213,7 @@ def start_service(upstream: Proc, logdir: Path, name: str = "service", redis_url
     env.update({
         "STREAMAPP_BIND": f"127.0.0.1:{port}", "STREAMAPP_WORKERS": str(workers),
         "STREAMAPP_ACCESS_LOG": "", "STREAMAPP_GRACEFUL_TIMEOUT": GRACEFUL_S,
+        "STREAMAPP_RATE_LIMIT": "",  # thousands of streams from one client address: measure the pipeline
         "OPENAI_BASE_URL": f"{upstream.url}/v1", "OPENAI_API_KEY": "x", "OLLAMA_HOST": upstream.url,
     })
     if redis_url:

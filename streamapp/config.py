@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "CORS_ORIGINS": "",                # comma-separated origins allowed cross-origin; "*" only when open
     # What one client may spend (streamapp/limits.py); 0 or "" switches a limit off.
     "TRUSTED_PROXIES": 0,              # proxy hops whose X-Forwarded-For is believed (nginx in front: 1)
-    "RATE_LIMIT": "",                  # stream starts per API key (per client IP when open): "120/minute"
+    "RATE_LIMIT": "120/minute",        # stream starts per API key (per client IP when open); "" = none
     "RATE_LIMIT_STRATEGY": "moving-window",  # exact over the last period (the limits package's names)
     "MAX_STREAMS_PER_KEY": 0,          # concurrent streams per API key (per client IP when open)
     "MAX_STREAMS_PER_PROCESS": 0,      # concurrent streams one worker runs

@@ -139,6 +139,7 @@ def start_server(fake_upstream, tmp_path_factory) -> Iterator:
             "STREAMAPP_BIND": f"127.0.0.1:{port}",
             "STREAMAPP_WORKERS": "1",
             "STREAMAPP_ACCESS_LOG": "",
+            "STREAMAPP_RATE_LIMIT": "",  # tests start many streams from one address; test_limits sets its own
             "OPENAI_BASE_URL": f"{fake_upstream}/v1",
             "OPENAI_API_KEY": "sk-test",
             "OLLAMA_HOST": fake_upstream,

@@ -212,4 +212,4 @@ def test_wildcard_cors_is_refused_with_keys() -> None:
 
     with pytest.raises(ValueError, match="CORS_ORIGINS"):
         create_app({"API_KEYS": ALICE, "CORS_ORIGINS": "*"})
-    assert create_app({"CORS_ORIGINS": "*"})  # open: fine
+    create_app({"CORS_ORIGINS": "*"})  # open: allowed (raises otherwise)
