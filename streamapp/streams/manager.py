@@ -125,6 +125,9 @@ class StreamManager:
         self._producers[sid] = Producer(
             sid, events, self.store, self._producer_exit, max_events=self.max_events,
             max_bytes=self.max_bytes, on_disconnect=on_disconnect, started_at=self.clock())
+        # The client is an API key's name, never the key.
+        logger.info("stream %s started: route %s, provider %s, client %s", sid, meta.get("route"),
+                    meta.get("provider", "-"), meta.get("client", "-"))
         return sid
 
     def _producer_exit(self, sid: str) -> None:
