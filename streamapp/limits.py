@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import gevent
+import redis
 from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter, RequestLimit
 from flask_limiter.errors import RateLimitExceeded
@@ -187,8 +188,6 @@ class StreamSlots:
         self._renewer: gevent.Greenlet | None = None
         self.redis = None
         if redis_url:
-            import redis
-
             self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
                 redis_url, max_connections=pool_size, timeout=2, socket_timeout=2,
                 socket_connect_timeout=2))
@@ -222,8 +221,6 @@ class StreamSlots:
                 return False
             held.add(token)
             return True
-        import redis
-
         try:
             full = self._acquire(keys=[key], args=[token, int(self.lease_s * 1000), cap])
         except redis.RedisError as exc:
@@ -251,8 +248,6 @@ class StreamSlots:
             return
         if self._leases.pop(slot.token, None) is None:
             return
-        import redis
-
         try:
             self.redis.zrem(slot.key, slot.token)
         except redis.RedisError as exc:
@@ -260,8 +255,6 @@ class StreamSlots:
                            exc, self.lease_s)
 
     def _renew_loop(self) -> None:
-        import redis
-
         while self._leases:
             gevent.sleep(self.lease_s / 3)
             leases = list(self._leases.items())
