@@ -201,7 +201,9 @@ def test_slot_of_a_killed_worker_expires_while_a_live_stream_keeps_its_own(start
 
 
 def test_per_process_cap(start_server):
-    server = start_server(MAX_STREAMS_PER_PROCESS=1, RATE_LIMIT="")
+    # No resume grace: the slot comes back as soon as the departed stream stops
+    # (with the default 10 s grace, the wait below would race the grace itself).
+    server = start_server(MAX_STREAMS_PER_PROCESS=1, RATE_LIMIT="", RESUME_GRACE_S=0)
     client = long_stream(server)
     r = short_stream(server, **{"X-Forwarded-For": "10.9.9.9"})
     assert r.status_code == 429
