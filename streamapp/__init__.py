@@ -1,4 +1,4 @@
-"""streamapp: stream AI chat answers token by token over SSE and chunked HTTP."""
+"""streamapp: stream AI chat answers token by token over SSE, chunked HTTP and WebSocket."""
 
 from __future__ import annotations
 
@@ -37,13 +37,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     streams.init_app(app)
     auth.init_app(app)  # before any other hook: every request is authenticated first
 
-    from .routes import chat, pages, session, sse, v1
+    from .routes import chat, pages, session, sse, v1, ws
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(sse.bp)
     app.register_blueprint(chat.bp)
     app.register_blueprint(v1.bp)
     app.register_blueprint(session.bp)
+    ws.init_app(app)
     limits.init_app(app)  # rate limits and stream caps, on the views registered above
     if app.config["TRUSTED_PROXIES"]:  # the client's address from X-Forwarded-For, through these hops only
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"])

@@ -184,6 +184,19 @@ def _from_allowed_origin(origins: frozenset[str]) -> bool:
     return request.headers.get("Sec-Fetch-Site") == "same-origin"
 
 
+def require_allowed_origin() -> None:
+    """403 for a browser request from a page of another site (``Origin`` neither this site nor
+    in ``CORS_ORIGINS``), whatever the authentication: the WebSocket handshake, which browsers
+    let any page send, always with its ``Origin``. No ``Origin``: not a browser, allowed."""
+    origin = request.headers.get("Origin")
+    origins = current_app.extensions["auth_origins"]
+    if origin is None or "*" in origins or origin == f"{request.scheme}://{request.host}" \
+            or origin in origins:
+        return
+    raise Forbidden(f"the origin {origin[:100]} may not open this socket (STREAMAPP_CORS_ORIGINS)",
+                    code="origin_not_allowed")
+
+
 def session_client() -> Client | None:
     """The client of a valid, unexpired session cookie (Flask's signed cookie, max age = TTL)."""
     name = session.get("client")

@@ -55,18 +55,21 @@ DEFAULTS: dict[str, Any] = {
     "MAX_INPUT_CHARS": 400_000,        # characters of all the messages of one request
     "MAX_TOKENS_CEILING": 65_536,      # max_tokens / max_completion_tokens above this: 400
     "ALLOWED_MODELS": "",              # "openai:gpt-4o-mini,gpt-4o;ollama:llama3.2"; "" = any
+    # WebSocket (GET /ws). A frame over MAX_BODY_BYTES is refused with an error message.
+    "WS_PING_S": 20.0,                 # ping frame interval; a peer silent until the next ping is dropped
+    "WS_MAX_FRAME_BYTES": 2 << 20,     # a frame over this closes the socket (1009)
 }
 
 _FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S", "BODY_TIMEOUT_S",
            "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S", "STREAM_MAX_DURATION_S",
-           "SESSION_TTL_S", "SLOT_LEASE_S")
+           "SESSION_TTL_S", "SLOT_LEASE_S", "WS_PING_S")
 # Taken as written from the environment (Flask parses STREAMAPP_* values as JSON: a key "1e5" stays text).
 _RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "SECRET_KEY", "CORS_ORIGINS")
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
          "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES",
          "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE", "TRUSTED_PROXIES", "MAX_STREAMS_PER_KEY",
          "MAX_STREAMS_PER_PROCESS", "MAX_MESSAGE_CHARS", "MAX_MESSAGES", "MAX_INPUT_CHARS",
-         "MAX_TOKENS_CEILING")
+         "MAX_TOKENS_CEILING", "WS_MAX_FRAME_BYTES")
 PROVIDERS = ("demo", "openai", "ollama")
 
 
@@ -104,8 +107,11 @@ def validate(config: dict[str, Any]) -> None:
     for key in ("REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE"):
         if config[key] < 1:
             raise ValueError(f"STREAMAPP_{key} must be >= 1")
-    if config["SLOT_LEASE_S"] <= 0:
-        raise ValueError("STREAMAPP_SLOT_LEASE_S must be > 0")
+    for key in ("SLOT_LEASE_S", "WS_PING_S"):
+        if config[key] <= 0:
+            raise ValueError(f"STREAMAPP_{key} must be > 0")
+    if config["WS_MAX_FRAME_BYTES"] < config["MAX_BODY_BYTES"]:
+        raise ValueError("STREAMAPP_WS_MAX_FRAME_BYTES must be >= STREAMAPP_MAX_BODY_BYTES")
     for key in ("RATE_LIMIT", "ALLOWED_MODELS"):  # from_prefixed_env parses "0" or 60 as a number
         config[key] = "" if config[key] in (None, 0, False) else str(config[key])
     config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]

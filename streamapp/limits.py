@@ -116,11 +116,29 @@ def _init_limiter(app: Flask) -> None:
         if view is not None:
             app.view_functions[endpoint] = shared(view)
     app.extensions["streamapp.limiter"] = limiter
+    app.extensions["streamapp.stream_limit"] = shared
     app.after_request(_rate_headers)
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc: RateLimitExceeded) -> Response:
         return error_response(429, "rate_limited", exc.description or "rate limit exceeded")
+
+
+def count_stream_start() -> None:
+    """Count a stream start that no limited view made (a WebSocket chat) against the same
+    shared limit as the HTTP ones; ``RateLimitExceeded`` over it."""
+    with current_app.extensions["streamapp.stream_limit"]:
+        pass
+
+
+def retry_after() -> int | None:
+    """Seconds until the limit just breached lets a stream start again (``None``: unknown)."""
+    limiter: Limiter = current_app.extensions["streamapp.limiter"]
+    current: RequestLimit | None = limiter.current_limit
+    try:
+        return max(1, int(current.reset_at - time.time())) if current is not None else None
+    except Exception:  # noqa: BLE001 - the store failed: no hint
+        return None
 
 
 # -- stream caps -------------------------------------------------------------------------------

@@ -539,6 +539,15 @@ OPERATIONS: list[Op] = [
                                       "browser's requests from this site's pages, EventSource included. "
                                       "Without: sets nothing.")},
        description="The key goes in `Authorization: Bearer <key>` or `X-API-Key` (never the URL)."),
+    Op("GET", "/ws", "Chat over a WebSocket", "streams",
+       {"101": _response("Switching Protocols: the socket speaks the JSON messages of the README's "
+                         "\"WebSocket\" section."),
+        **errors("400")},
+       description="A WebSocket handshake (`Upgrade: websocket`); any other request gets 400. Client "
+                   "messages: `chat` (the fields of `POST /api/chat`), `stop`, `resume` (`stream_id`, "
+                   "`last_seq`), `ping`. Server messages: `start`, `delta`, `reasoning`, `tool_call`, "
+                   "`end`, `error`, `pong`. Authentication and the `Origin` rule are checked before the "
+                   "upgrade (401 / 403). Swagger UI cannot open a WebSocket."),
     Op("POST", "/v1/chat/completions", "OpenAI-compatible chat completion", "openai",
        {"200": {"description": "`\"stream\": false`: a `chat.completion`. `\"stream\": true`: "
                                "`chat.completion.chunk` objects as `data:` lines, then `data: [DONE]`."

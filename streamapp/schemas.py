@@ -81,6 +81,14 @@ class ChatBody(BaseModel):
     on_disconnect: OnDisconnect = "cancel"
 
 
+class WsResume(BaseModel):
+    """A WebSocket ``resume`` message: follow ``stream_id`` after event ``last_seq``."""
+
+    model_config = ConfigDict(extra="ignore")
+    stream_id: Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9]{1,64}$")]
+    last_seq: Annotated[int, Field(strict=True, ge=0, le=MAX_UID)] = 0
+
+
 class StreamQuery(BaseModel):
     """Query of ``GET /stream``."""
 

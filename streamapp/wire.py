@@ -15,6 +15,9 @@ Adding a format is one new class with ``@register``.
   objects as OpenAI streams them, ``data:`` lines and comments only, ending with
   ``data: [DONE]``.
 
+WebSocket messages are not an HTTP body: :func:`ws_message` gives each event's
+message object (``delta``, ``reasoning``, ``tool_call``, ``end``, ``error``).
+
 Both of our own SSE formats open with ``event: stream`` (``{"stream_id"}``)
 carrying the first ``retry:``, give every event the id ``<stream_id>-<seq>``,
 relay reasoning and tool calls apart from the answer, and end a failure with
@@ -214,6 +217,32 @@ class TextChunks:
         if isinstance(event, Done) and event.finish_reason not in ("stop", "length"):
             return f"\n[{event.finish_reason}]\n".encode()  # cut short (or tool calls): say so
         return b""
+
+
+# -- WebSocket messages ------------------------------------------------------------------
+
+def ws_message(sid: str, seq: int, event: Event) -> dict[str, Any] | None:
+    """Event ``seq`` of stream ``sid`` as a WebSocket message, or ``None`` for the opening
+    (the socket said ``start`` already)."""
+    if isinstance(event, Delta):
+        return {"type": "delta", "content": event.text, "seq": seq}
+    if isinstance(event, Reasoning):
+        return {"type": "reasoning", "content": event.text, "seq": seq}
+    if isinstance(event, ToolCall):
+        return {"type": "tool_call", "tool_call": tool_call_dict(event), "seq": seq}
+    if isinstance(event, Done):
+        return {"type": "end", "finish_reason": event.finish_reason, "usage": event.usage, "seq": seq,
+                "stream_id": sid}
+    if isinstance(event, Failed):
+        return {"type": "error", "code": event.code, "message": event.message, "seq": seq, "stream_id": sid}
+    if isinstance(event, Opened):
+        return None
+    raise TypeError(f"no WebSocket message for {event!r}")
+
+
+def ws_text(message: dict[str, Any]) -> str:
+    """A WebSocket message as the text of its frame."""
+    return _json(message)
 
 
 # -- OpenAI's chat-completion objects ----------------------------------------------------

@@ -94,6 +94,15 @@ def _with_client(meta: dict[str, Any]) -> dict[str, Any]:
     return meta if client is None else {**meta, "client": client.name}
 
 
+def launch(events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "cancel") -> str:
+    """Start a generation for the current client, in one of its stream slots; its id.
+
+    429 (``TooManyStreams``) over a concurrent-stream cap; the slot is given back when the
+    producer exits, however the stream ends."""
+    slot = acquire_slot()
+    return get_manager().start(events, _with_client(meta), on_disconnect, on_exit=slot.release)
+
+
 def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
                  on_disconnect: str = "cancel", fail: ErrorBody = json_error) -> Response:
     """Start a generation in wire format ``fmt`` and answer with its stream (or its early
@@ -109,8 +118,7 @@ def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
     if request.method == "HEAD":
         return Response(status=200, content_type=enc.content_type, headers=STREAM_HEADERS)
     manager = get_manager()
-    slot = acquire_slot()  # 429 over a concurrent-stream cap; given back when the producer exits
-    sid = manager.start(events, meta, on_disconnect, on_exit=slot.release)
+    sid = launch(events, meta, on_disconnect)
     limit = config["CONNECT_TIMEOUT_S"] + config["READ_TIMEOUT_S"] + 5
     client_gone = gevent.event.Event()
     sock = request.environ.get("gunicorn.socket")
@@ -132,6 +140,14 @@ def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
     return _respond(sid, 0, enc)
 
 
+def has_more(sid: str, meta: dict[str, Any], after: int) -> bool:
+    """Whether stream ``sid`` (metadata ``meta``) has, or will have, events after ``after``."""
+    if meta.get("state") != "finished":
+        return True
+    last = meta.get("last")
+    return after < int(last) if last is not None else bool(get_manager().store.read(sid, after, 1))
+
+
 def resume_stream(sid: str, after: int, route: str | None = None) -> Response:
     """Continue stream ``sid`` after event ``after`` in the format it was made in.
 
@@ -147,10 +163,8 @@ def resume_stream(sid: str, after: int, route: str | None = None) -> Response:
         if route is not None:
             return nothing_to_resume()  # its client never had ids to resume with
         after = 0  # the stream API replays a text stream whole
-    if meta.get("state") == "finished":
-        last = meta.get("last")
-        if (after >= int(last)) if last is not None else not store.read(sid, after, 1):
-            return nothing_to_resume()
+    if not has_more(sid, meta, after):
+        return nothing_to_resume()
     return _respond(sid, after, encoder(fmt, current_app.config["RETRY_MS"], meta))
 
 
@@ -163,8 +177,7 @@ def collect_stream(events: Iterator[Event], meta: dict[str, Any],
     """
     config = current_app.config
     manager = get_manager()
-    slot = acquire_slot()
-    sid = manager.start(events, _with_client(meta), on_disconnect, on_exit=slot.release)
+    sid = launch(events, meta, on_disconnect)
     reader = manager.attach(sid, 0, idle=config["HEARTBEAT_S"])
     sock = request.environ.get("gunicorn.socket")
     watch = DepartureWatch(sock, reader.leave) if sock is not None else None

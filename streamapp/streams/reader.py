@@ -119,9 +119,14 @@ class StreamReader:
     def _fail(self, code: str, message: str) -> Batch:
         return [(self.cursor, Failed(code, message, 502 if code != "store_unavailable" else 503))]
 
-    def __iter__(self) -> Iterator[Batch]:
+    def hold(self) -> None:
+        """Take this reader's lease now rather than on the first read: from here on its stream
+        counts as read (a transport that starts following from another greenlet)."""
         if not self._attached and not self.closed:
             self._attach()
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.hold()
         manager, sid, wake = self.manager, self.sid, self.wake
         store, clock = manager.store, manager.clock
         renew_every = store.lease / 3

@@ -1,0 +1,48 @@
+"""``GET /ws``: chat over a WebSocket (flask-sock's route on simple-websocket).
+
+Until the upgrade the handshake is an ordinary request: the app's authentication hook,
+the Origin rule and the socket's set-up run before it, so a refusal is an HTTP 401 or 403
+with a JSON body, never a socket closed after the upgrade. A request to ``/ws`` that is
+not a WebSocket handshake gets 400. The conversation is :class:`.ws_session.WsSession`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent.lock
+from flask import Blueprint, Flask, current_app, g, request
+from flask_sock import Sock
+
+from ..auth import require_allowed_origin
+from .ws_session import FrameSocket, WsSession
+
+bp = Blueprint("ws", __name__)
+sock = Sock()  # with a blueprint given, it only registers routes: no state
+
+
+@bp.before_request
+def _before_upgrade() -> None:
+    """The Origin rule, then the socket's write timeout and whole, serialised frames."""
+    require_allowed_origin()
+    raw = request.environ.get("gunicorn.socket")
+    if raw is not None:
+        g.ws_lock = gevent.lock.RLock()
+        raw.settimeout(current_app.config["WRITE_TIMEOUT_S"] or None)  # no progress this long: gone
+        request.environ["gunicorn.socket"] = FrameSocket(raw, g.ws_lock)
+
+
+@sock.route("/ws", bp=bp)
+def ws(connection: Any) -> None:
+    """Chat over a WebSocket: ``chat``, ``stop``, ``resume`` and ``ping`` messages."""
+    WsSession(connection, g.get("ws_lock")).run()
+
+
+def init_app(app: Flask) -> None:
+    """Register ``/ws`` with simple-websocket's options from the settings."""
+    config = app.config
+    # Protocol pings (answered by browsers by themselves); a peer silent until the next one is
+    # dropped. A frame over the hard limit closes the socket with 1009.
+    config["SOCK_SERVER_OPTIONS"] = {"ping_interval": config["WS_PING_S"],
+                                     "max_message_size": config["WS_MAX_FRAME_BYTES"]}
+    app.register_blueprint(bp)

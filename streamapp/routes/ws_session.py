@@ -1,0 +1,231 @@
+"""One WebSocket connection's conversation: chats, stop, resume and ping (the protocol: README,
+"WebSocket").
+
+The connection's own greenlet reads the client's messages; the stream it runs or follows
+is relayed by a second greenlet around a :class:`StreamReader`, as the HTTP edge relays
+one, so the client can send ``stop`` while the answer streams. One stream at a time: a
+``chat`` or ``resume`` meanwhile is refused (``busy``), not queued.
+
+Every send takes one lock, the same one the connection's socket takes for the frames
+simple-websocket sends by itself (pongs, pings, closes): frames never interleave, and
+each goes out whole (:class:`FrameSocket`). A refused message gets an ``error`` message
+and the socket stays usable; a socket that closes is a departure (``on_disconnect`` and
+the resume grace apply), not a stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.lock
+from flask import current_app
+from flask_limiter.errors import RateLimitExceeded
+from simple_websocket import ConnectionClosed
+
+from ..auth import require_owner
+from ..errors import ApiError, StoreError
+from ..events import is_terminal
+from ..limits import count_stream_start, retry_after
+from ..schemas import ChatBody, WsResume, load_json, parse
+from ..streams import get_manager
+from ..streams.reader import StreamReader
+from ..wire import ws_message, ws_text
+from .chat import chat_events
+from .streaming import has_more, launch
+
+logger = logging.getLogger(__name__)
+
+GOING_AWAY, SERVICE_RESTART = 1001, 1012  # close codes (RFC 6455, IANA registry)
+TYPES = "chat, stop, resume, ping"
+
+
+class FrameSocket:
+    """The connection's socket as simple-websocket uses it: a send goes out whole
+    (``sendall``; a plain ``send`` may write part of a frame under back-pressure) and holds
+    ``lock``, which the session's sends hold too. Everything else is the socket's own."""
+
+    def __init__(self, sock: socket.socket, lock: gevent.lock.RLock) -> None:
+        self._sock, self._lock = sock, lock
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class WsSession:
+    """The conversation over one accepted simple-websocket connection ``ws``."""
+
+    def __init__(self, ws: Any, lock: gevent.lock.RLock | None = None) -> None:
+        config = current_app.config
+        self.ws = ws
+        self.lock = lock or gevent.lock.RLock()
+        self.manager = get_manager()
+        self.max_bytes = config["MAX_BODY_BYTES"]
+        self.idle = config["HEARTBEAT_S"]
+        self.tick = config["WS_PING_S"]
+        self.reader: StreamReader | None = None
+        self.relay: gevent.Greenlet | None = None
+        self.closing = False
+        self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            "chat": self._chat, "stop": self._stop, "resume": self._resume, "ping": self._ping}
+
+    # -- the connection's greenlet -----------------------------------------------------
+    def run(self) -> None:
+        """Answer the client's messages until the socket closes."""
+        stopping = self.manager.stopping
+        stopping.rawlink(self._on_shutdown)
+        try:
+            while True:
+                try:
+                    raw = self.ws.receive(timeout=self.tick)
+                except ConnectionClosed:
+                    return
+                if raw is None:
+                    if self.closing:
+                        return  # we closed the socket and the peer never answered
+                    continue
+                try:
+                    self._handle(raw)
+                except (ConnectionClosed, OSError):
+                    return
+        finally:
+            stopping.unlink(self._on_shutdown)
+            reader = self.reader
+            if reader is not None:
+                reader.leave()  # a departure, not a stop
+            if self.relay is not None:
+                self.relay.join(timeout=5)
+
+    def _handle(self, raw: str | bytes) -> None:
+        try:
+            data = raw.encode() if isinstance(raw, str) else raw
+            if len(data) > self.max_bytes:
+                raise ApiError(f"the message is larger than {self.max_bytes} bytes (MAX_BODY_BYTES)",
+                               code="message_too_large", status=413)
+            try:
+                message = load_json(data)
+            except ApiError as exc:
+                raise ApiError(exc.message, code="invalid_json") from None
+            if not isinstance(message, dict):
+                raise ApiError("a message must be a JSON object with a type", code="invalid_json")
+            kind = message.get("type")
+            handler = self.handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise ApiError(f"type must be one of {TYPES}", code="unknown_type", field="type")
+            handler(message)
+        except (ApiError, StoreError) as exc:
+            refusal = {"type": "error", "code": exc.code, "message": exc.message}
+            if exc.field:
+                refusal["field"] = exc.field
+            self.send(refusal)
+        except RateLimitExceeded as exc:
+            self.send({"type": "error", "code": "rate_limited",
+                       "message": exc.description or "rate limit exceeded", "retry_after": retry_after()})
+
+    def _busy(self) -> None:
+        if self.reader is not None:
+            raise ApiError("a stream is running on this socket: send stop, or wait for its end",
+                           code="busy", status=409)
+
+    def _chat(self, message: dict[str, Any]) -> None:
+        self._busy()
+        body = parse(ChatBody, message)
+        count_stream_start()  # the same rate limit as an HTTP stream start
+        name, events = chat_events(body)
+        sid = launch(events, {"route": "ws", "format": "chat", "uid": body.uid, "provider": name},
+                     body.on_disconnect)
+        self.send({"type": "start", "stream_id": sid, "uid": body.uid})
+        self._follow(sid, 0)
+
+    def _resume(self, message: dict[str, Any]) -> None:
+        self._busy()
+        point = parse(WsResume, message)
+        sid, after = point.stream_id, point.last_seq
+        meta = self.manager.store.meta(sid)
+        if meta is None or not has_more(sid, meta, after):
+            raise ApiError(f"no stream {sid} with events after {after}", code="not_found", status=404,
+                           field="stream_id")
+        require_owner(meta)  # another client's stream: not_stream_owner
+        self.send({"type": "start", "stream_id": sid, "resumed": True})
+        self._follow(sid, after)
+
+    def _stop(self, message: dict[str, Any]) -> None:
+        reader = self.reader
+        if reader is None:
+            raise ApiError("no stream is running on this socket", code="no_active_stream", status=409)
+        self.manager.cancel(reader.sid)  # its end ("cancelled") reaches the client through the relay
+
+    def _ping(self, message: dict[str, Any]) -> None:
+        self.send({"type": "pong"})
+
+    # -- the stream's greenlet ---------------------------------------------------------
+    def _follow(self, sid: str, after: int) -> None:
+        manager = self.manager
+        reader = manager.attach(sid, after, idle=self.idle, leave_at_shutdown=manager.store.shared)
+        with manager.holding(sid):  # counts as read until the reader's lease is taken
+            reader.hold()
+        self.reader = reader
+        self.relay = gevent.spawn(self._relay, reader)
+
+    def _relay(self, reader: StreamReader) -> None:
+        ended = False
+        try:
+            for batch in reader:  # an empty batch (idle): ping frames keep the socket alive
+                for seq, event in batch:
+                    message = ws_message(reader.sid, seq, event)
+                    if message is not None:
+                        self.send(message)
+                    ended = ended or is_terminal(event)
+        except (ConnectionClosed, OSError) as exc:  # closed, or a write that made no progress
+            logger.info("stream %s: its WebSocket client is gone (%s)", reader.sid, type(exc).__name__)
+            reader.leave()
+            self._abort()
+        finally:
+            reader.join_departure()
+            reader.close()
+            if self.reader is reader:
+                self.reader = None
+            if self.manager.stopping.is_set():
+                # Ended: the worker is going. Not ended: the stream goes on elsewhere (Redis).
+                self.close(GOING_AWAY if ended else SERVICE_RESTART,
+                           "server shutting down" if ended else "service restart: resume the stream")
+
+    # -- sending and closing ------------------------------------------------------------
+    def send(self, message: dict[str, Any]) -> None:
+        """Send one message (whole, never interleaved with another frame)."""
+        text = ws_text(message)
+        with self.lock:
+            self.ws.send(text)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the socket with ``code`` (idempotent); the connection's greenlet then ends."""
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            with self.lock:
+                self.ws.close(code, reason)
+        except (ConnectionClosed, OSError):
+            pass
+
+    def _abort(self) -> None:
+        """Drop a connection whose writes fail: its reads end too."""
+        self.closing = True
+        try:
+            self.ws.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _on_shutdown(self, _event: Any) -> None:
+        # Called in the hub (it must not block): an idle socket closes now; a running
+        # stream's relay closes it when the stream ends or hands over.
+        if self.reader is None:
+            gevent.spawn(self.close, GOING_AWAY, "server shutting down")
