@@ -2,8 +2,8 @@
 
 Starting and stopping the processes under test (fake upstream, the service under
 gunicorn with ``conf/gunicorn.conf.py``, the tutorial relay), reading their CPU
-time and memory from ``/proc``, a blocking SSE client, and small statistics.
-Every wait is bounded.
+time and memory from ``/proc``, a blocking SSE client, a WebSocket client, and small
+statistics. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -377,6 +377,35 @@ class SSEConn:
         except OSError:
             pass
         self.sock.close()
+        return t
+
+
+class WSConn:
+    """A WebSocket on the service's ``/ws`` (the ``websockets`` library's synchronous client,
+    as the tests use it): JSON messages in, JSON messages out, every wait bounded."""
+
+    def __init__(self, port: int, timeout: float = 10) -> None:
+        from websockets.sync.client import connect  # requirements-dev.txt, like the tests
+
+        self.ws = connect(f"ws://127.0.0.1:{port}/ws", open_timeout=timeout, close_timeout=2, proxy=None,
+                          ping_interval=None, compression=None, legacy=True)
+
+    def send(self, **message: object) -> None:
+        self.ws.send(json.dumps(message))
+
+    def next_message(self, timeout: float) -> dict | None:
+        """The next message, ``None`` on timeout or a closed socket."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            return json.loads(self.ws.recv(timeout=max(0.0, timeout)))
+        except (TimeoutError, ConnectionClosed):
+            return None
+
+    def close(self) -> float:
+        """Close the socket; returns the monotonic instant just before."""
+        t = time.monotonic()
+        self.ws.close()
         return t
 
 

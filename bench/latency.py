@@ -5,6 +5,9 @@
 (b) ``POST /api/streams/<id>/cancel`` -> the client receives the final event
     (``finish_reason: "cancelled"``) and the upstream connection is closed.
 (c) with Redis, the same cancel sent to another instance than the one generating.
+(d) stop over WebSocket -> upstream connection closed: a chat on ``GET /ws``, then
+    ``{"type": "stop"}`` on the same socket; also when the client got the ``end``
+    (``finish_reason: "cancelled"``).
 
 Times come from ``time.monotonic()`` in this process and in the fake upstream
 (``tests/fake_upstream.py``, which records when its peer closed), one clock on Linux.
@@ -86,6 +89,50 @@ def try_cancel(service: h.Proc, upstream: h.Proc, tag: str, silence_s: float,
         conn.close()
 
 
+def open_ws_chat(service: h.Proc, tag: str, silence_s: float) -> h.WSConn:
+    """A chat over WebSocket, read up to its first token (the upstream is silent after it)."""
+    model = f"silence?at=1&silence_s={silence_s:g}&tokens=3&tag={tag}"
+    conn = h.WSConn(service.port)
+    try:
+        conn.send(type="chat", uid=1, message="hi", provider="openai", model=model)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            message = conn.next_message(deadline - time.monotonic())
+            if message is None or message["type"] in ("error", "end"):
+                raise RuntimeError(f"no first token: {message}")
+            if message["type"] == "delta":
+                return conn
+        raise RuntimeError("no first token in 10 s")
+    except BaseException:
+        conn.close()
+        raise
+
+
+def try_ws_stop(service: h.Proc, upstream: h.Proc, tag: str, silence_s: float) -> dict:
+    conn = open_ws_chat(service, tag, silence_s)
+    try:
+        time.sleep(0.1)  # as (a)-(c): let the service settle into waiting on the silent upstream
+        t0 = time.monotonic()
+        conn.send(type="stop")
+        final = None
+        deadline = t0 + 5
+        while time.monotonic() < deadline:
+            message = conn.next_message(deadline - time.monotonic())
+            ended = message is None or message["type"] == "end" \
+                or (message["type"] == "error" and "seq" in message)
+            if ended:
+                final = message
+                break
+        t_final = time.monotonic()
+        reason = final.get("finish_reason") if final and final["type"] == "end" else None
+        closed = closed_by_peer(upstream, tag)
+        return {"final_event_ms": (t_final - t0) * 1000 if reason == "cancelled" else None,
+                "finish_reason": reason,
+                "upstream_closed_ms": None if closed is None else (closed - t0) * 1000}
+    finally:
+        conn.close()
+
+
 def summary(values: list[float | None]) -> str:
     got = [v for v in values if v is not None]
     missing = len(values) - len(got)
@@ -125,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 canc.append(try_cancel(service, upstream, f"lat-b-{run}-{i}", args.silence_s))
             remote = [try_cancel(service, upstream, f"lat-c-{run}-{i}", args.silence_s, via=other)
                       for i in range(tries if other else 0)]
+            wstop = [try_ws_stop(service, upstream, f"lat-d-{run}-{i}", args.silence_s) for i in range(tries)]
             print(f"\n{store} store, {tries} tries each")
             rows = [("(a) disconnect -> upstream closed", [d["upstream_closed_ms"] for d in disc]),
                     ("(b) cancel POST answered", [c["post_ms"] for c in canc]),
@@ -134,13 +182,20 @@ def main(argv: list[str] | None = None) -> int:
                 rows += [("(c) cancel via another instance -> final", [c["final_event_ms"] for c in remote]),
                          ("(c) cancel via another -> upstream closed",
                           [c["upstream_closed_ms"] for c in remote])]
+            rows += [("(d) WS stop -> client got end", [w["final_event_ms"] for w in wstop]),
+                     ("(d) WS stop -> upstream closed", [w["upstream_closed_ms"] for w in wstop])]
             for label, vals in rows:
                 print(f"{label:38s} {summary(vals)}")
             bad = [c for c in canc + remote
                    if c["finish_reason"] != "cancelled" or c["cancel_status"] != 202]
             if bad:
                 print(f"    {len(bad)} cancels without a 'cancelled' final event or a 202: {bad[:3]}")
-            failed |= bool(bad) or any(d["upstream_closed_ms"] is None for d in disc)
+            bad_ws = [w for w in wstop
+                      if w["finish_reason"] != "cancelled" or w["upstream_closed_ms"] is None]
+            if bad_ws:
+                print(f"    {len(bad_ws)} WebSocket stops without a 'cancelled' end or an upstream close: "
+                      f"{bad_ws[:3]}")
+            failed |= bool(bad) or bool(bad_ws) or any(d["upstream_closed_ms"] is None for d in disc)
         finally:
             for proc in (service, other):
                 if proc is not None:
