@@ -9,7 +9,7 @@ from .demo import DemoProvider
 from .ollama import OllamaProvider
 from .openai import OpenAIProvider
 
-__all__ = ["ChatRequest", "Provider", "build_providers"]
+__all__ = ["ChatRequest", "Provider", "build_providers", "model_name"]
 
 
 def build_providers(config: dict[str, Any]) -> dict[str, Provider]:
@@ -21,3 +21,8 @@ def build_providers(config: dict[str, Any]) -> dict[str, Provider]:
                                  config["OPENAI_MODEL"], timeouts),
         "ollama": OllamaProvider(config["OLLAMA_HOST"], config["OLLAMA_MODEL"], timeouts),
     }
+
+
+def model_name(provider: Provider, requested: str | None) -> str:
+    """The model a request to ``provider`` uses: the one it names, else the provider's default."""
+    return requested or getattr(provider, "default_model", None) or "demo"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from flask import Blueprint, Response, current_app
 
 from ..events import Event
 from ..limits import check_chat_input
-from ..providers import ChatRequest
+from ..providers import ChatRequest, model_name
 from ..schemas import ChatBody, parse
 from .body import read_json_body
 from .streaming import resume_if_asked, start_stream
@@ -16,16 +17,18 @@ from .streaming import resume_if_asked, start_stream
 bp = Blueprint("chat", __name__)
 
 
-def chat_events(body: ChatBody) -> tuple[str, Iterator[Event]]:
-    """The provider's name and the events of its answer to ``body`` (input limits checked:
-    ``ApiError`` naming the field). Shared by ``POST /api/chat`` and WebSocket chats."""
+def chat_events(body: ChatBody) -> tuple[dict[str, Any], Iterator[Event]]:
+    """The stream metadata (``provider``, ``model``, ``uid``) and the events of the provider's
+    answer to ``body`` (input limits checked: ``ApiError`` naming the field). Shared by
+    ``POST /api/chat`` and WebSocket chats."""
     name = body.provider or current_app.config["DEFAULT_PROVIDER"]
     check_chat_input("history", [*((f"history.{i}.content", m.content) for i, m in enumerate(body.history)),
                                  ("message", body.message)], name, body.model)
     provider = current_app.extensions["providers"][name]
     messages = [m.model_dump() for m in body.history]
     messages.append({"role": "user", "content": body.message})
-    return name, provider.stream(ChatRequest(messages, model=body.model))
+    meta = {"uid": body.uid, "provider": name, "model": model_name(provider, body.model)}
+    return meta, provider.stream(ChatRequest(messages, model=body.model))
 
 
 @bp.post("/api/chat")
@@ -35,6 +38,5 @@ def chat() -> Response:
     if resumed is not None:
         return resumed
     body = parse(ChatBody, read_json_body())
-    name, events = chat_events(body)
-    return start_stream(events, "chat", {"route": "chat", "uid": body.uid, "provider": name},
-                        body.on_disconnect)
+    meta, events = chat_events(body)
+    return start_stream(events, "chat", {"route": "chat", **meta}, body.on_disconnect)

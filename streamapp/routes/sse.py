@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..auth import require_owner
 from ..errors import ApiError
-from ..providers import ChatRequest
+from ..providers import ChatRequest, model_name
 from ..schemas import PromptQuery, StreamQuery, parse
 from ..streams import get_manager
 from ..wire import is_stream_id
@@ -37,7 +37,8 @@ def stream() -> Response:
     options = {"text": text, "delay_ms": min(delay, config["STREAM_MAX_DELAY_MS"])}
     provider = current_app.extensions["providers"]["demo"]
     chat = ChatRequest([{"role": "user", "content": text}], options=options)
-    return _resume_or("stream", lambda: start_stream(provider.stream(chat), "plain", {"route": "stream"},
+    meta = {"route": "stream", "provider": "demo", "model": "demo"}
+    return _resume_or("stream", lambda: start_stream(provider.stream(chat), "plain", meta,
                                                      query.on_disconnect))
 
 
@@ -46,8 +47,9 @@ def _prompt_stream(provider_name: str) -> Response:
         query = parse(PromptQuery, request.args.to_dict())
         provider = current_app.extensions["providers"][provider_name]
         chat = ChatRequest([{"role": "user", "content": query.prompt}], model=query.model)
-        return start_stream(provider.stream(chat), "plain", {"route": provider_name},
-                            query.on_disconnect)
+        meta = {"route": provider_name, "provider": provider_name,
+                "model": model_name(provider, query.model)}
+        return start_stream(provider.stream(chat), "plain", meta, query.on_disconnect)
     return _resume_or(provider_name, start)
 
 

@@ -88,10 +88,14 @@ def json_error(failed: Failed, headers: dict[str, str]) -> Response:
 
 
 def _with_client(meta: dict[str, Any]) -> dict[str, Any]:
-    """``meta`` with the name of the client (API key) starting the stream: resuming,
-    inspecting and cancelling it then take the same client (``auth.require_owner``)."""
+    """``meta`` with the name of the client (API key) starting the stream (resuming,
+    inspecting and cancelling it then take the same client: ``auth.require_owner``) and
+    the id of the request that started it (``X-Request-ID``), for the logs."""
     client = g.get("client")
-    return meta if client is None else {**meta, "client": client.name}
+    out = {**meta, "request_id": g.get("request_id")}
+    if client is not None:
+        out["client"] = client.name
+    return out
 
 
 def launch(events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "cancel") -> str:
@@ -165,6 +169,7 @@ def resume_stream(sid: str, after: int, route: str | None = None) -> Response:
         after = 0  # the stream API replays a text stream whole
     if not has_more(sid, meta, after):
         return nothing_to_resume()
+    get_manager().resumed(sid, meta)
     return _respond(sid, after, encoder(fmt, current_app.config["RETRY_MS"], meta))
 
 

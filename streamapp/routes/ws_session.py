@@ -139,9 +139,8 @@ class WsSession:
         self._busy()
         body = parse(ChatBody, message)
         count_stream_start()  # the same rate limit as an HTTP stream start
-        name, events = chat_events(body)
-        sid = launch(events, {"route": "ws", "format": "chat", "uid": body.uid, "provider": name},
-                     body.on_disconnect)
+        meta, events = chat_events(body)
+        sid = launch(events, {"route": "ws", "format": "chat", **meta}, body.on_disconnect)
         self.send({"type": "start", "stream_id": sid, "uid": body.uid})
         self._follow(sid, 0)
 
@@ -154,6 +153,7 @@ class WsSession:
             raise ApiError(f"no stream {sid} with events after {after}", code="not_found", status=404,
                            field="stream_id")
         require_owner(meta)  # another client's stream: not_stream_owner
+        self.manager.resumed(sid, meta)
         self.send({"type": "start", "stream_id": sid, "resumed": True})
         self._follow(sid, after)
 
@@ -180,23 +180,28 @@ class WsSession:
         try:
             for batch in reader:  # an empty batch (idle): ping frames keep the socket alive
                 for seq, event in batch:
+                    if is_terminal(event):
+                        ended = True
+                        self._release(reader)  # a chat sent on receipt of the end is not "busy"
                     message = ws_message(reader.sid, seq, event)
                     if message is not None:
                         self.send(message)
-                    ended = ended or is_terminal(event)
         except (ConnectionClosed, OSError) as exc:  # closed, or a write that made no progress
             logger.info("stream %s: its WebSocket client is gone (%s)", reader.sid, type(exc).__name__)
             reader.leave()
             self._abort()
         finally:
+            self._release(reader)
             reader.join_departure()
             reader.close()
-            if self.reader is reader:
-                self.reader = None
             if self.manager.stopping.is_set():
                 # Ended: the worker is going. Not ended: the stream goes on elsewhere (Redis).
                 self.close(GOING_AWAY if ended else SERVICE_RESTART,
                            "server shutting down" if ended else "service restart: resume the stream")
+
+    def _release(self, reader: StreamReader) -> None:
+        if self.reader is reader:
+            self.reader = None
 
     # -- sending and closing ------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ import gevent.event
 
 from ..errors import StoreError
 from ..events import Event, Opened
+from .observe import StreamObserver, StreamSummary
 from .producer import Producer
 from .store import Store
 
@@ -55,6 +56,7 @@ class StreamManager:
         self._held: dict[str, int] = {}  # streams whose starting request still holds its headers
         self._grace_timers: dict[str, gevent.Greenlet] = {}
         self._on_exit: dict[str, Callable[[], None]] = {}  # sid -> called when its producer exits
+        self.observers: list[StreamObserver] = []  # the log's summary line, metrics
         store.control_handler = self._on_control
         self._started = False
 
@@ -124,18 +126,33 @@ class StreamManager:
             raise
         self._producers[sid] = Producer(
             sid, events, self.store, self._producer_exit, max_events=self.max_events,
-            max_bytes=self.max_bytes, on_disconnect=on_disconnect, started_at=self.clock())
+            max_bytes=self.max_bytes, on_disconnect=on_disconnect, started_at=self.clock(),
+            meta=meta, clock=self.clock)
         # The client is an API key's name, never the key.
         logger.info("stream %s started: route %s, provider %s, client %s", sid, meta.get("route"),
-                    meta.get("provider", "-"), meta.get("client", "-"))
+                    meta.get("provider", "-"), meta.get("client", "-"),
+                    extra={"stream_id": sid, "request_id": meta.get("request_id")})
+        self._notify("stream_started", sid, meta)
         return sid
 
-    def _producer_exit(self, sid: str) -> None:
+    def resumed(self, sid: str, meta: dict[str, Any]) -> None:
+        """A client resumes stream ``sid`` (metadata ``meta``): for observers."""
+        self._notify("stream_resumed", sid, meta)
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, method)(*args)
+            except Exception:  # noqa: BLE001 - an observer must never break a stream
+                logger.exception("a stream observer failed in %s", method)
+
+    def _producer_exit(self, sid: str, summary: StreamSummary) -> None:
         self._producers.pop(sid, None)
         timer = self._grace_timers.pop(sid, None)
         if timer is not None:
             timer.kill(block=False)
         self._run_on_exit(sid)
+        self._notify("stream_ended", summary)
 
     def _run_on_exit(self, sid: str) -> None:
         callback = self._on_exit.pop(sid, None)

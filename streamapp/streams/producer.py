@@ -13,12 +13,15 @@ the final event is appended and ``on_exit`` is called.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import gevent
 
 from ..errors import UpstreamError
-from ..events import Delta, Done, Event, Failed, is_terminal
+from ..events import Delta, Done, Event, Failed, Opened, is_terminal
+from .observe import StreamSummary, outcome_of
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -33,21 +36,30 @@ class Producer:
 
     ``on_disconnect`` is ``"cancel"`` (stop once nobody reads, after the grace)
     or ``"finish"`` (generate to the end; the manager bounds its duration).
-    ``unread_since`` is when the manager last saw it without readers.
+    ``unread_since`` is when the manager last saw it without readers. On exit,
+    ``on_exit(sid, summary)`` gets the stream's :class:`StreamSummary` (``meta`` is
+    the stream's metadata, for it).
     """
 
     def __init__(self, sid: str, events: Iterator[Event], store: Store,
-                 on_exit: Callable[[str], None], *, max_events: int = 0, max_bytes: int = 0,
-                 on_disconnect: str = "cancel", started_at: float = 0.0) -> None:
+                 on_exit: Callable[[str, StreamSummary], None], *, max_events: int = 0,
+                 max_bytes: int = 0, on_disconnect: str = "cancel", started_at: float = 0.0,
+                 meta: dict[str, Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.sid = sid
         self.store = store
         self.on_disconnect = on_disconnect
         self.started_at = started_at
         self.unread_since: float | None = started_at
         self.max_events, self.max_bytes = max_events, max_bytes
+        self.meta = meta or {}
+        self.clock = clock
+        self.first_at: float | None = None  # when the first token was appended
+        self.tokens = 0
         self._events = events
         self._on_exit = on_exit
         self._in_upstream = False
+        self._ended_with: Event | None = None
         self._stop_reason: str | None = None
         self.seq = 0
         self.greenlet = gevent.spawn(self._run)
@@ -64,6 +76,8 @@ class Producer:
     def _append(self, event: Event) -> None:
         self.seq += 1
         self.store.append(self.sid, self.seq, event, final=is_terminal(event))
+        if self.first_at is None and not isinstance(event, Opened) and not is_terminal(event):
+            self.first_at = self.clock()
 
     def _run(self) -> None:
         final: Event | None = None
@@ -92,6 +106,7 @@ class Producer:
                     # Readers get the end now; closing the provider may still tidy
                     # the upstream connection up for reuse.
                     self._append(event)
+                    self._ended_with = event
                     break
                 self._append(event)
             else:
@@ -105,6 +120,7 @@ class Producer:
                 logger.warning("stream %s: the upstream failed while stopping: %r", self.sid, exc)
                 final = Done(self._stop_reason)
         finally:
+            self.tokens = deltas
             self._finish(final)
 
     def _failure(self, exc: Exception) -> Failed:
@@ -125,8 +141,20 @@ class Producer:
             logger.exception("closing the upstream of stream %s failed", self.sid)
         try:
             if final is not None:
+                self._ended_with = final
                 self._append(final)
         except Exception:  # noqa: BLE001 - the store failed; readers here still got the end
             logger.exception("could not record the end of stream %s", self.sid)
         finally:
-            self._on_exit(self.sid)
+            self._on_exit(self.sid, self.summary())
+
+    def summary(self) -> StreamSummary:
+        """What this stream did, for observers (at its end)."""
+        final = self._ended_with
+        now = self.clock()
+        return StreamSummary(
+            sid=self.sid, meta=self.meta, outcome=outcome_of(final),
+            finish_reason=final.finish_reason if isinstance(final, Done) else None,
+            error_code=final.code if isinstance(final, Failed) else None,
+            ttft_s=None if self.first_at is None else self.first_at - self.started_at,
+            events=self.seq, tokens=self.tokens, duration_s=now - self.started_at)
