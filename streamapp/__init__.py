@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, limits, streams
+from . import auth, limits, logs, streams
 from . import config as settings
 from .errors import ApiError, BodyRefused, StoreError, error_response
 from .providers import build_providers
@@ -31,11 +30,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     settings.validate(app.config)
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    logging.basicConfig(level=logging.INFO)
 
     app.extensions["providers"] = build_providers(app.config)
     streams.init_app(app)
-    auth.init_app(app)  # before any other hook: every request is authenticated first
+    logs.init_app(app)  # first hook: every request gets its id, every answer its log line
+    auth.init_app(app)  # then every request is authenticated
 
     from .routes import chat, pages, session, sse, v1, ws
 

@@ -55,6 +55,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_INPUT_CHARS": 400_000,        # characters of all the messages of one request
     "MAX_TOKENS_CEILING": 65_536,      # max_tokens / max_completion_tokens above this: 400
     "ALLOWED_MODELS": "",              # "openai:gpt-4o-mini,gpt-4o;ollama:llama3.2"; "" = any
+    "LOG_LEVEL": "info",               # the app's log level (gunicorn's too)
+    "LOG_FORMAT": "text",              # text (a line, then key=value fields) or json (one object a line)
     # WebSocket (GET /ws). A frame over MAX_BODY_BYTES is refused with an error message.
     "WS_PING_S": 20.0,                 # ping frame interval; a peer silent until the next ping is dropped
     "WS_MAX_FRAME_BYTES": 2 << 20,     # a frame over this closes the socket (1009)
@@ -100,6 +102,8 @@ def validate(config: dict[str, Any]) -> None:
         config[key] = _number(config, key, float)
     for key in _INTS:
         config[key] = _number(config, key, int)
+    if config["LOG_FORMAT"] not in ("text", "json"):
+        raise ValueError("STREAMAPP_LOG_FORMAT must be text or json")
     if config["DEFAULT_PROVIDER"] not in PROVIDERS:
         raise ValueError(f"STREAMAPP_DEFAULT_PROVIDER must be one of {', '.join(PROVIDERS)}")
     if config["HEARTBEAT_S"] <= 0:

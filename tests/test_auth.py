@@ -84,7 +84,7 @@ def test_keys_never_reach_the_log(keyed) -> None:
     call(keyed, "GET", "/api/streams/abc/info", cookies={"streamapp_session": "forged." + ALICE})
     log = keyed.process.output()
     assert "GET /v1/models" in log  # the access log is on
-    assert "route stream, provider -, client alice" in log  # the key's name stands for it
+    assert "route stream, provider demo, client alice" in log  # the key's name stands for it
     for key in (ALICE, BOB, PLAIN, "sk-wrong-0f3e", SECRET):
         assert key not in log
 

@@ -35,6 +35,7 @@ def _before_upgrade() -> None:
 @sock.route("/ws", bp=bp)
 def ws(connection: Any) -> None:
     """Chat over a WebSocket: ``chat``, ``stop``, ``resume`` and ``ping`` messages."""
+    g.ws_upgraded = True
     WsSession(connection, g.get("ws_lock")).run()
 
 
