@@ -1,7 +1,10 @@
 """gunicorn settings for streamapp: gevent workers holding many long streams."""
 
+import glob
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 bind = os.environ.get("STREAMAPP_BIND", "127.0.0.1:8000").split(",")
 worker_class = "gevent"
@@ -24,7 +27,9 @@ if os.environ.get("STREAMAPP_CONTROL_SOCKET"):
     control_socket = os.environ["STREAMAPP_CONTROL_SOCKET"]
 else:
     control_socket_disable = True
-accesslog = os.environ.get("STREAMAPP_ACCESS_LOG", "-") or None
+# The app writes its own structured line per request (streamapp/logs.py): gunicorn's
+# access log is off unless asked for (STREAMAPP_ACCESS_LOG=- for stderr).
+accesslog = os.environ.get("STREAMAPP_ACCESS_LOG") or None
 loglevel = os.environ.get("STREAMAPP_LOG_LEVEL", "info")
 
 
@@ -47,3 +52,35 @@ def worker_exit(server, worker):
     manager = getattr(worker, "wsgi", None) and worker.wsgi.extensions.get("streams")
     if manager is not None:
         manager.drain(max(1, graceful_timeout - 3))
+
+
+# Prometheus multiprocess mode: each worker writes its metrics to files in one directory,
+# which GET /metrics on any worker sums. The directory must be known before the workers
+# start (they import prometheus_client after the fork) and must start empty.
+_made_metrics_dir = None
+
+
+def on_starting(server):
+    """Prepare PROMETHEUS_MULTIPROC_DIR: the operator's (emptied) or a new temporary one."""
+    global _made_metrics_dir
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+    else:
+        path = _made_metrics_dir = tempfile.mkdtemp(prefix="streamapp-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
+def child_exit(server, worker):
+    """A worker's live gauges (active streams) stop counting when it exits."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics directory this master made."""
+    if _made_metrics_dir:
+        shutil.rmtree(_made_metrics_dir, ignore_errors=True)
