@@ -447,6 +447,11 @@ def watch(sock: socket.socket, record: dict, writer: gevent.Greenlet) -> None:
         writer.kill(PeerGone, block=False)
 
 
+# GET answers of the real APIs that readiness checks use.
+PROBES = {"/v1/models": {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "fake"}]},
+          "/api/version": {"version": "0.0.0-fake"}}
+
+
 def answer_log(sock: socket.socket, query: str) -> None:
     q = parse_qs(query)
     if "wait" in q:  # long-poll: until a record of the tag has this field set, or a timeout
@@ -496,6 +501,10 @@ def handle(sock: socket.socket, addr) -> None:
             url = urlsplit(target)
             if method == "GET" and url.path in ("/_log", "/_health"):
                 answer_log(sock, url.query)
+                return
+            if method == "GET" and url.path in PROBES:  # what streamapp's /readyz asks
+                out = json.dumps(PROBES[url.path]).encode()
+                sock.sendall(head(200, "application/json", length=len(out)) + out)
                 return
             api = APIS.get(url.path)
             if method != "POST" or api is None:
