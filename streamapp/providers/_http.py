@@ -203,3 +203,19 @@ def stream_response(resp: requests.Response, what: str,
             yield event
     finally:
         release(resp, reuse=complete)
+
+
+def probe(session: requests.Session, url: str, headers: dict[str, str] | None = None,
+          timeout: float = 2.0) -> str | None:
+    """``None`` if a ``GET url`` answers 2xx within ``timeout``, else what went wrong, in words
+    that name no host (``/readyz`` is public)."""
+    try:
+        resp = session.get(url, headers=headers, timeout=(timeout, timeout), allow_redirects=False)
+        resp.close()
+    except requests.Timeout:
+        return "no answer in time"
+    except requests.RequestException:
+        return "unreachable"
+    if resp.status_code in (401, 403):
+        return f"refused our credentials (HTTP {resp.status_code})"
+    return None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"

@@ -79,3 +79,7 @@ class Provider(Protocol):
     def stream(self, request: ChatRequest) -> Iterator[Event]:
         """Yield ``Opened``, the answer's events and a final ``Done``; raise ``UpstreamError``."""
         ...
+
+    def check(self) -> str | None:
+        """``None`` when the provider can serve (its upstream answers), else why not."""
+        ...

@@ -27,7 +27,7 @@ import requests
 from .. import sse
 from ..errors import UpstreamError
 from ..events import Delta, Done, Event, Reasoning, ToolCall
-from ._http import bad_shape, new_session, parse_object, post_stream, stream_response, token_count
+from ._http import bad_shape, new_session, parse_object, post_stream, probe, stream_response, token_count
 from .base import ChatRequest, content_text
 
 # OpenAI request fields that are Ollama ``options`` under the same name.
@@ -141,6 +141,10 @@ class OllamaProvider:
         self.default_model = default_model
         self.timeouts = timeouts
         self.session = session or new_session(self.url)
+
+    def check(self) -> str | None:
+        """``None`` if Ollama answers ``GET /api/version``, else why not."""
+        return probe(self.session, self.url.rsplit("/api/chat", 1)[0] + "/api/version")
 
     def stream(self, request: ChatRequest) -> Iterator[Event]:
         """Yield ``Opened``, the answer's events, ``Done``; raise ``UpstreamError``."""

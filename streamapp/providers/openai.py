@@ -24,7 +24,7 @@ import requests
 from .. import sse
 from ..errors import UpstreamError
 from ..events import Delta, Done, Event, Reasoning, ToolCall
-from ._http import bad_shape, new_session, parse_object, post_stream, stream_response, token_count
+from ._http import bad_shape, new_session, parse_object, post_stream, probe, stream_response, token_count
 from .base import ChatRequest
 
 _COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -44,6 +44,11 @@ class OpenAIProvider:
         self.default_model = default_model
         self.timeouts = timeouts
         self.session = session or new_session(self.url)
+
+    def check(self) -> str | None:
+        """``None`` if the upstream answers ``GET /models`` with our key, else why not."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+        return probe(self.session, self.url.rsplit("/chat/completions", 1)[0] + "/models", headers)
 
     def stream(self, request: ChatRequest) -> Iterator[Event]:
         """Yield ``Opened``, the answer's events, ``Done``; raise ``UpstreamError``.

@@ -251,6 +251,16 @@ class RedisStore(Store):
             return
         self._back()
 
+    def check(self) -> str | None:
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return "Redis unreachable: new streams are served by their own process only, " \
+                   "and shared rate limits count per process"
+        self._back()
+        return None
+
     def owner_alive(self, meta: dict[str, Any]) -> bool:
         owner = meta.get("owner")
         if owner is None or owner == self._owner:

@@ -65,6 +65,10 @@ class Store:
     def heartbeat(self) -> None:
         """Tell other processes this one is alive (called on every manager tick)."""
 
+    def check(self) -> str | None:
+        """``None`` when the store works, else why not (for ``/readyz``; names no host)."""
+        return None
+
     def create(self, sid: str, meta: dict[str, Any]) -> None:
         """Register a new running stream."""
         raise NotImplementedError
