@@ -1,4 +1,9 @@
-"""gunicorn settings for streamapp: gevent workers holding many long streams."""
+"""gunicorn settings for streamapp: gevent workers holding many long streams.
+
+Every value can be set from the environment (README, "Configuration"); the defaults serve
+``make run``: one worker on 127.0.0.1:8000 with the in-memory store, no nginx, no Redis.
+Behind nginx (conf/nginx-site.conf) run one such instance per host, all on one REDIS_URL.
+"""
 
 import glob
 import multiprocessing
@@ -6,21 +11,41 @@ import os
 import shutil
 import tempfile
 
+# Loopback by default: nginx (or a client on this host) connects here. Comma-separated.
 bind = os.environ.get("STREAMAPP_BIND", "127.0.0.1:8000").split(",")
+# A stream spends its life waiting on sockets (upstream, client, Redis): as a greenlet it costs
+# about 66 KB and no thread. wsgi.py patches with gevent before anything imports socket or ssl.
 worker_class = "gevent"
-# The memory store lives in one process, so one worker unless Redis shares streams.
+# The memory store lives in one process, so one worker unless Redis shares streams (a resume
+# or a cancel may reach any worker). With Redis, one per core: a worker uses one core, and
+# CPU (encoding events) is what runs out first, not connections.
 workers = int(os.environ.get("STREAMAPP_WORKERS",
                              multiprocessing.cpu_count() if os.environ.get("REDIS_URL") else 1))
+# Connections one worker serves at once (streams, WebSockets, idle keep-alives); past it, new
+# ones wait in the listen backlog. gunicorn's 1000 is low for long streams; one worker held
+# 9,000 idle streams in the benchmark. Each stream also holds an upstream socket, so the
+# open-files limit (ulimit -n) must be above twice this.
 worker_connections = int(os.environ.get("STREAMAPP_WORKER_CONNECTIONS", 10000))
-# For gevent, timeout is only the worker's own heartbeat; streams may last far longer.
+# For gevent, timeout is only the worker's own heartbeat: its loop reports every second, and a
+# worker silent for this long (a loop blocked by CPU work or a call gevent cannot switch out of)
+# is killed with all its streams. It bounds no request: streams last up to
+# STREAM_MAX_DURATION_S and send an SSE comment every HEARTBEAT_S (15 s) on their own.
 timeout = 60
-# Producers get this long to finish at shutdown while their readers resume elsewhere.
+# On SIGTERM (or to the workers a reload retires) gunicorn ends what still runs this long
+# after the signal. Meanwhile each worker stops accepting (nginx sends new requests elsewhere),
+# readers hand over between events (with Redis; post_worker_init below), and worker_exit lets
+# producers finish for graceful_timeout - 3 s, keeping 3 s to end the rest as "shutdown".
+# Raise it to let longer answers finish across a deploy.
 graceful_timeout = int(os.environ.get("STREAMAPP_GRACEFUL_TIMEOUT", 30))
+# Seconds an idle keep-alive connection waits for its next request. nginx's upstream
+# keepalive_timeout (4 s) is shorter, so nginx closes first and never sends on a closing one.
 keepalive = 5
 # gunicorn's most (default 4094): room for GET /stream's text at STREAM_MAX_TEXT characters
 # even percent-encoded at 12 bytes each (a 4-byte UTF-8 character), and nginx's 8 KB buffer.
 limit_request_line = 8190
-preload_app = False  # the app must be imported after the worker patched with gevent
+# No --preload: with it the master imports the app (socket, ssl, requests, redis) before the
+# worker patches them with gevent (gunicorn #2177, #2796), and streams block the whole worker.
+preload_app = False
 # gunicorn 27's control socket has one default path per user, so several
 # instances on a host would share it: opt in with a path of this instance's own.
 if os.environ.get("STREAMAPP_CONTROL_SOCKET"):
@@ -30,6 +55,7 @@ else:
 # The app writes its own structured line per request (streamapp/logs.py): gunicorn's
 # access log is off unless asked for (STREAMAPP_ACCESS_LOG=- for stderr).
 accesslog = os.environ.get("STREAMAPP_ACCESS_LOG") or None
+# gunicorn's own messages (workers booting, exiting, killed on timeout) go to stderr at this level.
 loglevel = os.environ.get("STREAMAPP_LOG_LEVEL", "info")
 
 
