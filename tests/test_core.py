@@ -305,3 +305,23 @@ def test_reader_that_leaves_detaches_and_starts_the_grace(clock) -> None:
     settle()
     assert upstream.closed.is_set()
     assert finish_of(manager, sid) == Done("client_gone")
+
+
+def test_a_burst_from_the_upstream_does_not_hold_back_the_first_event(clock) -> None:
+    """A provider that yields 200 tokens without ever waiting (one upstream read holding them
+    all): the reader gets the first token before the producer appended the rest."""
+    from streamapp.streams.producer import FAIR_EVENTS
+
+    def burst() -> Iterator[Event]:
+        yield Opened()
+        for i in range(200):
+            yield Delta(f"t{i} ", i)
+        yield Done("stop")
+
+    manager = StreamManager(MemoryStore(300, clock=clock), 10, tick=3600, clock=clock)
+    sid = manager.start(burst(), {"route": "test"})
+    reader = manager.attach(sid, 0)
+    batches = [len(batch) for batch in reader]
+    reader.close()
+    assert batches[0] == 2, batches  # Opened and the first token, alone
+    assert max(batches) <= FAIR_EVENTS + 1 and sum(batches) == 202, batches

@@ -25,6 +25,10 @@ from .observe import StreamSummary, outcome_of
 from .store import Store
 
 logger = logging.getLogger(__name__)
+# Fairness: a producer that finds a burst of upstream data (one read holding many events)
+# lets readers write after the first token and then after every FAIR_EVENTS events, so the
+# first event of a burst reaches its client at once and other streams' gaps stay short.
+FAIR_EVENTS = 16
 
 
 class StreamStopped(Exception):
@@ -82,7 +86,7 @@ class Producer:
     def _run(self) -> None:
         final: Event | None = None
         events = self._events
-        deltas = size = 0
+        deltas = size = run = 0
         max_events, max_bytes = self.max_events, self.max_bytes
         try:
             while self._stop_reason is None:
@@ -109,6 +113,10 @@ class Producer:
                     self._ended_with = event
                     break
                 self._append(event)
+                run += 1
+                if run >= FAIR_EVENTS or self.seq == 2:  # after the first token, then every FAIR_EVENTS
+                    run = 0
+                    gevent.sleep(0)  # readers woken by the appends write now
             else:
                 final = Done(self._stop_reason)
         except StreamStopped as stop:
