@@ -1,6 +1,6 @@
 """gunicorn settings for streamapp: gevent workers holding many long streams.
 
-Every value can be set from the environment (README, "Configuration"); the defaults serve
+The STREAMAPP_* variables read here are in the README's "Configuration"; the defaults serve
 ``make run``: one worker on 127.0.0.1:8000 with the in-memory store, no nginx, no Redis.
 Behind nginx (conf/nginx-site.conf) run one such instance per host, all on one REDIS_URL.
 """
