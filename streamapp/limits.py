@@ -41,6 +41,7 @@ from flask_limiter import Limiter, RequestLimit
 from flask_limiter.errors import RateLimitExceeded
 
 from .errors import ApiError, error_response
+from .metrics import count_rejection
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def _init_limiter(app: Flask) -> None:
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc: RateLimitExceeded) -> Response:
+        count_rejection("rate_limited")
         return error_response(429, "rate_limited", exc.description or "rate limit exceeded")
 
 
@@ -375,6 +377,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(TooManyStreams)
     def _too_many(exc: TooManyStreams) -> Response:
+        count_rejection(exc.code)
         return error_response(429, exc.code, exc.message, headers={"Retry-After": str(CAP_RETRY_AFTER_S)})
 
 

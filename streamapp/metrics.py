@@ -1,0 +1,215 @@
+"""Prometheus metrics: ``GET /metrics`` and the stream observer that feeds it.
+
+Every metric is named ``streamapp_*`` and has low-cardinality labels only: ``provider`` is
+one of the app's providers (``demo``, ``openai``, ``ollama``; anything else is ``other``),
+never a model a client named, a stream id or a key.
+
+- ``streamapp_active_streams``: streams running now (their producers), summed over the live
+  workers (gauge, multiprocess mode ``livesum``).
+- ``streamapp_streams_total{outcome}``: streams ended, by outcome: ``completed``,
+  ``cancelled``, ``client_gone``, ``upstream_error``, ``error``, ``shutdown``.
+- ``streamapp_stream_resumes_total``: resumes (``Last-Event-ID``, or a WebSocket ``resume``).
+  A resumed stream still ends once with one of the outcomes above, so resumes are counted
+  apart, not as an outcome.
+- ``streamapp_time_to_first_token_seconds{provider}``: from a stream's start to its first
+  token (text, reasoning or tool call); streams that got none are not observed.
+- ``streamapp_stream_duration_seconds{provider}``: from a stream's start to its end, every
+  outcome.
+- ``streamapp_tokens_total{provider}``: text deltas relayed (one per upstream token chunk,
+  not a tokenizer's count), added once per stream at its end.
+- ``streamapp_upstream_errors_total{provider,code}``: streams that ended ``upstream_error``,
+  by the error's code (``upstream_http_error``, ``upstream_timeout``, ``upstream_auth``, ...).
+- ``streamapp_rejections_total{reason}``: stream starts refused with 429 (HTTP) or an error
+  message (WebSocket): ``rate_limited`` or ``too_many_streams`` (either concurrent cap).
+
+Nothing is counted per event: the observer works at a stream's start, resume and end, and
+the two limit handlers count their refusals.
+
+**Several workers.** gunicorn's config sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers
+fork; each worker then writes its values to files there and ``GET /metrics`` on any worker
+sums them all (prometheus-client's multiprocess mode; a dead worker's live gauge is dropped
+by ``child_exit``). Without that variable (``create_app`` in a test, ``flask run``) each app
+gets its own registry, so ``create_app`` may run any number of times in one process.
+
+**Who may scrape.** ``GET /metrics`` needs no API key, but only the addresses and networks
+of ``STREAMAPP_METRICS_ALLOW`` (comma-separated, default ``127.0.0.1/8,::1``; ``*`` lets
+anyone in, an empty value no one) get an answer; others get 403. The address is the peer's,
+or the client's through ``TRUSTED_PROXIES`` hops.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import values as prometheus_values
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from .errors import error_response
+from .streams import get_manager
+from .streams.observe import StreamSummary
+
+__all__ = ["OUTCOMES", "REJECTIONS", "StreamMetrics", "count_rejection", "init_app", "parse_allow"]
+
+EXTENSION = "streamapp.metrics"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+OUTCOMES = ("completed", "cancelled", "client_gone", "upstream_error", "error", "shutdown")
+REJECTIONS = ("rate_limited", "too_many_streams")
+# LLM streams: a first token in tens of milliseconds (a local model) to many seconds (a long
+# prompt, a reasoning model); answers from a fraction of a second to the hour STREAM_MAX_DURATION_S allows.
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+bp = Blueprint("metrics", __name__)
+
+
+class StreamMetrics:
+    """One app's metrics, the registry ``GET /metrics`` reads, and the manager's observer."""
+
+    def __init__(self, providers: Iterable[str], allow: tuple[Network, ...] | None,
+                 multiproc_dir: str | None = None) -> None:
+        self.providers = frozenset(providers)
+        self.allow = allow  # None: anyone
+        if multiproc_dir:
+            if prometheus_values.ValueClass is prometheus_values.MutexValue:
+                # Chosen once, when prometheus_client is first imported: too late to switch now.
+                raise RuntimeError(f"{MULTIPROC_ENV} was set after prometheus_client was imported; "
+                                   "set it before the process starts (gunicorn.conf.py does)")
+            if not os.path.isdir(multiproc_dir):
+                raise ValueError(f"{MULTIPROC_ENV}={multiproc_dir!r} is not a directory")
+            own = None  # values go to files; the scrape reads every worker's
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry, path=multiproc_dir)
+        else:
+            own = self.registry = CollectorRegistry()
+        self.active = Gauge("streamapp_active_streams", "Streams running now (their producers).",
+                            registry=own, multiprocess_mode="livesum")
+        self.streams = Counter("streamapp_streams_total", "Streams ended, by outcome.", ["outcome"],
+                               registry=own)
+        self.resumes = Counter("streamapp_stream_resumes_total",
+                               "Streams resumed by a client (each still ends once with an outcome).",
+                               registry=own)
+        self.ttft = Histogram("streamapp_time_to_first_token_seconds",
+                              "From a stream's start to its first token.", ["provider"],
+                              buckets=TTFT_BUCKETS, registry=own)
+        self.duration = Histogram("streamapp_stream_duration_seconds", "From a stream's start to its end.",
+                                  ["provider"], buckets=DURATION_BUCKETS, registry=own)
+        self.tokens = Counter("streamapp_tokens_total", "Text deltas relayed (one per upstream token chunk).",
+                              ["provider"], registry=own)
+        self.upstream_errors = Counter("streamapp_upstream_errors_total",
+                                       "Streams ended by an upstream failure, by its code.",
+                                       ["provider", "code"], registry=own)
+        self.rejections = Counter("streamapp_rejections_total", "Stream starts refused, by reason.",
+                                  ["reason"], registry=own)
+        # Every known series from the start (at 0), so rates work from the first scrape.
+        for outcome in OUTCOMES:
+            self.streams.labels(outcome)
+        for reason in REJECTIONS:
+            self.rejections.labels(reason)
+        for provider in self.providers:
+            self.ttft.labels(provider)
+            self.duration.labels(provider)
+            self.tokens.labels(provider)
+
+    # -- the manager's observer (quick, never blocks: a few in-memory or mmap writes) --------------
+    def stream_started(self, sid: str, meta: dict[str, Any]) -> None:
+        self.active.inc()
+
+    def stream_resumed(self, sid: str, meta: dict[str, Any]) -> None:
+        self.resumes.inc()
+
+    def stream_ended(self, s: StreamSummary) -> None:
+        provider = self._provider(s.meta)
+        self.active.dec()
+        self.streams.labels(s.outcome if s.outcome in OUTCOMES else "error").inc()
+        self.duration.labels(provider).observe(s.duration_s)
+        if s.ttft_s is not None:
+            self.ttft.labels(provider).observe(s.ttft_s)
+        if s.tokens:
+            self.tokens.labels(provider).inc(s.tokens)
+        if s.outcome == "upstream_error":
+            # Codes are the app's own constants (errors.UpstreamError), never upstream text.
+            self.upstream_errors.labels(provider, s.error_code or "unknown").inc()
+
+    def _provider(self, meta: dict[str, Any]) -> str:
+        provider = meta.get("provider")
+        return provider if provider in self.providers else "other"
+
+    # -- the rest ------------------------------------------------------------------------------
+    def rejected(self, reason: str) -> None:
+        """Count a refused stream start (``reason`` one of ``REJECTIONS``; others are ignored)."""
+        if reason in REJECTIONS:
+            self.rejections.labels(reason).inc()
+
+    def allows(self, address: str | None) -> bool:
+        """Whether ``address`` may read the metrics."""
+        if self.allow is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
+        return any(ip in net or (mapped is not None and mapped in net) for net in self.allow)
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus' text format (every worker's, in multiprocess mode)."""
+        return generate_latest(self.registry)
+
+
+def parse_allow(value: Any) -> tuple[Network, ...] | None:
+    """``STREAMAPP_METRICS_ALLOW`` as networks; ``None`` for ``*`` (anyone)."""
+    entries = [e.strip() for e in str(value or "").split(",") if e.strip()]
+    if "*" in entries:
+        return None
+    nets = []
+    for entry in entries:
+        try:
+            nets.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"STREAMAPP_METRICS_ALLOW: {entry!r} is not an address or a network "
+                             "(CIDR), nor *") from None
+    return tuple(nets)
+
+
+def count_rejection(reason: str) -> None:
+    """Count a refused stream start of the current app: ``rate_limited`` or ``too_many_streams``
+    (any other code is ignored, so a caller may pass an error's code as it is)."""
+    state: StreamMetrics | None = current_app.extensions.get(EXTENSION)
+    if state is not None:
+        state.rejected(reason)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """The metrics in Prometheus' text format, for the allowed addresses."""
+    state: StreamMetrics = current_app.extensions[EXTENSION]
+    if not state.allows(request.remote_addr):
+        return error_response(403, "forbidden", "metrics are served only to the addresses of "
+                                                "STREAMAPP_METRICS_ALLOW")
+    return Response(state.exposition(), content_type=CONTENT_TYPE_LATEST,
+                    headers={"Cache-Control": "no-store"})
+
+
+def init_app(app: Flask) -> None:
+    """Create the app's metrics, observe its streams and serve ``GET /metrics``
+    (after ``streams.init_app``)."""
+    state = StreamMetrics(app.extensions.get("providers", {}), parse_allow(app.config["METRICS_ALLOW"]),
+                          os.environ.get(MULTIPROC_ENV) or None)
+    app.extensions[EXTENSION] = state
+    with app.app_context():
+        get_manager().observers.append(state)
+    app.register_blueprint(bp)
