@@ -8,10 +8,11 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, limits, logs, streams
+from . import auth, limits, logs, metrics, streams
 from . import config as settings
 from .errors import ApiError, BodyRefused, StoreError, error_response
 from .providers import build_providers
+from .ready import Readiness, providers_to_check
 
 __all__ = ["create_app"]
 
@@ -33,8 +34,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.extensions["providers"] = build_providers(app.config)
     streams.init_app(app)
+    app.extensions["ready"] = Readiness(app.extensions["streams"].store, app.extensions["providers"],
+                                        providers_to_check(app.config), app.config["READY_CACHE_S"])
     logs.init_app(app)  # first hook: every request gets its id, every answer its log line
     auth.init_app(app)  # then every request is authenticated
+    metrics.init_app(app)  # GET /metrics, fed by the streams' observer and the limits' refusals
 
     from .routes import chat, pages, session, sse, v1, ws
 
@@ -46,7 +50,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     ws.init_app(app)
     limits.init_app(app)  # rate limits and stream caps, on the views registered above
     if app.config["TRUSTED_PROXIES"]:  # the client's address from X-Forwarded-For, through these hops only
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"])
+        hops = app.config["TRUSTED_PROXIES"]  # the scheme too: behind TLS, Origin checks compare https
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
     @app.after_request
     def _page_headers(resp):

@@ -47,7 +47,7 @@ __all__ = ["Client", "Keys", "init_app", "require_owner"]
 logger = logging.getLogger(__name__)
 
 # Endpoints anyone may reach; everything else needs a key when keys are configured.
-PUBLIC_ENDPOINTS = frozenset({"pages.index", "pages.healthz", "static"})
+PUBLIC_ENDPOINTS = frozenset({"pages.index", "pages.healthz", "pages.readyz", "metrics.metrics", "static"})
 PUBLIC_BLUEPRINTS = frozenset({"docs", "swagger_ui"})
 SESSION_ENDPOINT = "session.create"
 COOKIE_NAME = "streamapp_session"

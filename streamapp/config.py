@@ -55,6 +55,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_INPUT_CHARS": 400_000,        # characters of all the messages of one request
     "MAX_TOKENS_CEILING": 65_536,      # max_tokens / max_completion_tokens above this: 400
     "ALLOWED_MODELS": "",              # "openai:gpt-4o-mini,gpt-4o;ollama:llama3.2"; "" = any
+    "READY_PROVIDERS": "",             # providers /readyz checks; "": the default one (+ openai with a key)
+    "READY_CACHE_S": 2.0,              # GET /readyz reuses its last answer this long
+    "METRICS_ALLOW": "127.0.0.1/8,::1",  # who may GET /metrics: addresses, CIDRs (comma-separated), "*"
     "LOG_LEVEL": "info",               # the app's log level (gunicorn's too)
     "LOG_FORMAT": "text",              # text (a line, then key=value fields) or json (one object a line)
     # WebSocket (GET /ws). A frame over MAX_BODY_BYTES is refused with an error message.
@@ -64,9 +67,9 @@ DEFAULTS: dict[str, Any] = {
 
 _FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S", "BODY_TIMEOUT_S",
            "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S", "STREAM_MAX_DURATION_S",
-           "SESSION_TTL_S", "SLOT_LEASE_S", "WS_PING_S")
+           "SESSION_TTL_S", "SLOT_LEASE_S", "WS_PING_S", "READY_CACHE_S")
 # Taken as written from the environment (Flask parses STREAMAPP_* values as JSON: a key "1e5" stays text).
-_RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "SECRET_KEY", "CORS_ORIGINS")
+_RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "SECRET_KEY", "CORS_ORIGINS", "READY_PROVIDERS")
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
          "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES",
          "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE", "TRUSTED_PROXIES", "MAX_STREAMS_PER_KEY",
@@ -102,6 +105,10 @@ def validate(config: dict[str, Any]) -> None:
         config[key] = _number(config, key, float)
     for key in _INTS:
         config[key] = _number(config, key, int)
+    unknown = set(filter(None, (p.strip() for p in str(config["READY_PROVIDERS"] or "").split(",")))) \
+        - set(PROVIDERS)
+    if unknown:
+        raise ValueError(f"STREAMAPP_READY_PROVIDERS: unknown provider {', '.join(sorted(unknown))}")
     if config["LOG_FORMAT"] not in ("text", "json"):
         raise ValueError("STREAMAPP_LOG_FORMAT must be text or json")
     if config["DEFAULT_PROVIDER"] not in PROVIDERS:

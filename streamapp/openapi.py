@@ -68,6 +68,29 @@ class Health(_Strict):
     status: Literal["ok"]
 
 
+class ReadyCheck(_Strict):
+    """One checked part of ``GET /readyz``."""
+
+    ok: bool
+    kind: Literal["memory", "redis"] | None = None
+    error: str | None = None
+
+
+class ReadyChecks(_Strict):
+    """What ``GET /readyz`` checked."""
+
+    store: ReadyCheck
+    providers: dict[str, ReadyCheck]
+
+
+class Ready(_Strict):
+    """``GET /readyz``."""
+
+    status: Literal["ready", "not_ready"]
+    failing: list[str]
+    checks: ReadyChecks
+
+
 class StreamInfo(_Strict):
     """``GET /api/streams/{sid}/info``."""
 
@@ -490,6 +513,14 @@ OPERATIONS: list[Op] = [
        path_params={"filename": {"description": "a file under static/", "schema": {"type": "string"},
                                  "example": "app.css"}}),
     Op("GET", "/healthz", "Liveness", "pages", {"200": json_body(Health, "Always `{\"status\": \"ok\"}`.")}),
+    Op("GET", "/readyz", "Readiness", "pages",
+       {"200": json_body(Ready, "The store and the configured providers answer."),
+        "503": json_body(Ready, "A part fails: `failing` names it (`store`, `provider:openai`...).")}),
+    Op("GET", "/metrics", "Prometheus metrics", "pages",
+       {"200": _response("Every worker's metrics (`streamapp_*`) in Prometheus' text format.", TEXT),
+        **errors("403")},
+       description="No API key needed; only the addresses of STREAMAPP_METRICS_ALLOW (default: loopback) "
+                   "get an answer, others a 403."),
     Op("GET", "/api.json", "This document", "docs",
        {"200": json_body({"type": "object"}, "The OpenAPI 3.1 document of every route.")}),
     Op("GET", "/swagger/", "Swagger UI", "docs",
@@ -683,8 +714,8 @@ def build(operations: Iterable[Op] = OPERATIONS, only: set[tuple[str, str]] | No
     }
 
 
-PUBLIC_PATHS = frozenset({"/", "/healthz", "/api.json", "/swagger/", "/swagger/{filename}",
-                          "/static/{filename}"})
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/api.json", "/swagger/", "/swagger/{filename}",
+                          "/static/{filename}", "/metrics"})
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer",
                "description": "An API key (STREAMAPP_API_KEYS / STREAMAPP_API_KEYS_FILE)."},

@@ -1,8 +1,8 @@
-"""The demo page and a health check."""
+"""The demo page, liveness and readiness."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, render_template
+from flask import Blueprint, Response, current_app, jsonify, render_template
 
 bp = Blueprint("pages", __name__)
 
@@ -17,3 +17,14 @@ def index() -> str:
 def healthz() -> Response:
     """Liveness for load balancers and test fixtures."""
     return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Readiness: 200 when the store and the configured providers answer, else 503 naming the
+    failing part (``failing``: ``store``, ``provider:openai``...)."""
+    ready, body = current_app.extensions["ready"].report()
+    resp = jsonify(body)
+    resp.status_code = 200 if ready else 503
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
