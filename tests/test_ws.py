@@ -717,3 +717,16 @@ def test_ws_chats_count_against_the_rate_limit(start_server):
         refused(ws, "rate_limited")
         ping_pong(ws)
     assert short_stream(server) == 429
+
+
+def test_behind_a_trusted_tls_proxy_the_https_origin_of_the_site_is_its_own(start_server):
+    """nginx terminates TLS and says so in X-Forwarded-Proto: a page of https://host is this
+    site (with TRUSTED_PROXIES); the same host over http is another origin."""
+    server = start_server(TRUSTED_PROXIES=1)
+    host = f"127.0.0.1:{server.port}"
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "10.1.2.3"}
+    with ws_connect(server, headers=proxied, origin=f"https://{host}") as ws:
+        ping_pong(ws)
+    with pytest.raises(InvalidStatus) as refused_:
+        ws_connect(server, headers=proxied, origin=f"http://{host}")
+    assert refused_.value.response.status_code == 403
