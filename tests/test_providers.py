@@ -195,3 +195,18 @@ def test_an_unreachable_upstream_does_not_reveal_its_address() -> None:
         run(provider, "m")
     assert info.value.message == "OpenAI upstream is unreachable"
     assert str(port) in info.value.detail
+
+
+@pytest.mark.parametrize("kind", ["openai", "ollama"])
+def test_complete_streams_reuse_one_upstream_connection(fake_upstream, kind) -> None:
+    """A stream read to its end gives its connection back to the pool: three streams, one
+    TCP connection (a new connection per stream would cost a handshake, TLS with real ones)."""
+    provider = OpenAIProvider(f"{fake_upstream}/v1", "sk-test", "m", (2, 5)) if kind == "openai" \
+        else OllamaProvider(fake_upstream, "m", (2, 5))
+    for _ in range(3):
+        events = list(provider.stream(ChatRequest([{"role": "user", "content": "hi"}],
+                                                  model="normal?tokens=20")))
+        assert isinstance(events[-1], Done) and len([e for e in events if isinstance(e, Delta)]) == 20
+    manager = provider.session.get_adapter(provider.url).poolmanager
+    pools = [manager.pools[key] for key in manager.pools.keys()]
+    assert [(p.num_connections, p.num_requests) for p in pools] == [(1, 3)]

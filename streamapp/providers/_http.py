@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 import requests
 import urllib3
 
@@ -27,6 +28,7 @@ from ..events import Done, Event, Opened
 from .base import has_surrogate_escape, well_formed
 
 READ_SIZE = 65536
+_REFUSED = object()
 
 
 def new_session(base_url: str, pool_size: int = 10000) -> requests.Session:
@@ -130,9 +132,14 @@ def parse_object(text: str, what: str) -> dict[str, Any]:
     in-band ``{"error": ...}``.
     """
     try:
-        obj = json.loads(text)
-        if has_surrogate_escape(text):  # rare: only then walk the object
-            obj = well_formed(obj)
+        obj = orjson.loads(text)  # the hot path: about 3x json's speed on a chunk
+    except orjson.JSONDecodeError:
+        obj = _REFUSED  # what orjson refuses (a lone surrogate escape, NaN...): json's rules decide
+    try:
+        if obj is _REFUSED:
+            obj = json.loads(text)
+            if has_surrogate_escape(text):  # rare: only then walk the object
+                obj = well_formed(obj)
     except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         message = f"{what} sent a line that is not JSON"
         raise UpstreamError(message, code="upstream_bad_response",
@@ -161,26 +168,35 @@ def token_count(obj: dict[str, Any], key: str, what: str, text: str) -> int | No
     return value
 
 
-def release(resp: requests.Response, reuse: bool) -> None:
-    """Close ``resp``; with ``reuse``, first read the end of the body so that its
-    connection returns to the pool (urllib3 releases it at the end of the body)."""
-    if reuse:
+def release(resp: requests.Response, reuse: bool, rest: Iterator[bytes] | None = None) -> None:
+    """Close ``resp``; with ``reuse``, first read the end of the body (``rest``: the
+    :func:`iter_chunks` it was read with) so that its connection returns to the pool
+    (urllib3 releases it at the end of the body)."""
+    if reuse and rest is not None:
         try:
-            decode = bool(resp.headers.get("Content-Encoding"))
             for _ in range(8):  # the terminating chunk follows [DONE] / done: true
-                if not resp.raw.read1(READ_SIZE, decode_content=decode):
+                if next(rest, None) is None:
                     break
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+        except (UpstreamError, requests.RequestException, urllib3.exceptions.HTTPError, OSError):
             pass  # then the connection is simply closed below
     resp.close()
 
 
 def iter_chunks(resp: requests.Response, what: str) -> Iterator[bytes]:
-    """The body's bytes as they arrive: ``read1`` returns what one read gave,
-    so no line waits for a buffer to fill (requests #3577, #5536)."""
+    """The body's bytes as they arrive, no line waiting for a buffer to fill (requests
+    #3577, #5536).
+
+    A chunked body (what streaming upstreams send) is read chunk by chunk with urllib3's
+    ``read_chunked``: each HTTP chunk as soon as it is whole, in one generator step. (A
+    ``read1`` also returns one chunk at most, through several layers per call: about a
+    third of an event's upstream cost.) Any other body: ``read1``, what one read gave.
+    """
     raw = resp.raw
     decode = bool(resp.headers.get("Content-Encoding"))  # skip the decoder when there is none
     with translate_errors(what):
+        if raw.chunked and raw.supports_chunked_reads():
+            yield from raw.read_chunked(decode_content=decode)
+            return
         while True:
             chunk = raw.read1(READ_SIZE, decode_content=decode)
             if not chunk:
@@ -196,13 +212,14 @@ def stream_response(resp: requests.Response, what: str,
     closed; after a complete answer its connection goes back to the pool.
     """
     complete = False
+    chunks = iter_chunks(resp, what)
     try:
         yield Opened()
-        for event in parse(iter_chunks(resp, what)):
+        for event in parse(chunks):
             complete = isinstance(event, Done)
             yield event
     finally:
-        release(resp, reuse=complete)
+        release(resp, reuse=complete, rest=chunks)
 
 
 def probe(session: requests.Session, url: str, headers: dict[str, str] | None = None,
