@@ -52,6 +52,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import orjson
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
@@ -90,12 +91,22 @@ def _outage(exc: Exception) -> bool:
         "No connection available" not in str(exc)
 
 
-def _utf8(data: str) -> bytes:
-    """An event's JSON as UTF-8; a lone surrogate (a provider's bad text) is kept, escaped."""
+def _encode(event: Event) -> bytes:
+    """An event's JSON, UTF-8 (orjson: a third of json's time); what orjson refuses (a lone
+    surrogate, a provider's bad text; an integer past 64 bits) json writes, escaped."""
+    obj = to_dict(event)
     try:
-        return data.encode()
-    except UnicodeEncodeError:
-        return json.dumps(json.loads(data)).encode()
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj).encode()
+
+
+def _decode(raw: bytes) -> Event:
+    """Inverse of :func:`_encode`."""
+    try:
+        return from_dict(orjson.loads(raw))
+    except orjson.JSONDecodeError:  # an escaped lone surrogate
+        return from_dict(json.loads(raw))
 
 
 class RedisStore(Store):
@@ -131,7 +142,7 @@ class RedisStore(Store):
         self.local = MemoryStore(ttl, lease=lease)  # mirrors of the logs this process produces
         self._local_only: set[str] = set()  # created while Redis was down: never sent to it
         self._down = False  # Redis failed and has not answered since
-        self._pending: list[tuple[str, int, str, bool]] = []
+        self._pending: list[tuple[str, int, bytes, bool]] = []
         self._ends: dict[str, int] = {}  # sid -> final seq whose batch was dropped
         self._kick = gevent.event.Event()
         self._flushed = gevent.event.Event()
@@ -336,7 +347,7 @@ class RedisStore(Store):
         if sid in self._local_only:
             return
         try:
-            data = json.dumps(to_dict(event), ensure_ascii=False)
+            data = _encode(event)
         except (TypeError, ValueError):
             logger.exception("stream %s: event %d cannot be serialised; remote readers miss it", sid, seq)
             if final:
@@ -363,7 +374,7 @@ class RedisStore(Store):
                 self._writing = False
                 self._flushed.set()
 
-    def _write(self, batch: list[tuple[str, int, str, bool]]) -> None:
+    def _write(self, batch: list[tuple[str, int, bytes, bool]]) -> None:
         for attempt in range(self.write_tries):
             try:
                 ended = self._commit(batch)
@@ -389,7 +400,7 @@ class RedisStore(Store):
             if final:
                 self._remember_end(sid, seq)
 
-    def _commit(self, batch: list[tuple[str, int, str, bool]]) -> list[str]:
+    def _commit(self, batch: list[tuple[str, int, bytes, bool]]) -> list[str]:
         """One transaction, one script call per stream (its events, TTLs and end); the ended sids."""
         streams: dict[str, list] = {}  # sid -> [final seq or 0, seq, event, seq, event, ...]
         for sid, seq, data, final in batch:
@@ -398,7 +409,7 @@ class RedisStore(Store):
                 args = streams[sid] = [0]
             if final:
                 args[0] = seq
-            args += (seq, _utf8(data))
+            args += (seq, data)
         self._run_writes([(sid, args[0], args[1:]) for sid, args in streams.items()])
         return [sid for sid, args in streams.items() if args[0]]
 
@@ -459,8 +470,7 @@ class RedisStore(Store):
             return self.local.read(sid, after, limit)
         with self._failing():
             entries = self.redis.xrange(self._key("log", sid), min=f"(0-{after}", count=limit)
-        return [(int(eid.split(b"-")[1]), from_dict(json.loads(fields[b"e"])))
-                for eid, fields in entries]
+        return [(int(eid.split(b"-")[1]), _decode(fields[b"e"])) for eid, fields in entries]
 
     def count(self, sid: str) -> int:
         if self.is_local(sid):
