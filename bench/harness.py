@@ -179,6 +179,16 @@ def memory_kb(pid: int) -> dict[str, int]:
     return out
 
 
+def memory_kb_sum(pids: list[int]) -> dict[str, int]:
+    """Rss and Pss (kB) summed over processes (the workers of one server). Summing Pss
+    counts a page shared by two workers once, as Pss splits it between them."""
+    total = {"rss": 0, "pss": 0}
+    for pid in pids:
+        for key, value in memory_kb(pid).items():
+            total[key] += value
+    return total
+
+
 def open_fds(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -230,14 +240,14 @@ def start_service(upstream: Proc, logdir: Path, name: str = "service", redis_url
     return proc
 
 
-def start_relay(upstream: Proc, logdir: Path, name: str = "relay") -> Proc:
+def start_relay(upstream: Proc, logdir: Path, name: str = "relay", workers: int = 1) -> Proc:
     """The tutorial relay under the same gunicorn gevent worker settings as the service."""
     port = free_port()
     env = clean_env()
     env.update({"OPENAI_BASE_URL": f"{upstream.url}/v1", "OPENAI_API_KEY": "x"})
-    args = [GUNICORN, "--chdir", str(BENCH), "-k", "gevent", "-w", "1", "--worker-connections", "10000",
-            "--timeout", "60", "--graceful-timeout", GRACEFUL_S, "--keep-alive", "5", "--no-control-socket",
-            "-b", f"127.0.0.1:{port}", "tutorial_relay:app"]
+    args = [GUNICORN, "--chdir", str(BENCH), "-k", "gevent", "-w", str(workers),
+            "--worker-connections", "10000", "--timeout", "60", "--graceful-timeout", GRACEFUL_S,
+            "--keep-alive", "5", "--no-control-socket", "-b", f"127.0.0.1:{port}", "tutorial_relay:app"]
     proc = Proc(name, args, env, logdir)
     proc.port, proc.url = port, f"http://127.0.0.1:{port}"
     proc.wait_http("/healthz", 30)

@@ -15,7 +15,8 @@ sockets, a minimal chunked-transfer and SSE splitter, and one
 - ``{i}`` in ``path`` or ``model`` becomes the stream's index (one upstream tag each)
 - ``recv_timeout_s``, ``deadline_s``: every wait is bounded.
 
-Each stream's record: ``t0`` (before connect), ``times`` (token arrivals),
+Each stream's record: ``t0`` (before connect), ``tsent`` (the request written),
+``times`` (token arrivals),
 ``end`` (terminal event kind), ``err`` (error kind or null), ``sid``, ``tdisc``.
 """
 
@@ -43,11 +44,12 @@ now = time.monotonic
 
 
 class Stream:
-    __slots__ = ("i", "t0", "times", "end", "err", "sid", "tdisc", "opened", "finish")
+    __slots__ = ("i", "t0", "tsent", "times", "end", "err", "sid", "tdisc", "opened", "finish")
 
     def __init__(self, i: int) -> None:
         self.i = i
         self.t0 = 0.0
+        self.tsent: float | None = None
         self.times: list[float] = []
         self.end: str | None = None
         self.err: str | None = None
@@ -57,8 +59,8 @@ class Stream:
         self.finish: str | None = None
 
     def as_dict(self) -> dict:
-        return {"t0": self.t0, "times": self.times, "end": self.end, "err": self.err, "sid": self.sid,
-                "tdisc": self.tdisc, "finish": self.finish}
+        return {"t0": self.t0, "tsent": self.tsent, "times": self.times, "end": self.end, "err": self.err,
+                "sid": self.sid, "tdisc": self.tdisc, "finish": self.finish}
 
 
 class Body:
@@ -178,6 +180,7 @@ class Generator:
             sock = socket.create_connection(self.addr, timeout=10)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(self._build(st.i) if self.per_stream else self._request)
+            st.tsent = now()
             sock.settimeout(self.recv_timeout)
             buf = b""
             while b"\r\n\r\n" not in buf:

@@ -4,7 +4,7 @@ Run it as a process: ``python tests/fake_upstream.py --port N`` (prints ``listen
 The pytest suite and the benchmark (``bench/``) both use it. It is a gevent
 ``StreamServer`` writing raw HTTP/1.1, so tests control every byte and every
 network chunk: one HTTP chunk per event. Like the real servers it keeps the
-connection alive after a complete answer (normal, slow, split, silence, status,
+connection alive after a complete answer (normal, slow, burst, split, silence, status,
 tools, reasoning, nousage); every other mode closes it. The request's
 ``model`` picks the behaviour, as a query string: ``"<mode>?tokens=5&delay_ms=10&tag=abc"``.
 Modes:
@@ -12,6 +12,7 @@ Modes:
 - ``normal``      tokens (each repeated ``repeat`` times), then the proper end
                   (``[DONE]`` / ``done: true``)
 - ``slow``        the same with ``delay_ms`` between tokens (default 200)
+- ``burst``       the whole ``normal`` answer (head, tokens, end) in ONE write
 - ``hang``        accept the request and never answer (a read timeout), for
                   ``silence_s`` (default 60)
 - ``reset``       close the connection before any response byte
@@ -155,7 +156,7 @@ HEAD = {(api, keep): head(200, "text/event-stream" if api == "openai" else "appl
                          keep_alive=keep)
         + (http_chunk(b": fake upstream comment\n\n") if api == "openai" else b"")
         for api in APIS.values() for keep in (False, True)}
-KEEP_ALIVE_MODES = ("normal", "slow", "split", "silence", "status", "tools", "reasoning", "nousage")
+KEEP_ALIVE_MODES = ("normal", "slow", "burst", "split", "silence", "status", "tools", "reasoning", "nousage")
 TOKEN_FRAMES = {api: [http_chunk(token_event(api, t)) for t in TOKENS] for api in APIS.values()}
 OPENAI_STOP = http_chunk(openai_chunk(None, "stop"))
 OPENAI_DONE = http_chunk(b"data: [DONE]\n\n") + END
@@ -380,6 +381,11 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
     if mode == "gzipbad":
         gzip_head = head(200, "text/event-stream").replace(b"\r\n\r\n", b"\r\nContent-Encoding: gzip\r\n\r\n")
         sock.sendall(gzip_head + http_chunk(b"this is not gzip at all") + END)
+        return
+    if mode == "burst":  # the benchmark's "upstream answers at once": everything in one write
+        frames = b"".join(TOKEN_FRAMES[api][i % len(TOKENS)] for i in range(n))
+        sock.sendall(HEAD[api, keep] + frames + end_frames(api, n))
+        record["sent"] = n
         return
     sock.sendall(HEAD[api, keep])
     if mode in ANSWERS:
