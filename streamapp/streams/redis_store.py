@@ -194,6 +194,8 @@ class RedisStore(Store):
         self.closed = True
         self.flush()
         greenlets = self._greenlets + [d.greenlet for d in self._dispatchers if d is not None]
+        if self._beat is not None:
+            greenlets.append(self._beat)  # a liveness write in flight: its connection closes below
         for greenlet in greenlets:
             greenlet.kill(block=False)
         self.redis.connection_pool.disconnect()
