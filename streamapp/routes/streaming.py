@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent.event
-from flask import Response, current_app, g, request, stream_with_context
+from flask import Response, current_app, g, request
 
 from ..auth import require_owner
 from ..errors import error_response
@@ -75,7 +75,7 @@ def _respond(sid: str, after: int, enc: Encoder) -> Response:
                             leave_at_shutdown=manager.store.shared and enc.resumable)
     body = http_body(reader, enc, write_timeout=config["WRITE_TIMEOUT_S"],
                      sock=request.environ.get("gunicorn.socket"))
-    return Response(stream_with_context(body), content_type=enc.content_type,
+    return Response(body, content_type=enc.content_type,
                     headers={**STREAM_HEADERS, "X-Stream-Id": sid})
 
 
