@@ -67,7 +67,11 @@ def _rate_limit() -> str:
 
 def _not_counted() -> bool:
     # HEAD and resumes never start a generation (the resume rule); no limit, nothing to count.
-    return request.method == "HEAD" or not _rate_limit() or \
+    if not _rate_limit():
+        return True
+    if request.endpoint == "ws.ws":
+        return False  # each chat on a socket counts, whatever its handshake carried
+    return request.method == "HEAD" or \
         bool(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
 
 

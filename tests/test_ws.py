@@ -719,6 +719,34 @@ def test_ws_chats_count_against_the_rate_limit(start_server):
     assert short_stream(server) == 429
 
 
+@pytest.mark.parametrize("how", ["query", "header"])
+def test_a_resume_id_on_the_handshake_exempts_no_chat_from_the_rate_limit(start_server, how):
+    """HTTP resumes are not counted; a socket whose handshake looks like one still counts
+    every chat (found in review: it made every chat on the socket free)."""
+    server = start_server(RATE_LIMIT="2/minute", DEMO_DELAY_MS=0)
+    url = f"ws://127.0.0.1:{server.port}/ws" + ("?last_event_id=x-1" if how == "query" else "")
+    headers = {"Last-Event-ID": "x-1"} if how == "header" else None
+    with connect(url, additional_headers=headers, open_timeout=5, close_timeout=2, proxy=None,
+                 ping_interval=None) as ws:
+        for n in range(2):
+            start_chat(ws, f"chat {n}")
+            assert read_until_end(ws)[-1]["finish_reason"] == "stop"
+        send(ws, "chat", uid=1, message="over the limit")
+        refused(ws, "rate_limited")
+
+
+def test_a_resume_past_the_end_of_a_running_stream_says_so(ws_server):
+    """A finished stream is refused before ``start``; a running one is followed, and when it
+    ends short of the point asked for, the client hears so (not silence)."""
+    with ws_connect(ws_server) as producing, ws_connect(ws_server) as follower:
+        sid = start_chat(producing, "a short one")["stream_id"]
+        resume(follower, sid, 10_000)
+        assert read_until_end(producing)[-1]["finish_reason"] == "stop"
+        error = recv_json(follower, timeout=10)
+        assert error["type"] == "error" and error["code"] == "not_found" and error["stream_id"] == sid
+        ping_pong(follower)
+
+
 def test_behind_a_trusted_tls_proxy_the_https_origin_of_the_site_is_its_own(start_server):
     """nginx terminates TLS and says so in X-Forwarded-Proto: a page of https://host is this
     site (with TRUSTED_PROXIES); the same host over http is another origin."""

@@ -144,7 +144,11 @@ class WsSession:
         count_stream_start()  # the same rate limit as an HTTP stream start
         meta, events = chat_events(body)
         sid = launch(events, {"route": "ws", "format": "chat", **meta}, body.on_disconnect)
-        self.send({"type": "start", "stream_id": sid, "uid": body.uid})
+        try:
+            self.send({"type": "start", "stream_id": sid, "uid": body.uid})
+        except (ConnectionClosed, OSError):
+            self.manager.abandon(sid)  # its client never learnt the stream id
+            raise
         self._follow(sid, 0)
 
     def _resume(self, message: dict[str, Any]) -> None:
@@ -189,6 +193,10 @@ class WsSession:
                     message = ws_message(reader.sid, seq, event)
                     if message is not None:
                         self.send(message)
+            if not ended and not reader.gone and not self.manager.stopping.is_set():
+                # The stream ended before the point asked for (a resume past its end).
+                self.send({"type": "error", "code": "not_found", "stream_id": reader.sid,
+                           "message": f"stream {reader.sid} has no events after {reader.cursor}"})
         except (ConnectionClosed, OSError) as exc:  # closed, or a write that made no progress
             logger.info("stream %s: its WebSocket client is gone (%s)", reader.sid, type(exc).__name__)
             reader.leave()
