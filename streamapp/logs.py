@@ -18,6 +18,7 @@ name, a path is logged without its query string (prompts stay out of the log).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -32,6 +33,8 @@ from .streams import get_manager
 from .streams.observe import StreamSummary
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NEEDS_QUOTES = re.compile(r'[\s"=\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
 QUIET_ENDPOINTS = frozenset({"pages.healthz", "pages.readyz", "metrics.metrics"})
 _NOT_FIELDS = frozenset(RESERVED_ATTRS) | {"taskName", "color_message"}
 
@@ -53,8 +56,17 @@ class TextFormatter(logging.Formatter):
 
 
 def _text(value: Any) -> str:
+    """A field's value on a text line: bare when plain, else a JSON string (quotes, backslashes
+    and control characters escaped, so a value a client chose cannot forge a line)."""
     text = "-" if value is None else str(value)
-    return f'"{text}"' if not text or any(c in text for c in ' "=') else text
+    if not text or _NEEDS_QUOTES.search(text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _clean(text: str) -> str:
+    """A client's text for a log message: control characters escaped (no forged lines)."""
+    return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
 
 def configure(config: dict[str, Any]) -> None:
@@ -99,7 +111,8 @@ def _end(resp: Response) -> Response:
 
     def log() -> None:
         fields["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
-        access_log.log(level, "%s %s %s", fields["method"], fields["path"], fields["status"], extra=fields)
+        access_log.log(level, "%s %s %s", fields["method"], _clean(fields["path"]), fields["status"],
+                       extra=fields)
 
     if resp.is_streamed and not upgraded:
         resp.call_on_close(log)  # when the body is done: a stream's whole life

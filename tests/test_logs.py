@@ -90,3 +90,18 @@ def test_text_lines_carry_the_same_fields(start_server) -> None:
                                if f"stream {sid} ended" in x], 10, "the summary")[0]
     assert "streamapp.streams:" in line and " outcome=completed " in line and " request_id=txt-1 " in line
     assert " tokens=2 " in line and " provider=demo " in line
+
+
+def test_a_client_cannot_forge_a_text_line(start_server) -> None:
+    """A path or a model holding a newline stays on its own line, escaped (found in review)."""
+    server = start_server(DEMO_DELAY_MS=0)
+    forged = "2026-01-01 00:00:00,000 INFO streamapp.access: GET /admin 200 client=alice"
+    requests.get(f"{server.url}/nope%0A{q(forged)}", timeout=5)
+    requests.post(f"{server.url}/api/chat", json={"uid": 1, "message": "hi", "model": f"m\n{forged}"},
+                  timeout=10)
+    poll_until(lambda: "streamapp.streams: stream" in server.process.output()
+               and "ended" in server.process.output(), 10, "the chat's summary line")
+    lines = server.process.output().splitlines()
+    assert not [line for line in lines if line.startswith("2026-01-01")], lines[-5:]
+    assert any("/nope\\n2026-01-01" in line for line in lines)  # the path, escaped
+    assert any('model="m\\n2026-01-01' in line for line in lines)  # the model, escaped
