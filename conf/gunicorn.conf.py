@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import time
 
 # Loopback by default: nginx (or a client on this host) connects here. Comma-separated.
 bind = os.environ.get("STREAMAPP_BIND", "127.0.0.1:8000").split(",")
@@ -33,8 +34,8 @@ worker_connections = int(os.environ.get("STREAMAPP_WORKER_CONNECTIONS", 10000))
 timeout = 60
 # On SIGTERM (or to the workers a reload retires) gunicorn ends what still runs this long
 # after the signal. Meanwhile each worker stops accepting (nginx sends new requests elsewhere),
-# readers hand over between events (with Redis; post_worker_init below), and worker_exit lets
-# producers finish for graceful_timeout - 3 s, keeping 3 s to end the rest as "shutdown".
+# readers hand over between events (with Redis), and producers may finish for
+# graceful_timeout - 3 s, keeping 3 s to end the rest as "shutdown" (both in post_worker_init).
 # Raise it to let longer answers finish across a deploy.
 graceful_timeout = int(os.environ.get("STREAMAPP_GRACEFUL_TIMEOUT", 30))
 # Seconds an idle keep-alive connection waits for its next request. nginx's upstream
@@ -68,16 +69,23 @@ def post_worker_init(worker):
     def watch_alive():
         while worker.alive:
             gevent.sleep(0.1)
+        worker.streamapp_drain_by = time.monotonic() + max(1, graceful_timeout - 3)
         manager.begin_shutdown()
+        # Producers get until 3 s before the arbiter's SIGKILL, then end with "shutdown": their
+        # readers (and so their connections, which the worker waits for) end with them. Here,
+        # not only in worker_exit, which runs once every connection is closed or timed out.
+        manager.drain(max(1, graceful_timeout - 3), close=False)
 
     gevent.spawn(watch_alive)
 
 
 def worker_exit(server, worker):
-    """Let producers finish (their readers resume elsewhere), then stop them."""
+    """Let producers finish until the same deadline (their readers may have resumed
+    elsewhere: with Redis the connections close early), then stop them and close the store."""
     manager = getattr(worker, "wsgi", None) and worker.wsgi.extensions.get("streams")
     if manager is not None:
-        manager.drain(max(1, graceful_timeout - 3))
+        deadline = getattr(worker, "streamapp_drain_by", time.monotonic() + graceful_timeout - 3)
+        manager.drain(max(1, deadline - time.monotonic()))
 
 
 # Prometheus multiprocess mode: each worker writes its metrics to files in one directory,

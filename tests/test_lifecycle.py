@@ -427,3 +427,23 @@ def test_reader_of_a_stream_whose_worker_died_gets_an_error(redis_pair, fake_ups
     assert events[-1].event == "error" and json.loads(events[-1].data)["code"] == "producer_lost"
     resp = requests.post(f"{b.url}/api/streams/{sid}/cancel", timeout=5)
     assert resp.json()["status"] == "finished"
+
+
+def test_sigterm_with_the_memory_store_ends_a_long_stream_before_the_kill(start_server, tag):
+    """No Redis: nowhere to resume, so the reader follows its stream; a stream longer than the
+    graceful timeout ends with "shutdown" 3 s before gunicorn's SIGKILL, its client gets the
+    end, and the worker exits by itself (found in review: the drain ran only after the wait
+    for connections, so the kill came first and the client got a cut stream)."""
+    server = start_server(GRACEFUL_TIMEOUT=6, HEARTBEAT_S=0.5, RESUME_GRACE_S=0)
+    model = q(f"slow?tokens=400&delay_ms=100&tag={tag}")  # 40 s of answer
+    client = SSEClient(f"{server.url}/ai-stream?prompt=hi&model={model}", timeout=15)
+    first_deltas(client, 2)
+    signalled = time.monotonic()
+    server.process.proc.send_signal(signal.SIGTERM)
+    events = client.read_all()
+    client.close()
+    assert events[-1].event == "end", events[-3:]
+    assert json.loads(events[-1].data)["finish_reason"] == "shutdown"
+    assert time.monotonic() - signalled < 5.5  # before the 6 s kill
+    server.process.proc.wait(10)
+    assert "Worker exiting" in server.process.output()

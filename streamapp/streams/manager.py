@@ -280,9 +280,9 @@ class StreamManager:
         for reader in list(self.readers):
             reader.wake.set()
 
-    def drain(self, timeout: float) -> None:
+    def drain(self, timeout: float, close: bool = True) -> None:
         """Let running producers (those started meanwhile too) finish for up to ``timeout``,
-        then stop them."""
+        then stop them; with ``close``, then close the store."""
         deadline = time.monotonic() + timeout
         while self._producers and time.monotonic() < deadline:
             gevent.joinall([p.greenlet for p in self._producers.values()],
@@ -290,4 +290,5 @@ class StreamManager:
         for producer in list(self._producers.values()):
             producer.stop("shutdown")
         gevent.joinall([p.greenlet for p in self._producers.values()], timeout=2)
-        self.store.close()
+        if close:
+            self.store.close()
