@@ -195,7 +195,7 @@ def iter_chunks(resp: requests.Response, what: str) -> Iterator[bytes]:
     decode = bool(resp.headers.get("Content-Encoding"))  # skip the decoder when there is none
     with translate_errors(what):
         if raw.chunked and raw.supports_chunked_reads():
-            yield from raw.read_chunked(decode_content=decode)
+            yield from raw.read_chunked(READ_SIZE, decode_content=decode)  # a huge chunk in pieces
             return
         while True:
             chunk = raw.read1(READ_SIZE, decode_content=decode)

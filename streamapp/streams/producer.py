@@ -64,6 +64,7 @@ class Producer:
         self._on_exit = on_exit
         self._in_upstream = False
         self._ended_with: Event | None = None
+        self.ended_at: float | None = None
         self._stop_reason: str | None = None
         self.seq = 0
         self.greenlet = gevent.spawn(self._run)
@@ -143,6 +144,7 @@ class Producer:
 
     def _finish(self, final: Event | None) -> None:
         """Close the upstream, record the end, tell the manager: each step whatever the others do."""
+        self.ended_at = self.clock()  # the stream's end; closing may still read the upstream's tail
         try:
             self._events.close()  # closes the upstream response if it is still open
         except Exception:  # noqa: BLE001 - closing failed; the end must still be recorded
@@ -159,7 +161,7 @@ class Producer:
     def summary(self) -> StreamSummary:
         """What this stream did, for observers (at its end)."""
         final = self._ended_with
-        now = self.clock()
+        now = self.ended_at if self.ended_at is not None else self.clock()
         return StreamSummary(
             sid=self.sid, meta=self.meta, outcome=outcome_of(final),
             finish_reason=final.finish_reason if isinstance(final, Done) else None,
