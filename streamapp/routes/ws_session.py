@@ -75,6 +75,7 @@ class WsSession:
         self.reader: StreamReader | None = None
         self.relay: gevent.Greenlet | None = None
         self.closing = False
+        self.starting = False  # a chat is being started (its stream may not be followed yet)
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "chat": self._chat, "stop": self._stop, "resume": self._resume, "ping": self._ping}
 
@@ -140,6 +141,15 @@ class WsSession:
 
     def _chat(self, message: dict[str, Any]) -> None:
         self._busy()
+        self.starting = True  # a shutdown meanwhile leaves the closing to the relay
+        try:
+            self._start_chat(message)
+        finally:
+            self.starting = False
+            if self.reader is None and self.manager.stopping.is_set():
+                self.close(GOING_AWAY, "server shutting down")  # refused, or failed, while stopping
+
+    def _start_chat(self, message: dict[str, Any]) -> None:
         body = parse(ChatBody, message)
         count_stream_start()  # the same rate limit as an HTTP stream start
         meta, events = chat_events(body)
@@ -243,5 +253,5 @@ class WsSession:
     def _on_shutdown(self, _event: Any) -> None:
         # Called in the hub (it must not block): an idle socket closes now; a running
         # stream's relay closes it when the stream ends or hands over.
-        if self.reader is None:
+        if self.reader is None and not self.starting:
             gevent.spawn(self.close, GOING_AWAY, "server shutting down")
