@@ -115,7 +115,8 @@ def _init_limiter(app: Flask) -> None:
         key_prefix="", default_limits=[])
     limiter.init_app(app)
     shared = limiter.shared_limit(_rate_limit, scope="streams", exempt_when=_not_counted,
-                                  error_message=_breach_message)
+                                  error_message=_breach_message,
+                                  on_breach=lambda _: count_rejection("rate_limited"))  # HTTP and WebSocket
     for endpoint in STREAM_ENDPOINTS:
         view = app.view_functions.get(endpoint)
         if view is not None:
@@ -126,7 +127,6 @@ def _init_limiter(app: Flask) -> None:
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc: RateLimitExceeded) -> Response:
-        count_rejection("rate_limited")
         return error_response(429, "rate_limited", exc.description or "rate limit exceeded")
 
 
@@ -292,10 +292,15 @@ class StreamSlots:
 
 
 def acquire_slot() -> Slot:
-    """A stream slot for the current request's client, or ``TooManyStreams`` (429)."""
+    """A stream slot for the current request's client, or ``TooManyStreams`` (429, counted in
+    the metrics whatever the transport)."""
     client = getattr(g, "client", None)
-    return current_app.extensions["streamapp.slots"].acquire(
-        client_identity(), getattr(client, "max_streams", None))
+    try:
+        return current_app.extensions["streamapp.slots"].acquire(
+            client_identity(), getattr(client, "max_streams", None))
+    except TooManyStreams:
+        count_rejection("too_many_streams")
+        raise
 
 
 # -- input limits ------------------------------------------------------------------------------
@@ -381,7 +386,6 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(TooManyStreams)
     def _too_many(exc: TooManyStreams) -> Response:
-        count_rejection(exc.code)
         return error_response(429, exc.code, exc.message, headers={"Retry-After": str(CAP_RETRY_AFTER_S)})
 
 

@@ -30,7 +30,6 @@ from ..auth import require_owner
 from ..errors import ApiError, StoreError
 from ..events import is_terminal
 from ..limits import count_stream_start, retry_after
-from ..metrics import count_rejection
 from ..schemas import ChatBody, WsResume, load_json, parse
 from ..streams import get_manager
 from ..streams.reader import StreamReader
@@ -127,10 +126,8 @@ class WsSession:
             refusal = {"type": "error", "code": exc.code, "message": exc.message}
             if exc.field:
                 refusal["field"] = exc.field
-            count_rejection(exc.code)  # counts too_many_streams; other codes are no rejection
             self.send(refusal)
         except RateLimitExceeded as exc:
-            count_rejection("rate_limited")
             self.send({"type": "error", "code": "rate_limited",
                        "message": exc.description or "rate limit exceeded", "retry_after": retry_after()})
 
