@@ -175,12 +175,17 @@ def allowed_origins(config: dict[str, Any]) -> list[str]:
     return [o.strip().rstrip("/") for o in items if o.strip()]
 
 
+def _allowed(origin: str, origins: frozenset[str]) -> bool:
+    """Whether a page of ``origin`` is this site or one ``CORS_ORIGINS`` allows."""
+    return origin == f"{request.scheme}://{request.host}" or origin in origins or "*" in origins
+
+
 def _from_allowed_origin(origins: frozenset[str]) -> bool:
     """A cookie counts only from this origin or an allowed one (``Origin``), or when the browser
     says the request is same-origin (``Sec-Fetch-Site``, which pages cannot set)."""
     origin = request.headers.get("Origin")
     if origin is not None:
-        return origin == f"{request.scheme}://{request.host}" or origin in origins
+        return _allowed(origin, origins)
     return request.headers.get("Sec-Fetch-Site") == "same-origin"
 
 
@@ -189,9 +194,7 @@ def require_allowed_origin() -> None:
     in ``CORS_ORIGINS``), whatever the authentication: the WebSocket handshake, which browsers
     let any page send, always with its ``Origin``. No ``Origin``: not a browser, allowed."""
     origin = request.headers.get("Origin")
-    origins = current_app.extensions["auth_origins"]
-    if origin is None or "*" in origins or origin == f"{request.scheme}://{request.host}" \
-            or origin in origins:
+    if origin is None or _allowed(origin, current_app.extensions["auth_origins"]):
         return
     raise Forbidden(f"the origin {origin[:100]} may not open this socket (STREAMAPP_CORS_ORIGINS)",
                     code="origin_not_allowed")
