@@ -1,4 +1,4 @@
-"""Test helpers: free ports, bounded waits, a recording SSE client."""
+"""Test helpers: free ports, bounded waits, a recording SSE client, WebSocket messages."""
 
 from __future__ import annotations
 
@@ -144,3 +144,23 @@ def first_deltas(client: SSEClient, n: int) -> list[ServerSentEvent]:
             if len(got) == n:
                 return got
     raise AssertionError(f"stream ended after {len(got)} deltas")
+
+
+def recv_json(ws: Any, timeout: float = 5) -> dict:
+    """The next WebSocket message (a JSON object in a text frame); ``TimeoutError`` after ``timeout``."""
+    frame = ws.recv(timeout=timeout)
+    assert isinstance(frame, str), f"a binary frame: {frame!r}"
+    message = json.loads(frame)
+    assert isinstance(message, dict) and isinstance(message.get("type"), str), message
+    return message
+
+
+def recv_until(ws: Any, done: Callable[[dict], bool], timeout: float = 10) -> list[dict]:
+    """WebSocket messages up to and including the first for which ``done`` is true."""
+    deadline = time.monotonic() + timeout
+    got: list[dict] = []
+    while not got or not done(got[-1]):
+        left = deadline - time.monotonic()
+        assert left > 0, f"nothing ended within {timeout}s; last messages: {got[-3:]}"
+        got.append(recv_json(ws, left))
+    return got

@@ -67,6 +67,13 @@ def settle() -> None:
         gevent.idle()
 
 
+def tick(manager: StreamManager, clock: Clock, seconds: float) -> None:
+    """``seconds`` pass, the manager's periodic check runs, and what it stopped settles."""
+    clock.now += seconds
+    manager.check(clock.now)
+    settle()
+
+
 def finish_of(manager: StreamManager, sid: str) -> Event:
     meta = manager.store.meta(sid)
     assert meta["state"] == "finished", meta
@@ -137,18 +144,12 @@ def test_a_stream_whose_first_reader_never_attaches_stops_after_the_grace(clock)
     upstream = Upstream(tokens=1)
     sid = manager.start(upstream.events(), {})
     with manager.holding(sid):  # the starting request decides its response: that counts as read
-        clock.now += 60
-        manager.check(clock.now)
-        settle()
+        tick(manager, clock, 60)
         assert not upstream.closed.is_set()
     # The response was never iterated (a HEAD, a crash between start and body): nobody attaches.
-    clock.now += 9
-    manager.check(clock.now)
-    settle()
+    tick(manager, clock, 9)
     assert not upstream.closed.is_set()
-    clock.now += 1.5
-    manager.check(clock.now)
-    settle()
+    tick(manager, clock, 1.5)
     assert upstream.closed.is_set()
     assert finish_of(manager, sid) == Done("client_gone")
 
@@ -162,9 +163,7 @@ def test_a_reader_whose_process_died_stops_the_stream_within_grace_plus_lease(cl
     manager.store.attach(sid, "remote-reader")  # a reader elsewhere, then SIGKILLed: no detach, no idle
     start = clock.now
     while not upstream.closed.is_set() and clock.now - start < 60:
-        clock.now += 1
-        manager.check(clock.now)
-        settle()
+        tick(manager, clock, 1)
     assert upstream.closed.is_set()
     assert clock.now - start <= 10 + 30 + 1  # grace + lease (+ one tick)
     assert clock.now - start > 30  # not before its lease ran out
@@ -180,9 +179,7 @@ def test_a_lost_idle_message_is_covered_by_the_check(clock) -> None:
     manager.check(clock.now)
     manager.store.detach(sid, "r")
     for _ in range(7):
-        clock.now += 1
-        manager.check(clock.now)
-        settle()
+        tick(manager, clock, 1)
     assert upstream.closed.is_set()
 
 
@@ -193,13 +190,9 @@ def test_finish_streams_outlive_their_readers_but_not_the_maximum_duration(clock
     with manager.holding(sid):
         pass
     for _ in range(9):
-        clock.now += 10
-        manager.check(clock.now)
-        settle()
+        tick(manager, clock, 10)
     assert not upstream.closed.is_set()
-    clock.now += 10
-    manager.check(clock.now)
-    settle()
+    tick(manager, clock, 10)
     assert upstream.closed.is_set()
     assert finish_of(manager, sid) == Done("length")
 

@@ -32,6 +32,8 @@ from tests.helpers import (
     free_port,
     poll_until,
     q,
+    recv_json,
+    recv_until,
     upstream_closed_at,
     upstream_log,
 )
@@ -239,29 +241,13 @@ def ws_connect(url: str) -> ClientConnection:
                    proxy=None, ping_interval=None)
 
 
-def recv(ws: ClientConnection, timeout: float = 5) -> dict:
-    """The next message; ``TimeoutError`` after ``timeout``."""
-    return json.loads(ws.recv(timeout=timeout))
-
-
-def recv_until(ws: ClientConnection, done: Callable[[dict], bool], timeout: float = 10) -> list[dict]:
-    """Messages up to and including the first for which ``done`` is true."""
-    deadline = time.monotonic() + timeout
-    got: list[dict] = []
-    while not got or not done(got[-1]):
-        left = deadline - time.monotonic()
-        assert left > 0, f"nothing ended within {timeout}s: {got[-3:]}"
-        got.append(recv(ws, left))
-    return got
-
-
 def test_websocket_chat_and_stop_through_nginx(behind_nginx, fake_upstream, tag):
     with ws_connect(behind_nginx) as ws:
         slow = f"slow?tokens=200&delay_ms=50&tag={tag}"
         ws.send(json.dumps({"type": "chat", "uid": 7, "message": "hi", "provider": "openai", "model": slow}))
-        start = recv(ws)
+        start = recv_json(ws)
         assert start["type"] == "start" and start["uid"] == 7, start
-        deltas = [recv(ws) for _ in range(3)]
+        deltas = [recv_json(ws) for _ in range(3)]
         assert [m["type"] for m in deltas] == ["delta"] * 3, deltas
         assert [m["content"] for m in deltas] == token_list(3)
         asked = time.monotonic()

@@ -29,7 +29,16 @@ from websockets.sync.client import ClientConnection, connect
 from streamapp.providers.demo import answer_for
 from streamapp.wire import is_stream_id
 from tests.fake_upstream import REASONING, TOOL_CALLS, token_list
-from tests.helpers import SSEClient, first_deltas, poll_until, q, upstream_closed_at, upstream_log
+from tests.helpers import (
+    SSEClient,
+    first_deltas,
+    poll_until,
+    q,
+    recv_json,
+    recv_until,
+    upstream_closed_at,
+    upstream_log,
+)
 
 ALICE, BOB = "sk-ws-alice-5e1f0c", "sk-ws-bob-a27d44"
 SECRET = "ws-test-secret-91b2"
@@ -96,15 +105,6 @@ def send(ws: ClientConnection, type_: str, **fields) -> None:
     ws.send(json.dumps({"type": type_, **fields}))
 
 
-def recv_json(ws: ClientConnection, timeout: float = 5) -> dict:
-    """The next message (a JSON object in a text frame); ``TimeoutError`` after ``timeout``."""
-    frame = ws.recv(timeout=timeout)
-    assert isinstance(frame, str), f"a binary frame: {frame!r}"
-    message = json.loads(frame)
-    assert isinstance(message, dict) and isinstance(message.get("type"), str), message
-    return message
-
-
 def ends_stream(message: dict) -> bool:
     """``end``, or an ``error`` that ends a stream (it has a ``seq``)."""
     return message["type"] == "end" or (message["type"] == "error" and "seq" in message)
@@ -112,13 +112,7 @@ def ends_stream(message: dict) -> bool:
 
 def read_until_end(ws: ClientConnection, timeout: float = 10) -> list[dict]:
     """Messages up to and including the one that ends the stream."""
-    deadline = time.monotonic() + timeout
-    got: list[dict] = []
-    while not got or not ends_stream(got[-1]):
-        left = deadline - time.monotonic()
-        assert left > 0, f"no end within {timeout}s; last messages: {got[-3:]}"
-        got.append(recv_json(ws, left))
-    return got
+    return recv_until(ws, ends_stream, timeout)
 
 
 def read_deltas(ws: ClientConnection, n: int, timeout: float = 10) -> list[dict]:
