@@ -78,11 +78,9 @@ class Producer:
             # Interrupt the wait for the upstream; never a store write half done.
             self.greenlet.kill(StreamStopped(reason), block=False)
 
-    def _append(self, event: Event) -> None:
+    def _append(self, event: Event, final: bool = False) -> None:
         self.seq += 1
-        self.store.append(self.sid, self.seq, event, final=is_terminal(event))
-        if self.first_at is None and not isinstance(event, Opened) and not is_terminal(event):
-            self.first_at = self.clock()
+        self.store.append(self.sid, self.seq, event, final=final)
 
     def _run(self) -> None:
         final: Event | None = None
@@ -110,10 +108,12 @@ class Producer:
                 if is_terminal(event):
                     # Readers get the end now; closing the provider may still tidy
                     # the upstream connection up for reuse.
-                    self._append(event)
+                    self._append(event, final=True)
                     self._ended_with = event
                     break
                 self._append(event)
+                if self.first_at is None and not isinstance(event, Opened):
+                    self.first_at = self.clock()  # the first token (text, reasoning or a tool call)
                 run += 1
                 if run >= FAIR_EVENTS or self.seq == 2:  # after the first token, then every FAIR_EVENTS
                     run = 0
@@ -152,7 +152,7 @@ class Producer:
         try:
             if final is not None:
                 self._ended_with = final
-                self._append(final)
+                self._append(final, final=True)
         except Exception:  # noqa: BLE001 - the store failed; readers here still got the end
             logger.exception("could not record the end of stream %s", self.sid)
         finally:
