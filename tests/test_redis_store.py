@@ -190,6 +190,7 @@ def scenario_degraded_mode() -> None:
     store.start("owner-d")
     for sid in ("d1", "d2", "d3"):
         store.create(sid, META)  # no StoreError
+    store.flush()  # the publisher tried to send their metadata
     assert records.count("Redis is unavailable") == 1, records.messages  # once per outage
     # Local readers work: read, wait, count, meta.
     wake = gevent.event.Event()
@@ -228,6 +229,7 @@ def scenario_degraded_mode() -> None:
         store.heartbeat()  # the manager's tick
         sid = f"back{next(attempt)}"
         store.create(sid, META)
+        store.flush()
         return client.exists(f"deg:meta:{sid}") and sid
     sid = poll_until(shared_again, 10, "new streams to go to Redis again")
     assert records.count("Redis is back") == 1
@@ -265,20 +267,16 @@ def scenario_writer_survives(url: str, prefix: str) -> None:
     assert texts(remote.read("w1", 0)) == ["bad \ud800 text", "fine"]
     # Anything else that fails a batch: retried, then dropped, and the writer goes on.
     producer.create("w2", META)
-    real_pipeline = producer.redis.pipeline
+    producer.flush()  # its metadata is in Redis
+    writer = producer._own["write"]  # the writer's own connection
+    real_execute = writer.execute_command
     failing = {"on": True}
 
-    def pipeline(*args, **kwargs):
-        pipe = real_pipeline(*args, **kwargs)
-        real_execute = pipe.execute
-
-        def execute(*a, **k):
-            if failing["on"]:
-                raise RuntimeError("injected failure")
-            return real_execute(*a, **k)
-        pipe.execute = execute
-        return pipe
-    producer.redis.pipeline = pipeline
+    def execute(*args, **kwargs):
+        if failing["on"]:
+            raise RuntimeError("injected failure")
+        return real_execute(*args, **kwargs)
+    writer.execute_command = execute
     last = append_all(producer, "w2", deltas("lost", "too"))
     producer.flush()
     poll_until(lambda: records.count("dropped"), 10, "the failing batch to be dropped")
@@ -507,3 +505,64 @@ def test_remote_readers_across_instances_use_few_connections(start_server) -> No
         assert all(alive for _, alive in samples), "the producing instance looked dead"
     finally:
         server.stop()
+
+
+# -- 7. a new stream's metadata: published off the start path, never undoing its end ----------
+
+def scenario_publication(url: str, prefix: str) -> None:
+    import redis
+
+    from streamapp.streams import redis_store
+
+    client = redis.Redis.from_url(url)
+    store, remote = make_store(url, prefix, ttl=30), make_store(url, prefix)
+    store.start("owner-p")
+    # create() does not wait for Redis; published() does, and then any process finds it.
+    store.create("p1", {**META, "route": "sse"})
+    store.published("p1", 5)
+    meta = remote.meta("p1")
+    assert meta is not None and meta["route"] == "sse" and meta["owner"] == "owner-p", meta
+    assert client.ttl(f"{prefix}:meta:p1") > 30  # a running stream's TTL
+    # A short stream whose end the writer records before its metadata is published: the
+    # publisher fills in the rest and keeps the end (state, last) and its TTL.
+    opened, done = b'{"kind":"open","stream_id":""}', b'{"kind":"done","finish_reason":"stop"}'
+    store._run_writes([("p2", 2, [1, opened, 2, done])])
+    fields = [x for k, v in {**META, "route": "sse"}.items() for x in (k, json.dumps(v))]
+    store._run_script("publish", redis_store._PUBLISH, redis_store._PUBLISH_SHA,
+                      store._publish_calls([("p2", fields)]))
+    meta = remote.meta("p2")
+    assert meta["state"] == "finished" and meta["last"] == 2 and meta["route"] == "sse", meta
+    assert 0 < client.ttl(f"{prefix}:meta:p2") <= 30
+
+
+def test_a_new_stream_is_published_before_its_id_is_shown_and_its_end_is_kept(redis_url, prefix) -> None:
+    run_patched("scenario_publication", url=redis_url, prefix=prefix)
+
+
+# -- 8. readers in the producing process: leases kept here, Redis's added ---------------------
+
+def scenario_local_leases(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    store, remote = make_store(url, prefix), make_store(url, prefix)
+    calls: list[tuple[str, str]] = []
+    store.control_handler = lambda kind, sid: calls.append((kind, sid))
+    store.start("owner-l")
+    remote.start("owner-r")
+    store.create("l1", META)
+    store.flush()
+    store.attach("l1", "here")
+    assert not client.exists(f"{prefix}:readers:l1")  # no round trip for a reader here
+    assert store.reader_counts(["l1"]) == [1]
+    remote.attach("l1", "there")  # a reader on another process: its lease is in Redis
+    assert client.zcard(f"{prefix}:readers:l1") == 1
+    assert store.readers("l1") == 2  # both counted, once each
+    assert store.detach("l1", "here") == 0 and calls == [("idle", "l1")]  # the last one here
+    assert store.reader_counts(["l1"]) == [1]  # ... but the one there still reads it
+    remote.detach("l1", "there")
+    assert store.reader_counts(["l1"]) == [0]
+
+
+def test_readers_in_the_producing_process_hold_their_leases_there(redis_url, prefix) -> None:
+    run_patched("scenario_local_leases", url=redis_url, prefix=prefix)

@@ -152,6 +152,7 @@ class WsSession:
         meta, events = chat_events(body)
         sid = launch(events, {"route": "ws", "format": "chat", **meta}, body.on_disconnect)
         try:
+            self.manager.published(sid)
             self.send({"type": "start", "stream_id": sid, "uid": body.uid})
         except (ConnectionClosed, OSError):
             self.manager.abandon(sid)  # its client never learnt the stream id

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .reader import StreamReader
 
 logger = logging.getLogger(__name__)
+PUBLISH_WAIT_S = 5.0  # at most this long a new stream's id waits for other processes to know it
 
 
 class StreamManager:
@@ -236,14 +237,27 @@ class StreamManager:
             producer.stop("client_gone")
 
     # -- waiting -----------------------------------------------------------
+    def published(self, sid: str) -> None:
+        """Wait until stream ``sid`` (started here) can be found by every process: before its
+        id reaches the client, who may resume it on any of them."""
+        self.store.published(sid, PUBLISH_WAIT_S)
+
     def first_event(self, sid: str, header_wait: float, limit: float,
                     give_up: gevent.event.Event) -> Event | None:
-        """Wait for the first event that decides the response's status.
+        """Wait for the first event that decides the response's status, then until the
+        stream is :meth:`published`.
 
         Returns the first non-``Opened`` event, or ``Opened`` once
         ``header_wait`` has passed since the upstream accepted the request,
         or ``None`` after ``limit`` seconds or once ``give_up`` is set.
         """
+        first = self._first_event(sid, header_wait, limit, give_up)
+        if not give_up.is_set():
+            self.published(sid)
+        return first
+
+    def _first_event(self, sid: str, header_wait: float, limit: float,
+                     give_up: gevent.event.Event) -> Event | None:
         wake = gevent.event.Event()
         give_up.rawlink(lambda _: wake.set())
         deadline = time.monotonic() + limit

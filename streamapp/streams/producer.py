@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 # lets readers write after the first token and then after every FAIR_EVENTS events, so the
 # first event of a burst reaches its client at once and other streams' gaps stay short.
 FAIR_EVENTS = 16
+# gevent.sleep(0) lets other greenlets run but polls no socket (gevent runs its callbacks for up
+# to its switch interval, 5 ms, before it polls); the shortest timer lets the loop poll once.
+IO_YIELD_S = 1e-6
 
 
 class StreamStopped(Exception):
@@ -115,7 +118,12 @@ class Producer:
                 if self.first_at is None and not isinstance(event, Opened):
                     self.first_at = self.clock()  # the first token (text, reasoning or a tool call)
                 run += 1
-                if run >= FAIR_EVENTS or self.seq == 2:  # after the first token, then every FAIR_EVENTS
+                if self.seq == 2:
+                    # The first token: its reader writes it now, and whatever it waits for
+                    # on a socket (the stream's publication) is answered before we go on.
+                    run = 0
+                    gevent.sleep(IO_YIELD_S)
+                elif run >= FAIR_EVENTS:
                     run = 0
                     gevent.sleep(0)  # readers woken by the appends write now
             else:

@@ -19,9 +19,14 @@ Control messages ("cancel <sid>", "idle <sid>") go by pub/sub to
 ``P:ctl:<owner>``, the channel of the process that runs the producer.
 
 The process producing a stream keeps a local mirror of its log (a
-``MemoryStore``): its readers never wait on Redis, and a writer greenlet sends
-appends to Redis in one transaction per batch (group commit). The mirror is
-freed once the stream's final event is in Redis.
+``MemoryStore``): its readers never wait on Redis. A writer greenlet sends
+what was appended meanwhile to Redis in one script call per batch (group
+commit); a publisher greenlet does the same for new streams' metadata, while
+their upstream requests are under way, and a stream's id reaches no client
+before its metadata is in (``published``). Neither undoes the other: a
+stream's end, if the writer records it first, is kept. The readers in the
+producing process hold their leases in the mirror only (its counts are added
+to Redis's). The mirror is freed once the stream's final event is in Redis.
 
 Readers on other processes do not hold a connection each while they wait: a
 few dispatcher greenlets (``blocking_pool_size``, each with its own
@@ -66,22 +71,48 @@ OWNER_TTL_S = 10  # a process unheard of this long is taken for dead
 ALIVE_CACHE_S = 1.0  # how long an answer about another process's liveness is reused
 BLOCK_MS = 5000  # a dispatcher's XREAD returns at least this often (its doorbell interrupts it)
 MAX_UNRECORDED_ENDS = 10_000  # ends of streams still to be written to Redis after a lost batch
-# The writer's one command per stream and batch: append the events (ARGV from the third on:
-# seq, JSON pairs; one already there, after a retry, is skipped), record the end (ARGV[2],
-# the final seq, 0 while it runs), and give every key of the stream the log's TTL (ARGV[1]),
-# so its meta, readers and cancel keys never expire before its log.
+WRITE_CHUNK = 256  # streams per script call (a long script holds Redis up)
+# The writer's one command per batch, for every stream in it: KEYS are each stream's log, meta,
+# readers and cancel keys; ARGV[1] and ARGV[2] the TTLs of a running and of an ended stream; then
+# per stream: how many events follow, its final seq (0 while it runs), and the events' seq, JSON
+# pairs. It appends the events (one already there, after a retry, is skipped), records the end,
+# and gives every key of the stream the log's TTL, so its meta, readers and cancel keys never
+# expire before its log.
 _WRITE = b"""
-for i = 3, #ARGV, 2 do
-  redis.pcall('XADD', KEYS[1], '0-' .. ARGV[i], 'e', ARGV[i + 1])
-end
-if ARGV[2] ~= '0' then
-  redis.call('HSET', KEYS[2], 'state', '"finished"', 'last', ARGV[2])
-end
-for i = 1, 4 do
-  redis.call('EXPIRE', KEYS[i], ARGV[1])
+local a = 3
+for k = 1, #KEYS, 4 do
+  local nevents, last = tonumber(ARGV[a]), ARGV[a + 1]
+  a = a + 2
+  for i = a, a + 2 * nevents - 1, 2 do
+    redis.pcall('XADD', KEYS[k], '0-' .. ARGV[i], 'e', ARGV[i + 1])
+  end
+  a = a + 2 * nevents
+  local ttl = ARGV[1]
+  if last ~= '0' then
+    redis.call('HSET', KEYS[k + 1], 'state', '"finished"', 'last', last)
+    ttl = ARGV[2]
+  end
+  for i = k, k + 3 do
+    redis.call('EXPIRE', KEYS[i], ttl)
+  end
 end
 """
 _WRITE_SHA = hashlib.sha1(_WRITE).hexdigest()
+# The publisher's one command per batch: KEYS are new streams' meta keys, ARGV[1] a running
+# stream's TTL; then per stream: how many field, value pairs follow, and the pairs. A field
+# already there (the end, if the writer was first) is kept, and so is a TTL.
+_PUBLISH = b"""
+local a = 2
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  for i = a + 1, a + 2 * n, 2 do
+    redis.call('HSETNX', KEYS[k], ARGV[i], ARGV[i + 1])
+  end
+  a = a + 1 + 2 * n
+  redis.call('EXPIRE', KEYS[k], ARGV[1], 'NX')
+end
+"""
+_PUBLISH_SHA = hashlib.sha1(_PUBLISH).hexdigest()
 
 
 def _outage(exc: Exception) -> bool:
@@ -142,7 +173,11 @@ class RedisStore(Store):
         self.local = MemoryStore(ttl, lease=lease)  # mirrors of the logs this process produces
         self._local_only: set[str] = set()  # created while Redis was down: never sent to it
         self._down = False  # Redis failed and has not answered since
-        self._pending: list[tuple[str, int, bytes, bool]] = []
+        self._pending: list[tuple[str, int, bytes, bool]] = []  # the writer's next batch, in order
+        self._new: list[tuple[str, list[str]]] = []  # the publisher's: (sid, meta fields and values)
+        self._publishing: dict[str, gevent.event.Event] = {}  # sid -> set once Redis has its meta
+        self._announce = gevent.event.Event()
+        self._own: dict[str, redis.Redis] = {}  # the writer's and the publisher's connections
         self._ends: dict[str, int] = {}  # sid -> final seq whose batch was dropped
         self._kick = gevent.event.Event()
         self._flushed = gevent.event.Event()
@@ -188,7 +223,8 @@ class RedisStore(Store):
     def start(self, owner: str) -> None:
         self._owner = owner
         self.heartbeat()
-        self._greenlets = [gevent.spawn(self._listen), gevent.spawn(self._write_loop)]
+        self._greenlets = [gevent.spawn(self._listen), gevent.spawn(self._write_loop),
+                           gevent.spawn(self._publish_loop)]
 
     def close(self) -> None:
         self.closed = True
@@ -200,6 +236,8 @@ class RedisStore(Store):
             greenlet.kill(block=False)
         self.redis.connection_pool.disconnect()
         self._blocking.connection_pool.disconnect()
+        for client in self._own.values():
+            client.close()
 
     def _listen(self) -> None:
         """Deliver control messages; survives idle periods and Redis restarts."""
@@ -297,34 +335,64 @@ class RedisStore(Store):
         if not shared:
             return found
         try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for sid in shared:
-                    pipe.exists(self._key("cancel", sid))
-                hits = pipe.execute()
+            hits = self.redis.mget([self._key("cancel", sid) for sid in shared])  # one command
         except redis.RedisError as exc:
             self._lost(exc)
             return found
-        return found | {sid for sid, hit in zip(shared, hits, strict=True) if hit}
+        return found | {sid for sid, hit in zip(shared, hits, strict=True) if hit is not None}
 
     # -- streams --------------------------------------------------------------
     def create(self, sid: str, meta: dict[str, Any]) -> None:
-        shared = not self._down  # while Redis is down, do not wait for it on every new stream
-        if shared:
-            key = self._key("meta", sid)
-            try:
-                with self.redis.pipeline() as pipe:
-                    pipe.hset(key, mapping={k: json.dumps(v) for k, v in meta.items()})
-                    pipe.hset(key, "owner", json.dumps(self._owner))
-                    pipe.expire(key, self.running_ttl)
-                    pipe.execute()
-            except redis.RedisError as exc:
-                shared = False
-                self._lost(exc)
-                if not _outage(exc):
-                    logger.warning("stream %s is served by this process only: %s", sid, exc)
-        if not shared:
-            self._local_only.add(sid)  # degraded: this process serves it alone, Redis never sees it
+        # The meta goes to Redis with the writer's next batch, while the upstream request is
+        # under way: nothing waits for Redis until the stream's id is about to be shown.
+        fields = [x for k, v in meta.items() for x in (k, json.dumps(v))]
+        fields += ("owner", json.dumps(self._owner))
         self.local.create(sid, meta)
+        if self._down:  # degraded: this process serves it alone, Redis never sees it
+            self._local_only.add(sid)
+            return
+        self._publishing[sid] = gevent.event.Event()
+        self._new.append((sid, fields))
+        self._announce.set()
+
+    def published(self, sid: str, timeout: float) -> None:
+        done = self._publishing.get(sid)
+        if done is not None:
+            done.wait(timeout)
+
+    def _publish_loop(self) -> None:
+        """Send new streams' metadata to Redis, batch after batch; never dies. A stream whose
+        metadata Redis does not take is served by this process only."""
+        while True:
+            self._announce.wait()
+            self._announce.clear()
+            batch, self._new = self._new, []
+            try:
+                self._run_script("publish", _PUBLISH, _PUBLISH_SHA, self._publish_calls(batch))
+            except Exception as exc:  # noqa: BLE001 - the last line: a publisher that dies strands new streams
+                self._local_only.update(sid for sid, _ in batch)
+                if isinstance(exc, redis.RedisError):
+                    self._lost(exc)
+                    if not _outage(exc):
+                        logger.warning("%d new streams are served by this process only: %s", len(batch), exc)
+                else:
+                    logger.exception("%d new streams are served by this process only", len(batch))
+            else:
+                self._back()
+            for sid, _ in batch:
+                self._publishing.pop(sid).set()
+            self._flushed.set()
+
+    def _publish_calls(self, batch: list[tuple[str, list[str]]]) -> list[tuple]:
+        calls = []
+        for start in range(0, len(batch), WRITE_CHUNK):
+            chunk = batch[start:start + WRITE_CHUNK]
+            args: list = [self.running_ttl]
+            for _, fields in chunk:
+                args.append(len(fields) // 2)
+                args += fields
+            calls.append((len(chunk), *(self._key("meta", sid) for sid, _ in chunk), *args))
+        return calls
 
     def meta(self, sid: str) -> dict[str, Any] | None:
         local = self.local.meta(sid)
@@ -364,6 +432,8 @@ class RedisStore(Store):
             self._kick.wait(self.end_retry_s if self._ends else None)
             self._kick.clear()
             batch, self._pending = self._pending, []
+            if self._local_only:  # streams whose metadata Redis did not take: never sent
+                batch = [item for item in batch if item[0] not in self._local_only]
             self._writing = True
             try:
                 if batch:
@@ -403,7 +473,7 @@ class RedisStore(Store):
                 self._remember_end(sid, seq)
 
     def _commit(self, batch: list[tuple[str, int, bytes, bool]]) -> list[str]:
-        """One transaction, one script call per stream (its events, TTLs and end); the ended sids."""
+        """One script call per batch (every stream's events and end); the sids ended."""
         streams: dict[str, list] = {}  # sid -> [final seq or 0, seq, event, seq, event, ...]
         for sid, seq, data, final in batch:
             args = streams.get(sid)
@@ -416,23 +486,41 @@ class RedisStore(Store):
         return [sid for sid, args in streams.items() if args[0]]
 
     def _run_writes(self, writes: list[tuple[str, int, list]]) -> None:
-        """One transaction of ``_WRITE`` calls ``(sid, last, events)``; loads the script if
-        Redis lost it (a restart): the calls are safe to repeat."""
-        for loaded in (False, True):
+        """``_WRITE`` for ``(sid, last, events)``, ``WRITE_CHUNK`` streams a call."""
+        p = self.prefix
+        calls = []
+        for start in range(0, len(writes), WRITE_CHUNK):
+            keys: list = []
+            args: list = [self.running_ttl, self.ttl]
+            for sid, last, events in writes[start:start + WRITE_CHUNK]:
+                keys += (f"{p}:log:{sid}", f"{p}:meta:{sid}", f"{p}:readers:{sid}", f"{p}:cancel:{sid}")
+                args += (len(events) // 2, last)
+                args += events
+            calls.append((len(keys), *keys, *args))
+        self._run_script("write", _WRITE, _WRITE_SHA, calls)
+
+    def _run_script(self, role: str, script: bytes, sha: str, calls: list[tuple]) -> None:
+        """``EVALSHA sha`` once per argument tuple, on the connection of ``role`` (the writer's
+        or the publisher's); loads the script if Redis lost it (a restart): every script here
+        is safe to repeat."""
+        client = self._own.get(role)
+        if client is None:
+            client = self._own[role] = self._own_client(role)
+        for call in calls:
             try:
-                with self.redis.pipeline(transaction=True) as pipe:
-                    p = self.prefix
-                    for sid, last, events in writes:
-                        pipe.execute_command(
-                            "EVALSHA", _WRITE_SHA, 4, f"{p}:log:{sid}", f"{p}:meta:{sid}",
-                            f"{p}:readers:{sid}", f"{p}:cancel:{sid}",
-                            self.ttl if last else self.running_ttl, last, *events)
-                    pipe.execute()
-                return
+                client.execute_command("EVALSHA", sha, *call)
             except redis.exceptions.NoScriptError:
-                if loaded:
-                    raise
-                self.redis.script_load(_WRITE)
+                client.script_load(script)
+                client.execute_command("EVALSHA", sha, *call)
+
+    def _own_client(self, role: str) -> redis.Redis:
+        """A client that keeps one connection for a greenlet sending one command at a time:
+        no checkout from a pool (which polls the socket) per command. It connects now (the
+        caller's failure if Redis is down), and again after a connection it lost."""
+        return redis.Redis.from_url(
+            self.url, single_connection_client=True, socket_timeout=5, socket_connect_timeout=2,
+            health_check_interval=30, client_name=f"{self._name}-{role}",
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 1))
 
     def _remember_end(self, sid: str, seq: int) -> None:
         """Keep trying to record that ``sid`` ended at ``seq`` (its final event was lost)."""
@@ -459,7 +547,8 @@ class RedisStore(Store):
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything appended so far is in Redis (or dropped)."""
         deadline = time.monotonic() + timeout
-        while (self._pending or self._kick.is_set() or self._writing) and time.monotonic() < deadline:
+        while (self._pending or self._kick.is_set() or self._writing or self._publishing) \
+                and time.monotonic() < deadline:
             self._flushed.clear()
             self._flushed.wait(max(0.0, deadline - time.monotonic()))
 
@@ -517,69 +606,49 @@ class RedisStore(Store):
 
     # -- readers and cancel ---------------------------------------------------
     def attach(self, sid: str, reader: str) -> None:
-        local = self.is_local(sid)
-        if local:
-            self.local.attach(sid, reader)  # counted here even while Redis is down
-            if not self._shared(sid):
-                return
+        if self.is_local(sid):
+            # Leases on our own streams are kept here (``reader_counts`` adds Redis's, those of
+            # other processes' readers): the producer is in this process, nobody else needs them.
+            self.local.attach(sid, reader)
+            return
         key = self._key("readers", sid)
-        try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(key, {reader: time.time() + self.lease})
-                # TTL: at least the lease, never shorter than it was (the log's).
-                pipe.expire(key, self.lease_ttl, nx=True)
-                pipe.expire(key, self.lease_ttl, gt=True)
-                pipe.execute()
-        except redis.RedisError as exc:
-            if not local:
-                raise self._store_error(exc) from exc
-            self._lost(exc)
+        with self._failing(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {reader: time.time() + self.lease})
+            # TTL: at least the lease, never shorter than it was (the log's).
+            pipe.expire(key, self.lease_ttl, nx=True)
+            pipe.expire(key, self.lease_ttl, gt=True)
+            pipe.execute()
 
     def detach(self, sid: str, reader: str) -> int:
-        local = self.is_local(sid)
-        removed = False
-        left = 0
-        if local:
+        if self.is_local(sid):
+            # The last of our readers: "idle" to ourselves; the grace's end counts Redis's too.
             before = self.local.readers(sid)
-            left = self.local.detach(sid, reader)  # the mirror tells nobody: we do, below
-            removed = left < before
-        if not local or self._shared(sid):
-            key = self._key("readers", sid)
-            try:
-                with self.redis.pipeline() as pipe:
-                    pipe.zrem(key, reader)
-                    pipe.zcount(key, time.time(), "+inf")
-                    gone, shared_left = pipe.execute()
-            except redis.RedisError as exc:
-                if not local:
-                    raise self._store_error(exc) from exc
-                self._lost(exc)
-            else:
-                removed = removed or bool(gone)
-                left = max(left, shared_left)
-        if removed and not left:
+            left = self.local.detach(sid, reader)  # the mirror tells nobody: we do
+            if left < before and not left:
+                self.control_handler("idle", sid)
+            return left
+        key = self._key("readers", sid)
+        with self._failing(), self.redis.pipeline() as pipe:
+            pipe.zrem(key, reader)
+            pipe.zcount(key, time.time(), "+inf")
+            gone, left = pipe.execute()
+        if gone and not left:
             self._tell_owner(sid, "idle")
         return left
 
     def detach_quietly(self, sid: str, reader: str) -> None:
-        local = self.is_local(sid)
-        if local:
+        if self.is_local(sid):
             self.local.detach_quietly(sid, reader)
-            if not self._shared(sid):
-                return
-        try:
+            return
+        with self._failing():
             self.redis.zrem(self._key("readers", sid), reader)
-        except redis.RedisError as exc:
-            if not local:
-                raise self._store_error(exc) from exc
-            self._lost(exc)
 
     def readers(self, sid: str) -> int:
         return self.reader_counts([sid])[0]
 
     def reader_counts(self, sids: list[str]) -> list[int]:
-        """Live leases per stream: Redis's count, at least the mirror's for our own streams
-        (only the mirror's while Redis is down); one round trip."""
+        """Live leases per stream: Redis's (other processes' readers), plus the mirror's for
+        our own streams (only the mirror's while Redis is down); one round trip."""
         counts = [self.local.readers(sid) for sid in sids]
         ask = [i for i, sid in enumerate(sids) if self._shared(sid) or not self.is_local(sid)]
         if not ask:
@@ -596,7 +665,7 @@ class RedisStore(Store):
             self._lost(exc)
             return counts
         for i, count in zip(ask, found, strict=True):
-            counts[i] = max(counts[i], count)
+            counts[i] += count
         return counts
 
     def request_cancel(self, sid: str) -> None:

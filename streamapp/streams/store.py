@@ -73,6 +73,10 @@ class Store:
         """Register a new running stream."""
         raise NotImplementedError
 
+    def published(self, sid: str, timeout: float) -> None:
+        """Wait (at most ``timeout``) until other processes can find ``sid``, created
+        here: called before its id reaches a client, who may resume it anywhere."""
+
     def meta(self, sid: str) -> dict[str, Any] | None:
         """The stream's metadata, or ``None`` when unknown or expired."""
         raise NotImplementedError
