@@ -512,7 +512,6 @@ def test_remote_readers_across_instances_use_few_connections(start_server) -> No
 def scenario_publication(url: str, prefix: str) -> None:
     import redis
 
-    from streamapp.streams import redis_store
 
     client = redis.Redis.from_url(url)
     store, remote = make_store(url, prefix, ttl=30), make_store(url, prefix)
@@ -528,8 +527,7 @@ def scenario_publication(url: str, prefix: str) -> None:
     opened, done = b'{"kind":"open","stream_id":""}', b'{"kind":"done","finish_reason":"stop"}'
     store._run_writes([("p2", 2, [1, opened, 2, done])])
     fields = [x for k, v in {**META, "route": "sse"}.items() for x in (k, json.dumps(v))]
-    store._run_script("publish", redis_store._PUBLISH, redis_store._PUBLISH_SHA,
-                      store._publish_calls([("p2", fields)]))
+    store._run_script("publish", store._publish_script, store._publish_calls([("p2", fields)]))
     meta = remote.meta("p2")
     assert meta["state"] == "finished" and meta["last"] == 2 and meta["route"] == "sse", meta
     assert 0 < client.ttl(f"{prefix}:meta:p2") <= 30

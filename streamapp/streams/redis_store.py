@@ -43,7 +43,6 @@ Redis). The store notices Redis coming back on its own (the heartbeat).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -97,7 +96,6 @@ for k = 1, #KEYS, 4 do
   end
 end
 """
-_WRITE_SHA = hashlib.sha1(_WRITE).hexdigest()
 # The publisher's one command per batch: KEYS are new streams' meta keys, ARGV[1] a running
 # stream's TTL; then per stream: how many field, value pairs follow, and the pairs. A field
 # already there (the end, if the writer was first) is kept, and so is a TTL.
@@ -112,7 +110,14 @@ for k = 1, #KEYS do
   redis.call('EXPIRE', KEYS[k], ARGV[1], 'NX')
 end
 """
-_PUBLISH_SHA = hashlib.sha1(_PUBLISH).hexdigest()
+# Live leases of each stream (KEYS: readers keys; ARGV[1]: now), in one command.
+_COUNT = b"""
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('ZCOUNT', KEYS[i], ARGV[1], '+inf')
+end
+return out
+"""
 
 
 def _outage(exc: Exception) -> bool:
@@ -168,6 +173,10 @@ class RedisStore(Store):
             socket_timeout=BLOCK_MS / 1000 + 10, socket_connect_timeout=2,
             health_check_interval=30, client_name=f"{name}-block", retry=Retry(NoBackoff(), 1)))
         self._name = name
+        # The scripts: EVALSHA, loaded again by redis-py if Redis lost them (a restart).
+        self._write_script = self.redis.register_script(_WRITE)
+        self._publish_script = self.redis.register_script(_PUBLISH)
+        self._count_script = self.redis.register_script(_COUNT)
         self._dispatchers: list[_Dispatcher | None] = [None] * max(1, blocking_pool_size)
         self._owner = ""
         self.local = MemoryStore(ttl, lease=lease)  # mirrors of the logs this process produces
@@ -368,7 +377,7 @@ class RedisStore(Store):
             self._announce.clear()
             batch, self._new = self._new, []
             try:
-                self._run_script("publish", _PUBLISH, _PUBLISH_SHA, self._publish_calls(batch))
+                self._run_script("publish", self._publish_script, self._publish_calls(batch))
             except Exception as exc:  # noqa: BLE001 - the last line: a publisher that dies strands new streams
                 self._local_only.update(sid for sid, _ in batch)
                 if isinstance(exc, redis.RedisError):
@@ -383,7 +392,7 @@ class RedisStore(Store):
                 self._publishing.pop(sid).set()
             self._flushed.set()
 
-    def _publish_calls(self, batch: list[tuple[str, list[str]]]) -> list[tuple]:
+    def _publish_calls(self, batch: list[tuple[str, list[str]]]) -> list[tuple[list, list]]:
         calls = []
         for start in range(0, len(batch), WRITE_CHUNK):
             chunk = batch[start:start + WRITE_CHUNK]
@@ -391,7 +400,7 @@ class RedisStore(Store):
             for _, fields in chunk:
                 args.append(len(fields) // 2)
                 args += fields
-            calls.append((len(chunk), *(self._key("meta", sid) for sid, _ in chunk), *args))
+            calls.append(([self._key("meta", sid) for sid, _ in chunk], args))
         return calls
 
     def meta(self, sid: str) -> dict[str, Any] | None:
@@ -496,22 +505,17 @@ class RedisStore(Store):
                 keys += (f"{p}:log:{sid}", f"{p}:meta:{sid}", f"{p}:readers:{sid}", f"{p}:cancel:{sid}")
                 args += (len(events) // 2, last)
                 args += events
-            calls.append((len(keys), *keys, *args))
-        self._run_script("write", _WRITE, _WRITE_SHA, calls)
+            calls.append((keys, args))
+        self._run_script("write", self._write_script, calls)
 
-    def _run_script(self, role: str, script: bytes, sha: str, calls: list[tuple]) -> None:
-        """``EVALSHA sha`` once per argument tuple, on the connection of ``role`` (the writer's
-        or the publisher's); loads the script if Redis lost it (a restart): every script here
-        is safe to repeat."""
+    def _run_script(self, role: str, script: Any, calls: list[tuple[list, list]]) -> None:
+        """``script`` once per ``(keys, args)``, on the connection of ``role`` (the writer's
+        or the publisher's); every script here is safe to repeat."""
         client = self._own.get(role)
         if client is None:
             client = self._own[role] = self._own_client(role)
-        for call in calls:
-            try:
-                client.execute_command("EVALSHA", sha, *call)
-            except redis.exceptions.NoScriptError:
-                client.script_load(script)
-                client.execute_command("EVALSHA", sha, *call)
+        for keys, args in calls:
+            script(keys, args, client=client)
 
     def _own_client(self, role: str) -> redis.Redis:
         """A client that keeps one connection for a greenlet sending one command at a time:
@@ -653,12 +657,8 @@ class RedisStore(Store):
         ask = [i for i, sid in enumerate(sids) if self._shared(sid) or not self.is_local(sid)]
         if not ask:
             return counts
-        now = time.time()
         try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for i in ask:
-                    pipe.zcount(self._key("readers", sids[i]), now, "+inf")
-                found = pipe.execute()
+            found = self._count_script([self._key("readers", sids[i]) for i in ask], [time.time()])
         except redis.RedisError as exc:
             if any(not self.is_local(sids[i]) for i in ask):
                 raise self._store_error(exc) from exc
