@@ -105,7 +105,17 @@ def _rate_headers(response: Response) -> Response:
     return response
 
 
+def _any_rate_limit(app: Flask) -> bool:
+    """Whether a stream start can be rate limited at all: the default limit, or a key's own."""
+    keys = app.extensions.get("auth")
+    return bool(str(app.config["RATE_LIMIT"] or "").strip()) or \
+        any(client.rate_limit for client in getattr(keys, "by_name", {}).values())
+
+
 def _init_limiter(app: Flask) -> None:
+    if not _any_rate_limit(app):
+        app.extensions["streamapp.stream_limit"] = None  # nothing to count: no hook on any request
+        return
     uri, options = _storage(app.config)
     limiter = Limiter(
         client_identity, storage_uri=uri, storage_options=options,
@@ -133,14 +143,16 @@ def _init_limiter(app: Flask) -> None:
 def count_stream_start() -> None:
     """Count a stream start that no limited view made (a WebSocket chat) against the same
     shared limit as the HTTP ones; ``RateLimitExceeded`` over it."""
-    with current_app.extensions["streamapp.stream_limit"]:
-        pass
+    limit = current_app.extensions["streamapp.stream_limit"]
+    if limit is not None:
+        with limit:
+            pass
 
 
 def retry_after() -> int | None:
     """Seconds until the limit just breached lets a stream start again (``None``: unknown)."""
-    limiter: Limiter = current_app.extensions["streamapp.limiter"]
-    current: RequestLimit | None = limiter.current_limit
+    limiter: Limiter | None = current_app.extensions.get("streamapp.limiter")
+    current: RequestLimit | None = limiter.current_limit if limiter is not None else None
     try:
         return max(1, int(current.reset_at - time.time())) if current is not None else None
     except Exception:  # noqa: BLE001 - the store failed: no hint

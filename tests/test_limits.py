@@ -116,6 +116,28 @@ def test_rate_limit_per_key_and_its_own_override(keyed_app):
     assert post("beta").headers["X-RateLimit-Limit"] == "120"
 
 
+def test_no_rate_limit_anywhere_means_no_limiter_at_all():
+    app = create_app({"RATE_LIMIT": "", "DEMO_DELAY_MS": 0})
+    assert "streamapp.limiter" not in app.extensions  # no hook runs on any request
+    client = app.test_client()
+    body = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+    answers = [client.post("/v1/chat/completions", json=body) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200] * 3
+    assert "X-RateLimit-Limit" not in answers[0].headers
+
+
+def test_a_key_with_its_own_rate_limit_is_limited_without_a_default(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("alpha:sk-alpha-0123456789 rpm=2\n")
+    app = create_app({"RATE_LIMIT": "", "API_KEYS_FILE": str(keys), "SECRET_KEY": "x" * 32,
+                      "DEMO_DELAY_MS": 0})
+    client = app.test_client()
+    body = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+    answers = [client.post("/v1/chat/completions", json=body,
+                           headers={"Authorization": "Bearer sk-alpha-0123456789"}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+
+
 def test_model_allow_list_of_a_key(keyed_app):
     client = keyed_app.test_client()
     r = client.post("/v1/chat/completions", headers={"X-Test-Client": "beta"},
