@@ -5,6 +5,7 @@ The STREAMAPP_* variables read here are in the README's "Configuration"; the def
 Behind nginx (conf/nginx-site.conf) run one such instance per host, all on one REDIS_URL.
 """
 
+import gc
 import glob
 import multiprocessing
 import os
@@ -60,9 +61,20 @@ accesslog = os.environ.get("STREAMAPP_ACCESS_LOG") or None
 loglevel = os.environ.get("STREAMAPP_LOG_LEVEL", "info")
 
 
+# Garbage collection in a worker: the objects loaded with the app (modules, routes, config) are
+# frozen out of every collection, and the youngest generation is collected after this many
+# allocations rather than Python's 700. Streams allocate fast and free by reference count; the
+# cycle collector otherwise took ~9 % of a worker's CPU at 1,000 streams (bench w3, Redis).
+gc_threshold = int(os.environ.get("STREAMAPP_GC_THRESHOLD", 50_000))
+
+
 def post_worker_init(worker):
-    """Tell the app's streams when this worker starts shutting down."""
+    """Tune the garbage collector (above); tell the app's streams when this worker starts
+    shutting down."""
     import gevent
+
+    gc.freeze()
+    gc.set_threshold(gc_threshold, 10, 10)
 
     manager = worker.wsgi.extensions["streams"]
 
