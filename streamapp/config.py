@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_PREFIX": "streamapp",       # every Redis key starts with this
     "REDIS_POOL_SIZE": 100,            # Redis connections per worker for short commands
     "REDIS_BLOCKING_POOL_SIZE": 4,     # per worker: blocking reads for readers of other workers' streams
+    "REDIS_COMMIT_MS": 5,              # appends gathered this long before each write to Redis (group commit)
     # Access (streamapp/auth.py). No key configured: the API is open.
     "API_KEYS": "",                    # comma-separated keys: KEY, NAME:KEY or [NAME:]sha256:HEX
     "API_KEYS_FILE": "",               # one key a line, with a name and limits (see auth.py)
@@ -74,7 +75,7 @@ _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
          "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES",
          "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE", "TRUSTED_PROXIES", "MAX_STREAMS_PER_KEY",
          "MAX_STREAMS_PER_PROCESS", "MAX_MESSAGE_CHARS", "MAX_MESSAGES", "MAX_INPUT_CHARS",
-         "MAX_TOKENS_CEILING", "WS_MAX_FRAME_BYTES")
+         "MAX_TOKENS_CEILING", "WS_MAX_FRAME_BYTES", "REDIS_COMMIT_MS")
 PROVIDERS = ("demo", "openai", "ollama")
 
 
@@ -118,6 +119,8 @@ def validate(config: dict[str, Any]) -> None:
     for key in ("REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE"):
         if config[key] < 1:
             raise ValueError(f"STREAMAPP_{key} must be >= 1")
+    if not 0 <= config["REDIS_COMMIT_MS"] <= 1000:
+        raise ValueError("STREAMAPP_REDIS_COMMIT_MS must be between 0 and 1000")
     for key in ("SLOT_LEASE_S", "WS_PING_S"):
         if config[key] <= 0:
             raise ValueError(f"STREAMAPP_{key} must be > 0")

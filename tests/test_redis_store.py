@@ -564,3 +564,36 @@ def scenario_local_leases(url: str, prefix: str) -> None:
 
 def test_readers_in_the_producing_process_hold_their_leases_there(redis_url, prefix) -> None:
     run_patched("scenario_local_leases", url=redis_url, prefix=prefix)
+
+
+# -- 9. group commit: appends of every stream gathered for the commit window -------------------
+
+def scenario_commit_window(url: str, prefix: str) -> None:
+    import gevent
+
+    from streamapp.events import Delta
+
+    store, remote = make_store(url, prefix, commit_window=0.05), make_store(url, prefix)
+    store.start("owner-c")
+    sids = ["c1", "c2", "c3"]
+    for sid in sids:
+        store.create(sid, META)
+    store.flush()
+    batches: list[list[str]] = []
+    real = store._run_writes
+
+    def recording(writes):
+        batches.append([sid for sid, _, _ in writes])
+        return real(writes)
+    store._run_writes = recording
+    for sid in sids:  # one append per stream, the writer free to run between them
+        store.append(sid, 1, Delta(sid, 0), final=False)
+        gevent.sleep(0.005)
+        assert store.read(sid, 0)  # readers in this process have it at once
+    store.flush()
+    assert batches == [sids], batches  # one write for all three
+    assert all(texts(remote.read(sid, 0)) == [sid] for sid in sids)
+
+
+def test_appends_are_gathered_for_the_commit_window(redis_url, prefix) -> None:
+    run_patched("scenario_commit_window", url=redis_url, prefix=prefix)

@@ -20,7 +20,8 @@ def make_store(config: dict) -> Store:
                           running_ttl=config["STREAM_MAX_DURATION_S"] + config["READ_TIMEOUT_S"]
                           + config["RESUME_GRACE_S"] + 60,
                           lease=config["LEASE_S"], pool_size=config["REDIS_POOL_SIZE"],
-                          blocking_pool_size=config["REDIS_BLOCKING_POOL_SIZE"])
+                          blocking_pool_size=config["REDIS_BLOCKING_POOL_SIZE"],
+                          commit_window=config["REDIS_COMMIT_MS"] / 1000)
     return MemoryStore(config["RESUME_TTL_S"], lease=config["LEASE_S"])
 
 

@@ -154,9 +154,12 @@ class RedisStore(Store):
     end_retry_s = 1.0  # how often the end of a stream whose last batch was dropped is retried
 
     def __init__(self, url: str, prefix: str, ttl: float, running_ttl: float, lease: float,
-                 pool_size: int = 100, blocking_pool_size: int = 4) -> None:
+                 pool_size: int = 100, blocking_pool_size: int = 4, commit_window: float = 0.0) -> None:
         super().__init__()
         self.url, self.prefix, self.ttl, self.lease = url, prefix, int(ttl) or 1, lease
+        # The writer gathers appends this long before each batch: at thousands of slow
+        # streams, a batch per append cost more than the rest of Redis mode together.
+        self.commit_window = commit_window
         self.running_ttl = int(running_ttl) + self.ttl
         self.lease_ttl = int(lease) + 1  # a readers key outlives every lease in it
         name = re.sub(r"[^\w:.-]", "_", f"{prefix}-{os.getpid()}")  # CLIENT LIST shows who is who
@@ -439,6 +442,8 @@ class RedisStore(Store):
         """Send pending appends to Redis, batch after batch, in order; never dies."""
         while True:
             self._kick.wait(self.end_retry_s if self._ends else None)
+            if self.commit_window and not self.closed:
+                gevent.sleep(self.commit_window)  # readers here have them already: only others wait
             self._kick.clear()
             batch, self._pending = self._pending, []
             if self._local_only:  # streams whose metadata Redis did not take: never sent
