@@ -120,15 +120,20 @@ class StreamManager:
         sid = secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
         if on_exit is not None:
             self._on_exit[sid] = on_exit
-        try:
-            self.store.create(sid, {**meta, "state": "running"})
-        except BaseException:
-            self._run_on_exit(sid)
-            raise
-        self._producers[sid] = Producer(
+        # Spawned first, so that it sends the upstream request before anything the store
+        # does in the background for the new stream (it runs once this greenlet waits, and
+        # finds the stream created: create() does not wait).
+        producer = Producer(
             sid, events, self.store, self._producer_exit, max_events=self.max_events,
             max_bytes=self.max_bytes, on_disconnect=on_disconnect, started_at=self.clock(),
             meta=meta, clock=self.clock)
+        try:
+            self.store.create(sid, {**meta, "state": "running"})
+        except BaseException:
+            producer.greenlet.kill(block=False)  # not started: it never runs
+            self._run_on_exit(sid)
+            raise
+        self._producers[sid] = producer
         # The client is an API key's name, never the key.
         logger.info("stream %s started: route %s, provider %s, client %s", sid, meta.get("route"),
                     meta.get("provider", "-"), meta.get("client", "-"),

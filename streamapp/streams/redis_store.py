@@ -71,6 +71,7 @@ ALIVE_CACHE_S = 1.0  # how long an answer about another process's liveness is re
 BLOCK_MS = 5000  # a dispatcher's XREAD returns at least this often (its doorbell interrupts it)
 MAX_UNRECORDED_ENDS = 10_000  # ends of streams still to be written to Redis after a lost batch
 WRITE_CHUNK = 256  # streams per script call (a long script holds Redis up)
+BATCH_EVENTS = 64  # this many pending appends are written at once, without the commit window
 # The writer's one command per batch, for every stream in it: KEYS are each stream's log, meta,
 # readers and cancel keys; ARGV[1] and ARGV[2] the TTLs of a running and of an ended stream; then
 # per stream: how many events follow, its final seq (0 while it runs), and the events' seq, JSON
@@ -157,8 +158,8 @@ class RedisStore(Store):
                  pool_size: int = 100, blocking_pool_size: int = 4, commit_window: float = 0.0) -> None:
         super().__init__()
         self.url, self.prefix, self.ttl, self.lease = url, prefix, int(ttl) or 1, lease
-        # The writer gathers appends this long before each batch: at thousands of slow
-        # streams, a batch per append cost more than the rest of Redis mode together.
+        # The writer gathers appends this long (or until BATCH_EVENTS) before each batch: at
+        # thousands of slow streams, a batch per append cost ~10 % of the CPU.
         self.commit_window = commit_window
         self.running_ttl = int(running_ttl) + self.ttl
         self.lease_ttl = int(lease) + 1  # a readers key outlives every lease in it
@@ -192,6 +193,7 @@ class RedisStore(Store):
         self._own: dict[str, redis.Redis] = {}  # the writer's and the publisher's connections
         self._ends: dict[str, int] = {}  # sid -> final seq whose batch was dropped
         self._kick = gevent.event.Event()
+        self._full = gevent.event.Event()  # BATCH_EVENTS are pending: no need to wait for more
         self._flushed = gevent.event.Event()
         self._writing = False
         self._greenlets: list[gevent.Greenlet] = []
@@ -437,14 +439,18 @@ class RedisStore(Store):
             return
         self._pending.append((sid, seq, data, final))
         self._kick.set()
+        if len(self._pending) >= BATCH_EVENTS:
+            self._full.set()
 
     def _write_loop(self) -> None:
         """Send pending appends to Redis, batch after batch, in order; never dies."""
         while True:
             self._kick.wait(self.end_retry_s if self._ends else None)
             if self.commit_window and not self.closed:
-                gevent.sleep(self.commit_window)  # readers here have them already: only others wait
+                # Readers here have them already: only other processes' readers wait.
+                self._full.wait(self.commit_window)
             self._kick.clear()
+            self._full.clear()
             batch, self._pending = self._pending, []
             if self._local_only:  # streams whose metadata Redis did not take: never sent
                 batch = [item for item in batch if item[0] not in self._local_only]

@@ -70,7 +70,8 @@ class Store:
         return None
 
     def create(self, sid: str, meta: dict[str, Any]) -> None:
-        """Register a new running stream."""
+        """Register a new running stream, without waiting for anything (its producer,
+        already spawned, runs as soon as the caller waits)."""
         raise NotImplementedError
 
     def published(self, sid: str, timeout: float) -> None:
