@@ -109,3 +109,37 @@ def test_an_empty_chunk_keeps_a_pending_cr() -> None:
 @pytest.mark.parametrize("bad", ["abc-\u00b2", "abc-" + "9" * 5000, "abc-\u0663"])
 def test_event_ids_with_odd_digits_are_not_ours(bad) -> None:
     assert parse_event_id(bad) is None
+
+
+def _line_by_line(chunks: list[bytes]) -> list[sse.ServerSentEvent]:
+    """The decoder without its block-at-a-time path: every line through ``EventParser``."""
+    splitter, parser, out = sse.LineSplitter(), sse.EventParser(), []
+    for chunk in chunks:
+        for line in splitter.feed(chunk):
+            event = parser.feed_line(line)
+            if event is not None:
+                out.append(event)
+    return out
+
+
+def test_whole_event_chunks_decode_as_line_by_line() -> None:
+    import random
+
+    rng = random.Random(12)
+    pieces = [
+        b"data: plain\n\n", b'data: {"a": "\xc3\xa9"}\n\n', b"id: 7\ndata: with id\n\n",
+        b": comment\n\n", b"event: x\ndata: named\n\n", b"data: two\ndata: lines\n\n",
+        b"retry: 300\ndata: r\n\n", b"data:\n\n", b"data: after\n\n", b"data: cr\r\n\r\n",
+        b"\xef\xbb\xbfdata: bom\n\n", b"id\n\n",
+    ]
+    for _ in range(1000):
+        events = [rng.choice(pieces) for _ in range(rng.randint(1, 12))]
+        if rng.random() < 0.5:  # as an upstream sends them: whole events, one or several a chunk
+            cuts = sorted(rng.sample(range(1, len(events) + 1), rng.randint(1, len(events))))
+            chunks = [b"".join(events[a:b]) for a, b in zip([0, *cuts], cuts, strict=False)]
+            chunks += [b"".join(events[cuts[-1]:])] if cuts[-1] < len(events) else []
+        else:  # cut anywhere
+            stream = b"".join(events)
+            cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 4))))
+            chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        assert decode(chunks) == _line_by_line(chunks), chunks
