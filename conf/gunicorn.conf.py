@@ -66,6 +66,8 @@ loglevel = os.environ.get("STREAMAPP_LOG_LEVEL", "info")
 # allocations rather than Python's 700. Streams allocate fast and free by reference count; the
 # cycle collector otherwise took ~9 % of a worker's CPU at 1,000 streams (bench w3, Redis).
 gc_threshold = int(os.environ.get("STREAMAPP_GC_THRESHOLD", 50_000))
+if gc_threshold < 1:
+    raise ValueError("STREAMAPP_GC_THRESHOLD must be >= 1 (0 would turn the cycle collector off)")
 
 
 def post_worker_init(worker):

@@ -318,3 +318,25 @@ def test_a_burst_from_the_upstream_does_not_hold_back_the_first_event(clock) -> 
     reader.close()
     assert batches[0] == 2, batches  # Opened and the first token, alone
     assert max(batches) <= FAIR_EVENTS + 1 and sum(batches) == 202, batches
+
+
+def test_the_first_event_waits_until_the_stream_is_published(clock) -> None:
+    """A store that other processes share (Redis) learns of a new stream in the background;
+    the request that started it shows no client its id before it is there."""
+
+    class SlowToPublish(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__(300, clock=clock)
+            self.done = gevent.event.Event()
+
+        def published(self, sid: str, timeout: float) -> None:
+            self.done.wait(timeout)
+
+    store = SlowToPublish()
+    manager = StreamManager(store, 10, tick=3600, clock=clock)
+    sid = manager.start(Upstream(tokens=1).events(), {"route": "test"})
+    waiting = gevent.spawn(manager.first_event, sid, 5.0, 10.0, gevent.event.Event())
+    settle()
+    assert not waiting.ready()  # its first token is there, its publication is not
+    store.done.set()
+    assert isinstance(waiting.get(timeout=5), Delta)

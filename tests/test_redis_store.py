@@ -597,3 +597,67 @@ def scenario_commit_window(url: str, prefix: str) -> None:
 
 def test_appends_are_gathered_for_the_commit_window(redis_url, prefix) -> None:
     run_patched("scenario_commit_window", url=redis_url, prefix=prefix)
+
+
+# -- 10. a stream's events wait for its metadata; a publication given up leaves no trace ------
+
+def scenario_events_wait_for_publication(url: str, prefix: str) -> None:
+    import gevent
+    import redis
+
+    client = redis.Redis.from_url(url)
+    store, remote = make_store(url, prefix), make_store(url, prefix)
+    store.start("owner-w")
+    real = store._run_script
+
+    def slow_publisher(role, script, calls):
+        if role == "publish":
+            gevent.sleep(0.3)  # Redis slow to take the metadata
+        return real(role, script, calls)
+    store._run_script = slow_publisher
+    store.create("h1", {**META, "route": "sse"})
+    last = append_all(store, "h1", deltas("a", "b"))  # the whole stream, end included
+    gevent.sleep(0.1)  # the writer has run meanwhile
+    assert texts(store.read("h1", 0)) == ["a", "b", "done"]  # readers here: at once
+    assert not client.exists(f"{prefix}:log:h1")  # Redis: nothing before the metadata
+    store.flush()
+    meta = remote.meta("h1")
+    assert meta["route"] == "sse" and meta["state"] == "finished" and meta["last"] == last, meta
+    assert texts(remote.read("h1", 0)) == ["a", "b", "done"]
+
+
+def test_a_streams_events_wait_for_its_metadata(redis_url, prefix) -> None:
+    run_patched("scenario_events_wait_for_publication", url=redis_url, prefix=prefix)
+
+
+def scenario_publication_given_up(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    store, remote = make_store(url, prefix), make_store(url, prefix)
+    store.backoff = 0.01
+    store.start("owner-g")
+    real = store._run_script
+
+    def reply_lost(role, script, calls):
+        if role != "publish":
+            return real(role, script, calls)
+        real(role, script, calls)  # Redis took it...
+        raise redis.TimeoutError("Timeout reading from socket")  # ... but its answer never came
+    store._run_script = reply_lost
+    store.create("g1", META)
+    store.published("g1", 5)  # returns: the client is not kept waiting
+    assert "g1" in store._local_only
+    append_all(store, "g1", deltas("x"))
+    store.flush()
+    assert texts(store.read("g1", 0)) == ["x", "done"]  # served by this process
+    assert not client.exists(f"{prefix}:log:g1")  # none of its events reach Redis
+    assert client.exists(f"{prefix}:meta:g1")  # the metadata Redis took, unanswered...
+    store._run_script = real
+    store.heartbeat()
+    poll_until(lambda: not client.exists(f"{prefix}:meta:g1"), 5, "the stray metadata to be deleted")
+    assert remote.meta("g1") is None  # another process says 204, never waits on it
+
+
+def test_a_publication_given_up_serves_the_stream_here_and_leaves_nothing_in_redis(redis_url, prefix) -> None:
+    run_patched("scenario_publication_given_up", url=redis_url, prefix=prefix)

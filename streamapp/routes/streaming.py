@@ -195,4 +195,5 @@ def collect_stream(events: Iterator[Event], meta: dict[str, Any],
             watch.stop()
             reader.join_departure()
         reader.close()
+    manager.published(sid)  # its id goes out with the answer
     return sid, got

@@ -22,9 +22,10 @@ The process producing a stream keeps a local mirror of its log (a
 ``MemoryStore``): its readers never wait on Redis. A writer greenlet sends
 what was appended meanwhile to Redis in one script call per batch (group
 commit); a publisher greenlet does the same for new streams' metadata, while
-their upstream requests are under way, and a stream's id reaches no client
-before its metadata is in (``published``). Neither undoes the other: a
-stream's end, if the writer records it first, is kept. The readers in the
+their upstream requests are under way. A stream's events wait for its
+metadata, and its id reaches no client before it is in (``published``); a
+stream whose metadata Redis does not take is served by this process only, and
+never reaches Redis (what may have, a reply lost, is deleted). The readers in the
 producing process hold their leases in the mirror only (its counts are added
 to Redis's). The mirror is freed once the stream's final event is in Redis.
 
@@ -71,6 +72,7 @@ ALIVE_CACHE_S = 1.0  # how long an answer about another process's liveness is re
 BLOCK_MS = 5000  # a dispatcher's XREAD returns at least this often (its doorbell interrupts it)
 MAX_UNRECORDED_ENDS = 10_000  # ends of streams still to be written to Redis after a lost batch
 WRITE_CHUNK = 256  # streams per script call (a long script holds Redis up)
+PUBLISH_TRIES = 3  # a new stream's metadata is tried this often before it is served here only
 BATCH_EVENTS = 64  # this many pending appends are written at once, without the commit window
 # The writer's one command per batch, for every stream in it: KEYS are each stream's log, meta,
 # readers and cancel keys; ARGV[1] and ARGV[2] the TTLs of a running and of an ended stream; then
@@ -189,6 +191,7 @@ class RedisStore(Store):
         self._pending: list[tuple[str, int, bytes, bool]] = []  # the writer's next batch, in order
         self._new: list[tuple[str, list[str]]] = []  # the publisher's: (sid, meta fields and values)
         self._publishing: dict[str, gevent.event.Event] = {}  # sid -> set once Redis has its meta
+        self._forget: set[str] = set()  # local-only streams to delete from Redis once it answers
         self._announce = gevent.event.Event()
         self._own: dict[str, redis.Redis] = {}  # the writer's and the publisher's connections
         self._ends: dict[str, int] = {}  # sid -> final seq whose batch was dropped
@@ -311,6 +314,10 @@ class RedisStore(Store):
             self._local_only = {sid for sid in self._local_only if self.local.meta(sid) is not None}
         try:
             self.redis.set(f"{self.prefix}:owner:{self._owner}", 1, ex=OWNER_TTL_S)
+            if self._forget:  # local-only streams whose metadata may have reached Redis
+                forget = list(self._forget)
+                self.redis.delete(*(self._key(kind, sid) for sid in forget for kind in ("meta", "log")))
+                self._forget.difference_update(forget)
         except redis.RedisError as exc:
             self._lost(exc)
             return
@@ -375,27 +382,43 @@ class RedisStore(Store):
             done.wait(timeout)
 
     def _publish_loop(self) -> None:
-        """Send new streams' metadata to Redis, batch after batch; never dies. A stream whose
-        metadata Redis does not take is served by this process only."""
+        """Send new streams' metadata to Redis, batch after batch; never dies. The writer
+        holds a stream's events back until its metadata is in (or given up)."""
         while True:
             self._announce.wait()
             self._announce.clear()
             batch, self._new = self._new, []
             try:
-                self._run_script("publish", self._publish_script, self._publish_calls(batch))
-            except Exception as exc:  # noqa: BLE001 - the last line: a publisher that dies strands new streams
+                self._publish(batch)
+            except Exception:  # noqa: BLE001 - the last line: a publisher that dies strands new streams
+                logger.exception("the Redis publisher failed a round")
                 self._local_only.update(sid for sid, _ in batch)
-                if isinstance(exc, redis.RedisError):
-                    self._lost(exc)
-                    if not _outage(exc):
-                        logger.warning("%d new streams are served by this process only: %s", len(batch), exc)
-                else:
-                    logger.exception("%d new streams are served by this process only", len(batch))
-            else:
-                self._back()
             for sid, _ in batch:
                 self._publishing.pop(sid).set()
+            if self._pending:
+                self._kick.set()  # the events held back meanwhile
             self._flushed.set()
+
+    def _publish(self, batch: list[tuple[str, list[str]]]) -> None:
+        """Try a few times; then the batch's streams are served by this process only, and
+        whatever of them reached Redis (a reply lost, a chunk in) is deleted once it answers."""
+        for attempt in range(PUBLISH_TRIES):
+            try:
+                self._run_script("publish", self._publish_script, self._publish_calls(batch))
+            except Exception as exc:  # noqa: BLE001 - Redis, or a bug: retried, then given up
+                problem: Exception = exc
+                if isinstance(exc, redis.RedisError):
+                    self._lost(exc)
+                if attempt + 1 < PUBLISH_TRIES:
+                    gevent.sleep(self.backoff * 2 ** attempt)
+                continue
+            self._back()
+            return
+        sids = [sid for sid, _ in batch]
+        self._local_only.update(sids)
+        self._forget.update(sids)
+        if not self._down:
+            logger.warning("%d new streams are served by this process only: %s", len(sids), problem)
 
     def _publish_calls(self, batch: list[tuple[str, list[str]]]) -> list[tuple[list, list]]:
         calls = []
@@ -452,8 +475,8 @@ class RedisStore(Store):
             self._kick.clear()
             self._full.clear()
             batch, self._pending = self._pending, []
-            if self._local_only:  # streams whose metadata Redis did not take: never sent
-                batch = [item for item in batch if item[0] not in self._local_only]
+            if self._local_only or self._publishing:
+                batch = self._sendable(batch)
             self._writing = True
             try:
                 if batch:
@@ -465,6 +488,18 @@ class RedisStore(Store):
             finally:
                 self._writing = False
                 self._flushed.set()
+
+    def _sendable(self, batch: list[tuple[str, int, bytes, bool]]) -> list[tuple[str, int, bytes, bool]]:
+        """``batch`` without the streams Redis must never see (local-only), and without those
+        whose metadata is not in yet: put back, in order, for a later batch."""
+        held, out = [], []
+        for item in batch:
+            if item[0] in self._publishing:
+                held.append(item)
+            elif item[0] not in self._local_only:
+                out.append(item)
+        self._pending[:0] = held
+        return out
 
     def _write(self, batch: list[tuple[str, int, bytes, bool]]) -> None:
         for attempt in range(self.write_tries):
