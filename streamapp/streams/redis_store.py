@@ -449,7 +449,7 @@ class RedisStore(Store):
 
     def append(self, sid: str, seq: int, event: Event, final: bool) -> None:
         # Local readers see the event now; Redis gets it from the writer greenlet,
-        # which sends everything appended meanwhile in one transaction (group commit).
+        # which sends everything appended meanwhile in one script call (group commit).
         self.local.append(sid, seq, event, final)
         if sid in self._local_only:
             return
