@@ -100,6 +100,11 @@ class LineSplitter:
         self._pending_cr = not self._buf and data.endswith(b"\r")
         return out
 
+    @property
+    def at_line_start(self) -> bool:
+        """Whether no part of a line is pending (a chunk may be split on its own)."""
+        return not (self._buf or self._pending_cr)
+
     def flush(self) -> list[str]:
         """Lines left when the stream ends (an unterminated last line)."""
         rest, self._buf = self._buf, b""
@@ -112,7 +117,7 @@ class EventParser:
     def __init__(self) -> None:
         self._data: list[str] = []
         self._event = ""
-        self._id: str | None = None
+        self.last_event_id: str | None = None  # the spec's "last event ID buffer": it persists
         self._retry: int | None = None
         self._first = True
         self.retry: int | None = None  # the last valid reconnection time seen
@@ -134,11 +139,17 @@ class EventParser:
             self._event = value
         elif name == "id":
             if "\0" not in value:
-                self._id = value
+                self.last_event_id = value
         elif name == "retry":
             if value.isascii() and value.isdigit():
                 self._retry = self.retry = int(value)
         return None
+
+    @property
+    def between_events(self) -> bool:
+        """Whether a ``data:`` line followed by a blank one is, on its own, a whole default
+        event (past the first line, nothing of an event pending)."""
+        return not (self._first or self._data or self._event or self._retry is not None)
 
     def _dispatch(self) -> ServerSentEvent | None:
         event = None
@@ -146,7 +157,7 @@ class EventParser:
             event = ServerSentEvent(
                 data="\n".join(self._data),
                 event=self._event or "message",
-                id=self._id,
+                id=self.last_event_id,
                 retry=self._retry,
             )
         self._data, self._event, self._retry = [], "", None
@@ -172,12 +183,12 @@ def iter_events(chunks: Iterable[bytes]) -> Iterator[ServerSentEvent]:
     parser = EventParser()
     feed_line = parser.feed_line
     for chunk in chunks:
-        if chunk.endswith(b"\n\n") and not (splitter._buf or splitter._pending_cr or parser._first
-                                            or parser._data or parser._event or parser._retry is not None) \
+        if chunk.endswith(b"\n\n") and splitter.at_line_start and parser.between_events \
                 and b"\r" not in chunk:
             for block in chunk[:-2].split(b"\n\n"):
                 if block.startswith(b"data: ") and b"\n" not in block:
-                    yield ServerSentEvent(block[6:].decode("utf-8", "replace"), "message", parser._id)
+                    data = block[6:].decode("utf-8", "replace")
+                    yield ServerSentEvent(data, "message", parser.last_event_id)
                     continue
                 for line in block.split(b"\n"):  # anything else: line by line
                     event = feed_line(line.decode("utf-8", "replace"))
