@@ -364,8 +364,8 @@ class RedisStore(Store):
 
     # -- streams --------------------------------------------------------------
     def create(self, sid: str, meta: dict[str, Any]) -> None:
-        # The meta goes to Redis with the writer's next batch, while the upstream request is
-        # under way: nothing waits for Redis until the stream's id is about to be shown.
+        # The publisher sends the meta while the upstream request is under way: nothing
+        # waits for Redis until the stream's id is about to be shown (``published``).
         fields = [x for k, v in meta.items() for x in (k, json.dumps(v))]
         fields += ("owner", json.dumps(self._owner))
         self.local.create(sid, meta)
@@ -529,16 +529,17 @@ class RedisStore(Store):
 
     def _commit(self, batch: list[tuple[str, int, bytes, bool]]) -> list[str]:
         """One script call per batch (every stream's events and end); the sids ended."""
-        streams: dict[str, list] = {}  # sid -> [final seq or 0, seq, event, seq, event, ...]
+        streams: dict[str, list] = {}  # sid -> [seq, event, seq, event, ...]
+        ends: dict[str, int] = {}  # sid -> its final seq
         for sid, seq, data, final in batch:
-            args = streams.get(sid)
-            if args is None:
-                args = streams[sid] = [0]
+            events = streams.get(sid)
+            if events is None:
+                events = streams[sid] = []
+            events += (seq, data)
             if final:
-                args[0] = seq
-            args += (seq, data)
-        self._run_writes([(sid, args[0], args[1:]) for sid, args in streams.items()])
-        return [sid for sid, args in streams.items() if args[0]]
+                ends[sid] = seq
+        self._run_writes([(sid, ends.get(sid, 0), events) for sid, events in streams.items()])
+        return list(ends)
 
     def _run_writes(self, writes: list[tuple[str, int, list]]) -> None:
         """``_WRITE`` for ``(sid, last, events)``, ``WRITE_CHUNK`` streams a call."""
