@@ -13,8 +13,9 @@ $(VENV)/.installed-dev: requirements-dev.txt requirements.txt $(VENV)/.installed
 	$(PIP) install -q -r requirements-dev.txt
 	touch $@
 
-run: $(VENV)/.installed  ## start gunicorn + gevent on 127.0.0.1:8000 (demo provider)
-	$(VENV)/bin/gunicorn -c conf/gunicorn.conf.py wsgi:app
+run: PORT ?= 8000
+run: $(VENV)/.installed  ## start gunicorn + gevent on 127.0.0.1:$(PORT) (demo provider); STREAMAPP_BIND wins
+	STREAMAPP_BIND="$${STREAMAPP_BIND:-127.0.0.1:$(PORT)}" $(VENV)/bin/gunicorn -c conf/gunicorn.conf.py wsgi:app
 
 test: $(VENV)/.installed-dev  ## run the whole suite
 	$(VENV)/bin/ruff check .
