@@ -1,4 +1,4 @@
-"""The one place a stream becomes an HTTP response (not a blueprint).
+"""The HTTP front doors' edge of the stream lifecycle: a stream as an HTTP response (not a blueprint).
 
 Before the first byte, a failure is an HTTP error with a JSON body (502, or
 504 on an upstream timeout); after it, the stream's final ``event: error``.
@@ -18,14 +18,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent.event
-from flask import Response, current_app, g, request
+from flask import Response, current_app, request
 
-from ..auth import require_owner
 from ..errors import error_response
 from ..events import Event, Failed
-from ..limits import acquire_slot
-from ..streams import get_manager
-from ..wire import Encoder, encoder, is_resumable, is_stream_id, parse_event_id
+from ..streams import get_lifecycle
+from ..wire import Encoder, encoder, parse_event_id
+from .door import client_meta, find, launch
 from .edge import DepartureWatch, http_body
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -69,11 +68,8 @@ def nothing_to_resume() -> Response:
 
 
 def _respond(sid: str, after: int, enc: Encoder) -> Response:
-    config = current_app.config
-    manager = get_manager()
-    reader = manager.attach(sid, after, idle=config["HEARTBEAT_S"],
-                            leave_at_shutdown=manager.store.shared and enc.resumable)
-    body = http_body(reader, enc, write_timeout=config["WRITE_TIMEOUT_S"],
+    reader = get_lifecycle().follow(sid, after, resumable=enc.resumable)
+    body = http_body(reader, enc, write_timeout=current_app.config["WRITE_TIMEOUT_S"],
                      sock=request.environ.get("gunicorn.socket"))
     return Response(body, content_type=enc.content_type,
                     headers={**STREAM_HEADERS, "X-Stream-Id": sid})
@@ -87,24 +83,9 @@ def json_error(failed: Failed, headers: dict[str, str]) -> Response:
     return error_response(failed.status, failed.code, failed.message, headers=headers)
 
 
-def _with_client(meta: dict[str, Any]) -> dict[str, Any]:
-    """``meta`` with the name of the client (API key) starting the stream (resuming,
-    inspecting and cancelling it then take the same client: ``auth.require_owner``) and
-    the id of the request that started it (``X-Request-ID``), for the logs."""
-    client = g.get("client")
-    out = {**meta, "request_id": g.get("request_id")}
-    if client is not None:
-        out["client"] = client.name
-    return out
-
-
-def launch(events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "cancel") -> str:
-    """Start a generation for the current client, in one of its stream slots; its id.
-
-    429 (``TooManyStreams``) over a concurrent-stream cap; the slot is given back when the
-    producer exits, however the stream ends."""
-    slot = acquire_slot()
-    return get_manager().start(events, _with_client(meta), on_disconnect, on_exit=slot.release)
+def _watch_departure(on_gone: Callable[[], None]) -> DepartureWatch | None:
+    sock = request.environ.get("gunicorn.socket")
+    return DepartureWatch(sock, on_gone) if sock is not None else None
 
 
 def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
@@ -117,39 +98,23 @@ def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
     config = current_app.config
     if fmt == "chat" and wants_text():
         fmt = "text"
-    meta = _with_client({**meta, "format": fmt})
+    meta = client_meta({**meta, "format": fmt})
     enc = encoder(fmt, config["RETRY_MS"], meta)
     if request.method == "HEAD":
         return Response(status=200, content_type=enc.content_type, headers=STREAM_HEADERS)
-    manager = get_manager()
     sid = launch(events, meta, on_disconnect)
-    limit = config["CONNECT_TIMEOUT_S"] + config["READ_TIMEOUT_S"] + 5
     client_gone = gevent.event.Event()
-    sock = request.environ.get("gunicorn.socket")
-    watch = DepartureWatch(sock, client_gone.set) if sock is not None else None
+    watch = _watch_departure(client_gone.set)
     try:
-        with manager.holding(sid):
-            first = manager.first_event(sid, config["HEADER_WAIT_S"], limit, client_gone)
+        first = get_lifecycle().decide(sid, client_gone)
     finally:
         if watch is not None:
             watch.stop()
-    if client_gone.is_set():
-        manager.abandon(sid)  # it never learnt the stream id, so it cannot resume
-        return Response(status=204)
     if first is None:
-        manager.cancel(sid)
-        first = Failed("upstream_timeout", "the upstream did not answer in time", 504)
+        return Response(status=204)  # the client left before it learnt the stream id
     if isinstance(first, Failed):
         return fail(first, {"X-Stream-Id": sid})
     return _respond(sid, 0, enc)
-
-
-def has_more(sid: str, meta: dict[str, Any], after: int) -> bool:
-    """Whether stream ``sid`` (metadata ``meta``) has, or will have, events after ``after``."""
-    if meta.get("state") != "finished":
-        return True
-    last = meta.get("last")
-    return after < int(last) if last is not None else bool(get_manager().store.read(sid, after, 1))
 
 
 def resume_stream(sid: str, after: int, route: str | None = None) -> Response:
@@ -157,20 +122,10 @@ def resume_stream(sid: str, after: int, route: str | None = None) -> Response:
 
     With ``route``, only a stream that route made. 204 by the resume rule.
     """
-    store = get_manager().store
-    meta = store.meta(sid) if is_stream_id(sid) else None
-    if meta is None or (route is not None and meta.get("route") != route):
+    found = find(sid, after, route)
+    if found is None:
         return nothing_to_resume()
-    require_owner(meta)  # 403: another client's stream
-    fmt = meta.get("format", "plain")
-    if not is_resumable(fmt):
-        if route is not None:
-            return nothing_to_resume()  # its client never had ids to resume with
-        after = 0  # the stream API replays a text stream whole
-    if not has_more(sid, meta, after):
-        return nothing_to_resume()
-    get_manager().resumed(sid, meta)
-    return _respond(sid, after, encoder(fmt, current_app.config["RETRY_MS"], meta))
+    return _respond(sid, found.after, encoder(found.fmt, current_app.config["RETRY_MS"], found.meta))
 
 
 def collect_stream(events: Iterator[Event], meta: dict[str, Any],
@@ -180,12 +135,10 @@ def collect_stream(events: Iterator[Event], meta: dict[str, Any],
     The request is the stream's reader: a client that leaves is a departure like any
     other (``on_disconnect`` applies), and what was read so far is returned.
     """
-    config = current_app.config
-    manager = get_manager()
+    lifecycle = get_lifecycle()
     sid = launch(events, meta, on_disconnect)
-    reader = manager.attach(sid, 0, idle=config["HEARTBEAT_S"])
-    sock = request.environ.get("gunicorn.socket")
-    watch = DepartureWatch(sock, reader.leave) if sock is not None else None
+    reader = lifecycle.follow(sid, 0, resumable=False)
+    watch = _watch_departure(reader.leave)
     got: list[Event] = []
     try:
         for batch in reader:
@@ -195,5 +148,5 @@ def collect_stream(events: Iterator[Event], meta: dict[str, Any],
             watch.stop()
             reader.join_departure()
         reader.close()
-    manager.published(sid)  # its id goes out with the answer
+    lifecycle.publish(sid)  # its id goes out with the answer
     return sid, got

@@ -2,9 +2,11 @@
 "WebSocket").
 
 The connection's own greenlet reads the client's messages; the stream it runs or follows
-is relayed by a second greenlet around a :class:`StreamReader`, as the HTTP edge relays
-one, so the client can send ``stop`` while the answer streams. One stream at a time: a
-``chat`` or ``resume`` meanwhile is refused (``busy``), not queued.
+(started, found and followed through the one stream lifecycle, ``streams.lifecycle``) is
+relayed by a second greenlet around a :class:`StreamReader`, as the HTTP edge relays one,
+so the client can send ``stop`` while the answer streams. One stream, and one relay, at a
+time: a ``chat`` or ``resume`` while a stream runs is refused (``busy``), not queued; one
+sent on receipt of a stream's ``end`` waits for that relay to finish.
 
 Every send takes one lock, the same one the connection's socket takes for the frames
 simple-websocket sends by itself (pongs, pings, closes): frames never interleave, and
@@ -26,16 +28,14 @@ from flask import current_app
 from flask_limiter.errors import RateLimitExceeded
 from simple_websocket import ConnectionClosed
 
-from ..auth import require_owner
 from ..errors import ApiError, StoreError
-from ..events import is_terminal
 from ..limits import count_stream_start, retry_after
 from ..schemas import ChatBody, WsResume, load_json, parse
-from ..streams import get_manager
+from ..streams import get_lifecycle
 from ..streams.reader import StreamReader
 from ..wire import ws_message, ws_text
 from .chat import chat_events
-from .streaming import has_more, launch
+from .door import find, launch
 
 logger = logging.getLogger(__name__)
 
@@ -67,21 +67,20 @@ class WsSession:
         config = current_app.config
         self.ws = ws
         self.lock = lock or gevent.lock.RLock()
-        self.manager = get_manager()
+        self.lifecycle = get_lifecycle()
         self.max_bytes = config["MAX_BODY_BYTES"]
-        self.idle = config["HEARTBEAT_S"]
         self.tick = config["WS_PING_S"]
-        self.reader: StreamReader | None = None
+        self.reader: StreamReader | None = None  # the stream being relayed, until its end is sent
         self.relay: gevent.Greenlet | None = None
         self.closing = False
-        self.starting = False  # a chat is being started (its stream may not be followed yet)
+        self.starting = False  # a chat or resume is being started (its stream not followed yet)
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "chat": self._chat, "stop": self._stop, "resume": self._resume, "ping": self._ping}
 
     # -- the connection's greenlet -----------------------------------------------------
     def run(self) -> None:
         """Answer the client's messages until the socket closes."""
-        stopping = self.manager.stopping
+        stopping = self.lifecycle.stopping
         stopping.rawlink(self._on_shutdown)
         try:
             while True:
@@ -131,20 +130,31 @@ class WsSession:
             self.send({"type": "error", "code": "rate_limited",
                        "message": exc.description or "rate limit exceeded", "retry_after": retry_after()})
 
-    def _busy(self) -> None:
-        if self.reader is not None:
+    def _free(self) -> None:
+        """Refuse a new stream while one runs; wait for a relay that is sending its end."""
+        reader = self.reader
+        if reader is not None and not reader.ended:
             raise ApiError("a stream is running on this socket: send stop, or wait for its end",
                            code="busy", status=409)
+        if self.relay is not None:
+            self.relay.join()  # its end is being sent: bounded by the socket's write timeout
 
-    def _chat(self, message: dict[str, Any]) -> None:
-        self._busy()
+    def _starting(self, start: Callable[[dict[str, Any]], None], message: dict[str, Any]) -> None:
+        """Run ``start`` (a chat or a resume) protected from a shutdown meanwhile."""
+        self._free()
         self.starting = True  # a shutdown meanwhile leaves the closing to the relay
         try:
-            self._start_chat(message)
+            start(message)
         finally:
             self.starting = False
-            if self.reader is None and self.manager.stopping.is_set():
+            if self.reader is None and self.lifecycle.stopping.is_set():
                 self.close(GOING_AWAY, "server shutting down")  # refused, or failed, while stopping
+
+    def _chat(self, message: dict[str, Any]) -> None:
+        self._starting(self._start_chat, message)
+
+    def _resume(self, message: dict[str, Any]) -> None:
+        self._starting(self._start_resume, message)
 
     def _start_chat(self, message: dict[str, Any]) -> None:
         body = parse(ChatBody, message)
@@ -152,56 +162,46 @@ class WsSession:
         meta, events = chat_events(body)
         sid = launch(events, {"route": "ws", "format": "chat", **meta}, body.on_disconnect)
         try:
-            self.manager.published(sid)
+            self.lifecycle.publish(sid)
             self.send({"type": "start", "stream_id": sid, "uid": body.uid})
         except (ConnectionClosed, OSError):
-            self.manager.abandon(sid)  # its client never learnt the stream id
+            self.lifecycle.abandon(sid)  # its client never learnt the stream id
             raise
         self._follow(sid, 0)
 
-    def _resume(self, message: dict[str, Any]) -> None:
-        self._busy()
+    def _start_resume(self, message: dict[str, Any]) -> None:
         point = parse(WsResume, message)
-        sid, after = point.stream_id, point.last_seq
-        meta = self.manager.store.meta(sid)
-        if meta is None or not has_more(sid, meta, after):
-            raise ApiError(f"no stream {sid} with events after {after}", code="not_found", status=404,
-                           field="stream_id")
-        require_owner(meta)  # another client's stream: not_stream_owner
-        self.manager.resumed(sid, meta)
-        self.send({"type": "start", "stream_id": sid, "resumed": True})
-        self._follow(sid, after)
+        found = find(point.stream_id, point.last_seq)  # another client's stream: not_stream_owner
+        if found is None:
+            raise ApiError(f"no stream {point.stream_id} with events after {point.last_seq}",
+                           code="not_found", status=404, field="stream_id")
+        self.send({"type": "start", "stream_id": found.sid, "resumed": True})
+        self._follow(found.sid, found.after)
 
     def _stop(self, message: dict[str, Any]) -> None:
         reader = self.reader
-        if reader is None:
+        if reader is None or reader.ended:
             raise ApiError("no stream is running on this socket", code="no_active_stream", status=409)
-        self.manager.cancel(reader.sid)  # its end ("cancelled") reaches the client through the relay
+        self.lifecycle.cancel(reader.sid)  # its end ("cancelled") reaches the client through the relay
 
     def _ping(self, message: dict[str, Any]) -> None:
         self.send({"type": "pong"})
 
     # -- the stream's greenlet ---------------------------------------------------------
     def _follow(self, sid: str, after: int) -> None:
-        manager = self.manager
-        reader = manager.attach(sid, after, idle=self.idle, leave_at_shutdown=manager.store.shared)
-        with manager.holding(sid):  # counts as read until the reader's lease is taken
-            reader.hold()
+        reader = self.lifecycle.follow(sid, after, held=True)  # read from now on, by this relay
         self.reader = reader
         self.relay = gevent.spawn(self._relay, reader)
 
     def _relay(self, reader: StreamReader) -> None:
-        ended = False
+        stopping = self.lifecycle.stopping
         try:
             for batch in reader:  # an empty batch (idle): ping frames keep the socket alive
                 for seq, event in batch:
-                    if is_terminal(event):
-                        ended = True
-                        self._release(reader)  # a chat sent on receipt of the end is not "busy"
                     message = ws_message(reader.sid, seq, event)
                     if message is not None:
                         self.send(message)
-            if not ended and not reader.gone and not self.manager.stopping.is_set():
+            if not reader.ended and not reader.gone and not stopping.is_set():
                 # The stream ended before the point asked for (a resume past its end).
                 self.send({"type": "error", "code": "not_found", "stream_id": reader.sid,
                            "message": f"stream {reader.sid} has no events after {reader.cursor}"})
@@ -210,17 +210,14 @@ class WsSession:
             reader.leave()
             self._abort()
         finally:
-            self._release(reader)
             reader.join_departure()
             reader.close()
-            if self.manager.stopping.is_set():
+            if self.reader is reader:
+                self.reader = None
+            if stopping.is_set():
                 # Ended: the worker is going. Not ended: the stream goes on elsewhere (Redis).
-                self.close(GOING_AWAY if ended else SERVICE_RESTART,
-                           "server shutting down" if ended else "service restart: resume the stream")
-
-    def _release(self, reader: StreamReader) -> None:
-        if self.reader is reader:
-            self.reader = None
+                self.close(GOING_AWAY if reader.ended else SERVICE_RESTART,
+                           "server shutting down" if reader.ended else "service restart: resume the stream")
 
     # -- sending and closing ------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
+from .lifecycle import Lifecycle, Timing
 from .manager import StreamManager
 from .store import MemoryStore, Store
 
-__all__ = ["StreamManager", "get_manager", "init_app"]
+__all__ = ["Lifecycle", "StreamManager", "get_lifecycle", "get_manager", "init_app"]
 
 
 def make_store(config: dict) -> Store:
@@ -26,14 +27,25 @@ def make_store(config: dict) -> Store:
 
 
 def init_app(app: Flask) -> None:
-    """Create this app's stream manager in ``app.extensions['streams']``."""
+    """Create this app's stream manager (``app.extensions['streams']``) and the lifecycle every
+    front door uses over it (``app.extensions['lifecycle']``)."""
     config = app.config
     tick = min(config["HEARTBEAT_S"] / 3, config["LEASE_S"] / 3, 2.0)
-    app.extensions["streams"] = StreamManager(
+    manager = StreamManager(
         make_store(config), config["RESUME_GRACE_S"], tick, max_events=config["STREAM_MAX_EVENTS"],
         max_bytes=config["STREAM_MAX_BYTES"], max_duration=config["STREAM_MAX_DURATION_S"])
+    app.extensions["streams"] = manager
+    timing = Timing(header_wait=config["HEADER_WAIT_S"],
+                    first_limit=config["CONNECT_TIMEOUT_S"] + config["READ_TIMEOUT_S"] + 5,
+                    heartbeat=config["HEARTBEAT_S"])
+    app.extensions["lifecycle"] = Lifecycle(manager, timing)
 
 
 def get_manager() -> StreamManager:
     """The current app's stream manager."""
     return current_app.extensions["streams"]
+
+
+def get_lifecycle() -> Lifecycle:
+    """The current app's stream lifecycle."""
+    return current_app.extensions["lifecycle"]

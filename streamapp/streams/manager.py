@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 import gevent.event
@@ -30,10 +30,8 @@ from ..errors import StoreError
 from ..events import Event, Opened
 from .observe import StreamObserver, StreamSummary
 from .producer import Producer
+from .reader import StreamReader
 from .store import Store
-
-if TYPE_CHECKING:
-    from .reader import StreamReader
 
 logger = logging.getLogger(__name__)
 PUBLISH_WAIT_S = 5.0  # at most this long a new stream's id waits for other processes to know it
@@ -73,7 +71,9 @@ class StreamManager:
         # timer of its own (cheaper per event); woken, it sees what is due.
         while True:
             gevent.sleep(self.tick)
+            now = self.clock()
             for reader in list(self.readers):
+                reader.renew_if_due(now)  # one blocked in a write does not renew by itself
                 reader.wake.set()
             self.store.heartbeat()
             try:
@@ -190,8 +190,6 @@ class StreamManager:
 
     def attach(self, sid: str, after: int = 0, **options: Any) -> StreamReader:
         """A new reader of ``sid`` after event ``after`` (it must be closed)."""
-        from .reader import StreamReader
-
         self._ensure_started()
         return StreamReader(self, sid, after, **options)
 

@@ -16,28 +16,30 @@ can no longer arrive:
 A made-up event carries the cursor's own sequence number, so a client that
 resumes with its id loses nothing it had not already lost.
 
-While it reads, the reader holds a lease in the store, renewed every third of
-the lease whatever it is doing (waiting or busy writing a burst), so a live
-reader never counts as gone. Transports (the HTTP edge, WebSocket) wrap it:
-they own their sockets, call :meth:`leave` when their client goes, and
-:meth:`close` when they are done.
+While it reads, the reader holds a lease in the store. It renews the lease
+itself each time it is iterated once a third of the lease has passed; while
+its transport is blocked in a write (a slow client, up to ``WRITE_TIMEOUT_S``)
+the host's tick renews it instead (:meth:`renew_if_due`), so a live reader
+never counts as gone. Transports (the HTTP edge, WebSocket) wrap it: they own
+their sockets, call :meth:`leave` when their client goes, and :meth:`close`
+when they are done.
+
+The reader knows its host (the stream manager) only through :class:`ReaderHost`.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import gevent
 import gevent.event
 
 from ..errors import StoreError
 from ..events import Event, Failed, is_terminal
-
-if TYPE_CHECKING:
-    from .manager import StreamManager
+from .store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +47,22 @@ Batch = list[tuple[int, Event]]
 REMOTE_CHECK_S = 2.0  # how often a reader of another process's stream asks if its end can still come
 
 
+class ReaderHost(Protocol):
+    """What a reader needs of the process that hosts it (the stream manager)."""
+
+    store: Store
+    clock: Callable[[], float]
+    readers: set[StreamReader]  # this process's readers: woken by the tick and at shutdown
+    stopping: gevent.event.Event  # set when the process shuts down
+
+    def reader_attached(self, sid: str) -> None:
+        """A reader in this process holds ``sid``: it is being read."""
+
+
 class StreamReader:
     """One reader of stream ``sid`` from event ``after`` on (0: the start)."""
 
-    def __init__(self, manager: StreamManager, sid: str, after: int = 0, *, page: int = 256,
+    def __init__(self, manager: ReaderHost, sid: str, after: int = 0, *, page: int = 256,
                  idle: float = 15.0, leave_at_shutdown: bool = False) -> None:
         self.manager, self.sid, self.cursor = manager, sid, after
         self.page, self.idle = page, idle
@@ -56,6 +70,7 @@ class StreamReader:
         self.id = secrets.token_hex(6)
         self.wake = gevent.event.Event()  # set: new events, the tick, client gone, shutdown
         self.gone = False  # the client left
+        self.ended = False  # the stream's final event (its own or one made up here) was handed over
         self.closed = False
         self.delivered = 0  # events handed to the transport
         self._attached = False
@@ -69,6 +84,12 @@ class StreamReader:
         self.manager.readers.add(self)
         store.watch(self.sid, self.wake)
         self._renew(self.manager.clock())
+
+    def renew_if_due(self, now: float) -> None:
+        """Renew the lease if a third of it has passed (the host's tick, for a reader whose
+        transport is blocked in a write and so does not iterate)."""
+        if self._attached and not self.closed and now - self._renewed_at >= self.manager.store.lease / 3:
+            self._renew(now)
 
     def _renew(self, now: float) -> None:
         self._renewed_at = now
@@ -117,6 +138,7 @@ class StreamReader:
         return self.leave_at_shutdown and self.delivered > 0 and self.manager.stopping.is_set()
 
     def _fail(self, code: str, message: str) -> Batch:
+        self.ended = True
         return [(self.cursor, Failed(code, message, 502 if code != "store_unavailable" else 503))]
 
     def hold(self) -> None:
@@ -183,6 +205,7 @@ class StreamReader:
             self.cursor = seq
             out.append((seq, event))
             if is_terminal(event):
+                self.ended = True
                 return out, True
         return out, False
 
