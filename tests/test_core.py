@@ -265,6 +265,20 @@ def test_reader_renews_its_lease_while_busy_writing(clock) -> None:
     assert clock.now - 1000 > 3 * store.lease  # the burst lasted several leases
 
 
+def test_reader_blocked_in_a_write_keeps_its_lease(clock) -> None:
+    """A transport stuck writing (a slow client, up to WRITE_TIMEOUT_S) does not iterate its
+    reader; the manager's tick renews the lease meanwhile, so the reader is not counted gone."""
+    manager, sid = filled(clock, 5, final=False)
+    store = manager.store
+    reader = StreamReader(manager, sid, 0)
+    next(iter(reader))  # the first batch is being written ... and the write blocks
+    for _ in range(8):
+        clock.now += store.lease / 2
+        manager.renew_leases(clock.now)
+        assert store.readers(sid) == 1, "a reader blocked in a write lost its lease"
+    reader.close()
+
+
 def test_reader_at_shutdown_delivers_an_event_before_leaving(clock) -> None:
     manager, sid = filled(clock, 5, final=False)
     manager.begin_shutdown()

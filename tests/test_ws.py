@@ -665,6 +665,18 @@ def test_resume_of_another_keys_stream_is_not_stream_owner(keyed):
     assert followed[-1]["seq"] == got[-1]["seq"]
 
 
+def test_resume_checks_the_owner_before_anything_else(keyed):
+    """Another key's finished stream, resumed at its end, is not_stream_owner, not not_found:
+    the answer tells nothing of another client's stream."""
+    with ws_connect(keyed, {"X-API-Key": ALICE}) as first:
+        sid = start_chat(first, "a b c")["stream_id"]
+        last = read_until_end(first)[-1]["seq"]
+    with ws_connect(keyed, {"X-API-Key": BOB}) as other:
+        for after in (0, last):
+            send(other, "resume", stream_id=sid, last_seq=after)
+            refused(other, "not_stream_owner")
+
+
 # -- limits ------------------------------------------------------------------------------------
 
 def long_stream(server) -> SSEClient:

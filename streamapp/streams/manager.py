@@ -71,10 +71,7 @@ class StreamManager:
         # timer of its own (cheaper per event); woken, it sees what is due.
         while True:
             gevent.sleep(self.tick)
-            now = self.clock()
-            for reader in list(self.readers):
-                reader.renew_if_due(now)  # one blocked in a write does not renew by itself
-                reader.wake.set()
+            self.renew_leases(self.clock())
             self.store.heartbeat()
             try:
                 # Cancels travel as messages; this poll catches one that was lost.
@@ -83,6 +80,13 @@ class StreamManager:
             except StoreError as exc:
                 logger.warning("could not poll for cancels: %s", exc)
             self.check(self.clock())
+
+    def renew_leases(self, now: float) -> None:
+        """Wake every reader of this process (heartbeats, checks) and renew the leases that are
+        due, those of readers whose transport is blocked in a write too."""
+        for reader in list(self.readers):
+            reader.renew_if_due(now)
+            reader.wake.set()
 
     def check(self, now: float) -> None:
         """The producer side's backstop: stop streams unread for the grace, or past their duration."""
