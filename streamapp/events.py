@@ -1,19 +1,28 @@
-"""The typed events every provider yields and every stream log stores.
+"""The typed events of a stream: what providers yield and what a stream's log holds.
 
-A provider turns a chat request into an iterator of these; the stream producer
-numbers them and appends them to a store; encoders (``streamapp.wire``) write
-them out. ``to_dict``/``from_dict`` give the compact form the Redis store keeps.
+A provider turns a chat request into an iterator of ``Opened``, then ``Delta``,
+``Reasoning`` and ``ToolCall`` events, then one ``Done``; it raises
+``UpstreamError`` rather than yielding ``Failed``. The stream producer
+(``streamapp.streams.producer``) numbers the events and appends them to the
+stream's log, ending it with the provider's ``Done`` or with one of its own: a
+``Done`` for a stop or a limit, a ``Failed`` for a failure. Encoders
+(``streamapp.wire``) write them out; ``to_dict``/``from_dict`` turn an event
+into a plain dict (its ``kind`` included) and back, for stores that serialise.
 
 The shapes follow OpenAI's chat-completion chunks, the richest of the upstream
 formats, so that nothing a real model sends is lost on the way:
 
+- ``Opened``: the upstream accepted the request; no content;
 - ``Delta``: answer text; ``Reasoning``: the model's reasoning text
   (``reasoning_content`` / ``reasoning`` / Ollama's ``thinking``), kept apart;
 - ``ToolCall``: one fragment of a tool call: ``index`` tells calls apart, ``id``,
   ``name`` come with a call's first fragment, ``arguments`` is a piece of a
   JSON string to concatenate;
 - ``Done``: the end, with ``usage`` (``None`` when the upstream sent none: never
-  zeros standing for "unknown").
+  zeros standing for "unknown");
+- ``Failed``: the end of a stream that failed, with a code and a message clients see.
+
+:func:`content_bytes` is the size of what an event carries, which the stream limits count.
 """
 
 from __future__ import annotations
@@ -91,6 +100,16 @@ _KINDS = {"open": Opened, "delta": Delta, "reasoning": Reasoning, "tool_call": T
 def is_terminal(event: Event) -> bool:
     """True for the events that end a stream."""
     return event.kind in ("done", "error")
+
+
+def content_bytes(event: Event) -> int:
+    """The UTF-8 size of the content ``event`` carries: its text (``Delta``, ``Reasoning``),
+    or a tool call fragment's ``id``, ``name`` and ``arguments``; 0 for the other kinds."""
+    if isinstance(event, (Delta, Reasoning)):
+        return len(event.text.encode("utf-8", "replace"))
+    if isinstance(event, ToolCall):
+        return len("".join((event.id or "", event.name or "", event.arguments)).encode("utf-8", "replace"))
+    return 0
 
 
 def to_dict(event: Event) -> dict[str, Any]:

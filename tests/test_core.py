@@ -6,13 +6,13 @@ The producer's greenlet runs when the test yields to the hub (``gevent.idle``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import gevent
 import gevent.event
 import pytest
 
-from streamapp.events import Delta, Done, Event, Failed, Opened
+from streamapp.events import Delta, Done, Event, Failed, Opened, Reasoning, ToolCall
 from streamapp.streams.manager import StreamManager
 from streamapp.streams.reader import StreamReader
 from streamapp.streams.store import MemoryStore
@@ -28,11 +28,19 @@ class Clock:
         return self.now
 
 
-class Upstream:
-    """A provider stand-in: yields what the test feeds it; records when it was closed."""
+def text_token(i: int) -> Event:
+    return Delta(f"t{i} ", i)
 
-    def __init__(self, tokens: int = 0, then_wait: bool = True, close_raises: bool = False) -> None:
+
+class Upstream:
+    """A provider stand-in: yields what the test feeds it; records when it was closed.
+
+    ``token(i)`` makes its ``i``-th event (a text delta unless told otherwise)."""
+
+    def __init__(self, tokens: int = 0, then_wait: bool = True, close_raises: bool = False,
+                 token: Callable[[int], Event] = text_token) -> None:
         self.tokens, self.then_wait, self.close_raises = tokens, then_wait, close_raises
+        self.token = token
         self.feed = gevent.event.Event()  # never set: the upstream stays silent
         self.closed = gevent.event.Event()
 
@@ -40,7 +48,7 @@ class Upstream:
         try:
             yield Opened()
             for i in range(self.tokens):
-                yield Delta(f"t{i} ", i)
+                yield self.token(i)
             if self.then_wait:
                 self.feed.wait()
             yield Done("stop", {"total_tokens": self.tokens})
@@ -120,21 +128,35 @@ def test_producer_exit_path_completes_when_closing_the_upstream_raises(clock) ->
     assert sid not in limited._producers
 
 
-def test_limits_end_the_stream_with_length_and_close_the_upstream(clock) -> None:
+# Every kind of event that carries content, each carrying 3 bytes ("t0 " ... "t9 " as text,
+# or a tool call's arguments; a tool call's id and name count too).
+CONTENT = {
+    "text": text_token,
+    "reasoning": lambda i: Reasoning(f"t{i} "),
+    "tool_call": lambda i: ToolCall(i // 4, arguments=f"t{i} "),
+    "tool_call_named": lambda i: ToolCall(i, "c", "f", str(i % 10)),
+}
+
+
+@pytest.mark.parametrize("kind", CONTENT)
+def test_limits_end_the_stream_with_length_and_close_the_upstream(clock, kind) -> None:
+    token = CONTENT[kind]
     manager = manager_for(clock, max_events=5)
-    upstream = Upstream(tokens=50, then_wait=False)
+    upstream = Upstream(tokens=50, then_wait=False, token=token)
     sid = manager.start(upstream.events(), {})
     settle()
     assert upstream.closed.is_set()
     events = [e for _, e in manager.store.read(sid, 0)]
-    assert sum(isinstance(e, Delta) for e in events) == 5
+    assert events[1:-1] == [token(i) for i in range(5)]
     assert events[-1] == Done("length")
 
-    by_bytes = manager_for(clock, max_bytes=12)  # "t0 t1 t2 t3 " is 12 bytes: the 5th delta is over
-    sid = by_bytes.start(Upstream(tokens=50, then_wait=False).events(), {})
+    by_bytes = manager_for(clock, max_bytes=12)  # 4 events of 3 bytes: the 5th is over
+    upstream = Upstream(tokens=50, then_wait=False, token=token)
+    sid = by_bytes.start(upstream.events(), {})
     settle()
+    assert upstream.closed.is_set()
     events = [e for _, e in by_bytes.store.read(sid, 0)]
-    assert sum(isinstance(e, Delta) for e in events) == 4 and events[-1] == Done("length")
+    assert events[1:-1] == [token(i) for i in range(4)] and events[-1] == Done("length")
 
 
 # -- nobody reading means nothing generating -----------------------------------------

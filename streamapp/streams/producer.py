@@ -5,8 +5,9 @@ the log on their own. ``stop(reason)`` ends generation at once, even while the
 upstream is silent: the greenlet is interrupted where it waits for the
 upstream, the provider's ``finally`` closes the upstream response, and the
 stream ends with ``Done(finish_reason=reason)``. A stream that reaches its
-limits (``max_events`` deltas or ``max_bytes`` of text) ends the same way with
-``finish_reason: "length"``. Whatever happens, the exit path runs to its end:
+limits ends the same way with ``finish_reason: "length"``: ``max_events`` events
+that carry content (text, reasoning, tool-call fragments), or ``max_bytes`` of that
+content (UTF-8, see :func:`~streamapp.events.content_bytes`). Whatever happens, the exit path runs to its end:
 the final event is appended and ``on_exit`` is called.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 import gevent
 
 from ..errors import UpstreamError
-from ..events import Delta, Done, Event, Failed, Opened, is_terminal
+from ..events import Delta, Done, Event, Failed, Opened, Reasoning, ToolCall, content_bytes, is_terminal
 from .observe import StreamSummary, outcome_of
 from .store import Store
 
@@ -88,7 +89,7 @@ class Producer:
     def _run(self) -> None:
         final: Event | None = None
         events = self._events
-        deltas = size = run = 0
+        counted = others = size = run = 0  # content events (others: not text), their bytes
         max_events, max_bytes = self.max_events, self.max_bytes
         try:
             while self._stop_reason is None:
@@ -100,12 +101,18 @@ class Producer:
                 if event is None:
                     final = Failed("upstream_bad_response", "the provider ended without a result")
                     break
-                if isinstance(event, Delta):
-                    if not event.text:
-                        continue
-                    deltas += 1
-                    size += len(event.text.encode("utf-8", "replace"))
-                    if (max_events and deltas > max_events) or (max_bytes and size > max_bytes):
+                cls = type(event)
+                if cls is Delta or cls is Reasoning or cls is ToolCall:
+                    if cls is Delta:
+                        text = event.text
+                        if not text:
+                            continue
+                        size += len(text.encode("utf-8", "replace"))
+                    else:
+                        others += 1
+                        size += content_bytes(event)
+                    counted += 1
+                    if (max_events and counted > max_events) or (max_bytes and size > max_bytes):
                         final = Done("length")  # this stream's limits: the upstream is closed below
                         break
                 if is_terminal(event):
@@ -137,7 +144,7 @@ class Producer:
                 logger.warning("stream %s: the upstream failed while stopping: %r", self.sid, exc)
                 final = Done(self._stop_reason)
         finally:
-            self.tokens = deltas
+            self.tokens = counted - others  # text deltas
             self._finish(final)
 
     def _failure(self, exc: Exception) -> Failed:
