@@ -6,6 +6,10 @@ lines end in CRLF, LF or a lone CR; ``:`` starts a comment; one space after the
 colon is dropped; multi-line data is several ``data:`` lines; ``retry`` must be
 all ASCII digits; an id containing NUL is ignored; an event not followed by a
 blank line is dropped at the end of the stream.
+
+The decoders bound a line at ``MAX_LINE_BYTES`` (1 MiB): a longer one, finished or
+not, raises ``LineTooLong`` (the providers make it an ``upstream_bad_response``), so
+an upstream that sends one endless line holds at most that much of it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+# The longest line the decoders take from an upstream: past it, LineTooLong. An upstream's
+# line is one event or NDJSON object; a line that never ends would otherwise grow forever.
+MAX_LINE_BYTES = 1 << 20
 
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 _FIELD_JUNK = re.compile(r"[\r\n\0]")
@@ -54,7 +62,7 @@ def comment(text: str = "") -> bytes:
     return f": {_NEWLINES.sub(' ', text)}\n\n".encode()
 
 
-@dataclass(slots=True)  # not frozen: that makes __init__ ~4x dearer, once per upstream event
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__
 class ServerSentEvent:
     """One decoded event."""
 
@@ -64,50 +72,77 @@ class ServerSentEvent:
     retry: int | None = None
 
 
+class LineTooLong(ValueError):
+    """A line passed the decoder's bound (``limit`` bytes) before it ended."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a line is longer than {limit} bytes")
+        self.limit = limit
+
+
 class LineSplitter:
     """Turns byte chunks into complete lines, whatever the chunk boundaries.
 
     Splitting happens on bytes, so a multi-byte UTF-8 character cut in two by
-    the network is decoded only once its line is whole.
+    the network is decoded only once its line is whole. Each byte is searched for
+    a line end once (``scanned`` counts them): the pieces of an unfinished line
+    are kept as they came and joined once, when its end arrives. A line longer
+    than ``max_line`` bytes (its line end not counted) raises :class:`LineTooLong`,
+    at the latest when more than ``max_line`` bytes of it are held.
     """
 
-    def __init__(self) -> None:
-        self._buf = b""
-        self._pending_cr = False
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self.max_line = max_line
+        self.scanned = 0  # bytes searched for line ends so far
+        self._parts: list[bytes] = []  # the unfinished line, as it came; no line end in it
+        self._held = 0  # the bytes in _parts
+        self._pending_cr = False  # the last chunk ended in CR: a LF first in the next is its CRLF
 
     def feed(self, chunk: bytes) -> list[str]:
         """Add bytes; return the lines they completed (without terminators)."""
         if not chunk:
             return []
-        if self._pending_cr and chunk.startswith(b"\n"):
-            chunk = chunk[1:]  # the LF of a CRLF split across two chunks
-        self._pending_cr = False
-        data = self._buf + chunk if self._buf else chunk
-        if b"\r" not in data:  # the usual LF-only stream: split in C
-            *lines, self._buf = data.split(b"\n")
-            return [line.decode("utf-8", "replace") for line in lines]
-        lines = data.splitlines(keepends=True)
-        self._buf = b""
-        out: list[str] = []
-        for raw in lines:
-            if raw.endswith((b"\r\n", b"\n")):
-                out.append(raw.rstrip(b"\r\n").decode("utf-8", "replace"))
-            elif raw.endswith(b"\r"):
-                out.append(raw[:-1].decode("utf-8", "replace"))
+        if self._pending_cr:
+            self._pending_cr = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]  # the LF of a CRLF split across two chunks
+                if not chunk:
+                    return []
+        self.scanned += len(chunk)
+        if b"\r" not in chunk:  # the usual LF-only stream: split in C
+            lines = chunk.split(b"\n")
+            rest = lines.pop()
+        else:
+            lines = chunk.splitlines()  # CRLF, LF and a lone CR (bytes split on nothing else)
+            if chunk.endswith((b"\n", b"\r")):
+                rest = b""
+                self._pending_cr = chunk.endswith(b"\r")  # may be the first half of a CRLF
             else:
-                self._buf = raw
-        # A CR that ends the data may be the first half of a CRLF.
-        self._pending_cr = not self._buf and data.endswith(b"\r")
-        return out
+                rest = lines.pop()
+        if self._parts and lines:  # the unfinished line ends in this chunk
+            if self._held + len(lines[0]) > self.max_line:
+                raise LineTooLong(self.max_line)
+            self._parts.append(lines[0])
+            lines[0] = b"".join(self._parts)
+            self._parts, self._held = [], 0
+        if rest:
+            self._parts.append(rest)
+            self._held += len(rest)
+            if self._held > self.max_line:
+                raise LineTooLong(self.max_line)
+        if len(chunk) > self.max_line and any(len(line) > self.max_line for line in lines):
+            raise LineTooLong(self.max_line)  # a whole line in one chunk past the bound
+        return [line.decode("utf-8", "replace") for line in lines]
 
     @property
     def at_line_start(self) -> bool:
         """Whether no part of a line is pending (a chunk may be split on its own)."""
-        return not (self._buf or self._pending_cr)
+        return not (self._parts or self._pending_cr)
 
     def flush(self) -> list[str]:
         """Lines left when the stream ends (an unterminated last line)."""
-        rest, self._buf = self._buf, b""
+        rest = b"".join(self._parts)
+        self._parts, self._held = [], 0
         return [rest.decode("utf-8", "replace")] if rest else []
 
 
@@ -164,27 +199,30 @@ class EventParser:
         return event
 
 
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    """Lines of a byte stream, each handed over as soon as it is complete."""
-    splitter = LineSplitter()
+def iter_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[str]:
+    """Lines of a byte stream, each handed over as soon as it is complete; a line
+    longer than ``max_line`` bytes raises :class:`LineTooLong`."""
+    splitter = LineSplitter(max_line)
     for chunk in chunks:
         yield from splitter.feed(chunk)
     yield from splitter.flush()
 
 
-def iter_events(chunks: Iterable[bytes]) -> Iterator[ServerSentEvent]:
-    """Decode a byte stream into events (an unterminated last event is dropped).
+def iter_events(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[ServerSentEvent]:
+    """Decode a byte stream into events (an unterminated last event is dropped); a line
+    longer than ``max_line`` bytes raises :class:`LineTooLong`.
 
-    A chunk of whole ``data: ...`` events (LF endings, each one line, nothing pending)
-    is decoded a block at a time: an upstream's usual chunk, and the same events as
-    line by line (``EventParser``), which decodes everything else.
+    A chunk of whole ``data: ...`` events (LF endings, each one line, nothing pending,
+    no longer than ``max_line``) is decoded a block at a time: an upstream's usual
+    chunk, and the same events as line by line (``EventParser``), which decodes
+    everything else.
     """
-    splitter = LineSplitter()
+    splitter = LineSplitter(max_line)
     parser = EventParser()
     feed_line = parser.feed_line
     for chunk in chunks:
-        if chunk.endswith(b"\n\n") and splitter.at_line_start and parser.between_events \
-                and b"\r" not in chunk:
+        if chunk.endswith(b"\n\n") and len(chunk) <= max_line and splitter.at_line_start \
+                and parser.between_events and b"\r" not in chunk:
             for block in chunk[:-2].split(b"\n\n"):
                 if block.startswith(b"data: ") and b"\n" not in block:
                     data = block[6:].decode("utf-8", "replace")

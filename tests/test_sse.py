@@ -143,3 +143,57 @@ def test_whole_event_chunks_decode_as_line_by_line() -> None:
             cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 4))))
             chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
         assert decode(chunks) == _line_by_line(chunks), chunks
+
+
+# -- a line is bounded, and split in linear time --------------------------------------------------
+
+def chunked(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("size", [1, 7, 100, 1000, 5000])
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+def test_a_line_up_to_the_bound_passes_and_one_byte_more_raises(size, end) -> None:
+    at_bound = b"x" * 1000
+    splitter = sse.LineSplitter(max_line=1000)
+    lines = [line for chunk in chunked(b"a" + end + at_bound + end + b"b" + end, size)
+             for line in splitter.feed(chunk)]
+    assert lines == ["a", at_bound.decode(), "b"]
+
+    splitter = sse.LineSplitter(max_line=1000)
+    with pytest.raises(sse.LineTooLong) as info:
+        for chunk in chunked(b"a" + end + at_bound + b"y" + end, size):
+            splitter.feed(chunk)
+    assert info.value.limit == 1000
+
+
+def test_an_endless_line_raises_once_the_bound_is_held() -> None:
+    splitter = sse.LineSplitter(max_line=1000)
+    for _ in range(10):
+        assert splitter.feed(b"x" * 100) == []
+    with pytest.raises(sse.LineTooLong):
+        splitter.feed(b"x")  # never a newline: the splitter holds no more than its bound
+
+
+@pytest.mark.parametrize("decode", [sse.iter_lines, sse.iter_events])
+@pytest.mark.parametrize("chunk", [65536, sse.MAX_LINE_BYTES + 100])
+def test_the_decoders_bound_a_line_at_max_line_bytes(decode, chunk) -> None:
+    fits = b"data: " + b"x" * (sse.MAX_LINE_BYTES - 6) + b"\n\n"
+    assert len(list(decode(chunked(fits, chunk)))) >= 1
+    too_long = b"data: " + b"x" * (sse.MAX_LINE_BYTES - 5) + b"\n\n"
+    with pytest.raises(sse.LineTooLong):
+        list(decode(chunked(too_long, chunk)))
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r"])
+def test_a_long_line_in_many_chunks_is_scanned_once(end) -> None:
+    """Each byte fed is searched for a line end once: an unfinished line is not searched
+    again when more of it arrives (a quadratic cost for a line in many chunks)."""
+    splitter = sse.LineSplitter()
+    fed = 0
+    for chunk in [b"a" + end] + [b"x" * 100] * 5000 + [end + b"b" + end]:
+        lines = splitter.feed(chunk)
+        fed += len(chunk)
+        assert splitter.scanned <= fed
+    assert lines == ["x" * 500_000, "b"]
+    assert splitter.scanned == fed
