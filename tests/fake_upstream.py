@@ -49,6 +49,12 @@ Modes:
                   ``message.thinking`` lines
 - ``nousage``     ``tokens`` tokens and the end, without any usage (OpenAI: no usage
                   chunk; Ollama: a done line without counts)
+- ``endless``     200, ``at`` tokens (default 0), then one line that never ends: chunks of
+                  ``x`` without a newline, ``size_kb`` KiB in all (default 8192), then close
+- ``errorpage``   answer ``status`` (default 502) with a body that is not the upstream's
+                  error JSON, holding ``ERROR_PAGE_MARKER``: ``body=html`` (default) a proxy's
+                  HTML page, ``body=json`` JSON without an ``error`` member, ``body=long`` an
+                  error JSON whose message is ``LONG_MESSAGE_CHARS`` characters long
 
 It is cheap enough for thousands of connections: token frames are encoded once,
 a pause is one ``gevent.sleep``, and a peer that closes is noticed by one greenlet
@@ -184,6 +190,19 @@ BAD_MESSAGE = {"openai": b'{"error": {"message": "Rate limit \\ud83d reached \xe
                          b'"type": "rate_limit_error"}}',
                "ollama": b'{"error": "model \\udc00 \xed\xa0\xbd not found"}'}
 BAD_MESSAGE["generate"] = BAD_MESSAGE["ollama"]
+
+
+# ``errorpage`` mode: what a proxy in front of an upstream answers, never for clients' eyes.
+ERROR_PAGE_MARKER = "gw-internal-7c1e.corp"
+ERROR_PAGES = {
+    "html": ("text/html", (f"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad "
+                           f"Gateway</h1></center><hr><center>nginx ({ERROR_PAGE_MARKER}:8080)</center>"
+                           "</body></html>").encode()),
+    "json": ("application/json", json.dumps({"detail": f"no route to {ERROR_PAGE_MARKER}"}).encode()),
+}
+LONG_MESSAGE_CHARS = 10_000
+ERROR_PAGES["long"] = ("application/json", json.dumps({"error": {
+    "message": "overloaded " + "." * LONG_MESSAGE_CHARS + ERROR_PAGE_MARKER}}).encode())
 
 
 def bad_text_event(api: str, piece: bytes) -> bytes:
@@ -373,6 +392,10 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
         body = BAD_MESSAGE[api] if p.get("message") == "bad" else STATUS_BODY[api]
         sock.sendall(head(int(p.get("status", 429)), "application/json", "Error", len(body), keep) + body)
         return
+    if mode == "errorpage":
+        ctype, body = ERROR_PAGES[p.get("body", "html")]
+        sock.sendall(head(int(p.get("status", 502)), ctype, "Bad Gateway", len(body)) + body)
+        return
     if mode == "redirect":
         status = int(p.get("status", 302))
         sock.sendall(f"HTTP/1.1 {status} Redirect\r\nLocation: {p['_path']}?followed=1\r\n"
@@ -396,6 +419,15 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
             sock.sendall(http_chunk(bad_text_event(api, piece)))
             record["sent"] += 1
         sock.sendall(end_frames(api, len(BAD_TEXT_PIECES)))
+        return
+    if mode == "endless":
+        for i in range(int(p.get("at", 0))):
+            sock.sendall(TOKEN_FRAMES[api][i % len(TOKENS)])
+            record["sent"] += 1
+        piece = b"x" * 65536
+        sock.sendall(http_chunk(b"data: " + piece if api == "openai" else b'{"message": "' + piece))
+        for _ in range(int(p.get("size_kb", 8192)) // 64):
+            sock.sendall(http_chunk(piece))
         return
     if mode == "split":
         for piece in ["h\u00e9llo", " \u4f60\u597d", " w\u00f6rld"]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+import requests
+from websockets.sync.client import connect
 
 from streamapp.errors import UpstreamError
 from streamapp.events import Delta, Done, Opened
@@ -12,8 +15,18 @@ from streamapp.providers import ChatRequest
 from streamapp.providers.demo import DemoProvider, tokenize
 from streamapp.providers.ollama import OllamaProvider
 from streamapp.providers.openai import OpenAIProvider
-from tests.fake_upstream import BAD_SHAPES, BAD_TEXT, token_list
-from tests.helpers import free_port, upstream_closed_at, upstream_log
+from streamapp.sse import MAX_LINE_BYTES
+from tests.fake_upstream import BAD_SHAPES, BAD_TEXT, ERROR_PAGE_MARKER, LONG_MESSAGE_CHARS, token_list
+from tests.helpers import (
+    SSEClient,
+    data_events,
+    free_port,
+    poll_until,
+    q,
+    recv_until,
+    upstream_closed_at,
+    upstream_log,
+)
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -210,3 +223,94 @@ def test_complete_streams_reuse_one_upstream_connection(fake_upstream, kind) -> 
     manager = provider.session.get_adapter(provider.url).poolmanager
     pools = [manager.pools[key] for key in manager.pools.keys()]
     assert [(p.num_connections, p.num_requests) for p in pools] == [(1, 3)]
+
+
+# -- what an upstream's failure shows a client ----------------------------------------------------
+
+@pytest.mark.parametrize("body, says", [("html", "answered 502 with a non-JSON body"),
+                                        ("json", "answered 502 without an error message")])
+def test_an_error_body_that_is_not_the_upstreams_error_stays_in_the_log(provider, body, says) -> None:
+    with pytest.raises(UpstreamError) as info:
+        run(provider, f"errorpage?body={body}")
+    exc = info.value
+    assert exc.code == "upstream_http_error" and exc.upstream_status == 502
+    assert exc.message == f"{provider.what} {says}"
+    assert ERROR_PAGE_MARKER in exc.detail  # the raw excerpt is for the log
+
+
+def test_the_upstreams_own_error_message_is_bounded(provider) -> None:
+    with pytest.raises(UpstreamError) as info:
+        run(provider, "errorpage?body=long")
+    message = info.value.message
+    assert "answered 502: overloaded ..." in message
+    assert len(message) < 600 < LONG_MESSAGE_CHARS and ERROR_PAGE_MARKER not in message
+
+
+@pytest.mark.parametrize("at", [0, 2])
+def test_an_endless_line_is_a_bad_response_and_closes_the_upstream(provider, fake_upstream, tag, at) -> None:
+    events = []
+    with pytest.raises(UpstreamError) as info:
+        for event in provider.stream(ChatRequest(MESSAGES, model=f"endless?at={at}&tag={tag}")):
+            events.append(event)
+    assert info.value.code == "upstream_bad_response"
+    assert info.value.message == f"{provider.what} sent a line longer than {MAX_LINE_BYTES} bytes"
+    assert text_of(events) == "".join(token_list(at))
+    upstream_closed_at(fake_upstream, tag)  # before the upstream had sent all it would
+
+
+@pytest.fixture(scope="module")
+def patient(start_server):
+    """A server that holds its headers long enough for any failure before the first token."""
+    return start_server(HEADER_WAIT_S=10, RESUME_GRACE_S=0, HEARTBEAT_S=0.5, READ_TIMEOUT_S=5)
+
+
+ROUTES = {"openai": "/ai-stream", "ollama": "/local-ai"}
+
+
+@pytest.mark.parametrize("name", ROUTES)
+def test_an_endless_line_before_the_first_token_is_a_502(patient, fake_upstream, tag, name) -> None:
+    resp = requests.get(f"{patient.url}{ROUTES[name]}", timeout=20,
+                        params={"prompt": "hi", "model": f"endless?tag={tag}"})
+    assert resp.status_code == 502
+    assert resp.json()["error"]["code"] == "upstream_bad_response"
+    upstream_closed_at(fake_upstream, tag)
+
+
+@pytest.mark.parametrize("name", ROUTES)
+def test_an_endless_line_after_the_first_token_ends_with_an_error_event(patient, fake_upstream, tag,
+                                                                         name) -> None:
+    model = q(f"endless?at=2&tag={tag}")
+    with SSEClient(f"{patient.url}{ROUTES[name]}?prompt=hi&model={model}", timeout=20) as client:
+        assert client.status == 200
+        events = client.read_all()
+    assert [e.data for e in data_events(events)] == token_list(2)
+    assert events[-1].event == "error"
+    assert json.loads(events[-1].data)["code"] == "upstream_bad_response"
+    upstream_closed_at(fake_upstream, tag)
+
+
+def _ws_chat(server, provider: str, model: str) -> str:
+    """Every message a WebSocket chat with ``provider`` got up to its error, as text."""
+    with connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5, close_timeout=2, proxy=None,
+                 ping_interval=None) as ws:
+        ws.send(json.dumps({"type": "chat", "uid": 1, "message": "hi", "provider": provider,
+                            "model": model}))
+        messages = recv_until(ws, lambda m: m["type"] == "error")
+    assert messages[-1]["code"] == "upstream_http_error", messages
+    return json.dumps(messages)
+
+
+@pytest.mark.parametrize("name", ROUTES)
+def test_an_error_page_reaches_no_client_and_goes_to_the_log(patient, tag, name) -> None:
+    model = f"errorpage?tag={tag}"
+    logged = patient.process.output().count(ERROR_PAGE_MARKER)
+    sse = requests.get(f"{patient.url}{ROUTES[name]}", params={"prompt": "hi", "model": model}, timeout=10)
+    v1 = [requests.post(f"{patient.url}/v1/chat/completions", timeout=10, json={
+        "model": f"{name}/{model}", "stream": stream, "messages": MESSAGES}) for stream in (True, False)]
+    said = [sse.text, *(r.text for r in v1), _ws_chat(patient, name, model)]
+    assert [r.status_code for r in (sse, *v1)] == [502, 502, 502]
+    assert sse.json()["error"]["code"] == "upstream_http_error"
+    assert all("with a non-JSON body" in text for text in said), said
+    assert not [text for text in said if ERROR_PAGE_MARKER in text or "nginx" in text]
+    poll_until(lambda: patient.process.output().count(ERROR_PAGE_MARKER) >= logged + 4, 10,
+               "the error page's excerpt in the server's log, once for each of the four streams")

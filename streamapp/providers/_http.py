@@ -8,7 +8,14 @@ name the upstream by its role; hosts, ports and exception reprs go only to
 
 Upstream JSON is checked where it is used: :func:`parse_object` (an object,
 text repaired to valid Unicode) and :func:`bad_shape`/:func:`token_count` for
-members of the wrong type, all ``upstream_bad_response``.
+members of the wrong type, all ``upstream_bad_response``; so is a line longer
+than ``streamapp.sse.MAX_LINE_BYTES`` (1 MiB), and the upstream connection is
+closed at once.
+
+Of an upstream's error, clients see only its own message, read from its JSON
+error (OpenAI's ``{"error": {"message"}}``, Ollama's ``{"error": "..."}``), at most
+``MESSAGE_CHARS`` characters; any other body (a proxy's HTML page, say) only as
+its status. The raw body's start goes to ``UpstreamError.detail``, for the log.
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ import urllib3
 
 from ..errors import UpstreamError
 from ..events import Done, Event, Opened
+from ..sse import LineTooLong
 from .base import has_surrogate_escape, well_formed
 
 READ_SIZE = 65536
+MESSAGE_CHARS = 500  # the longest upstream error message relayed to clients
 
 
 def new_session(base_url: str, pool_size: int = 10000) -> requests.Session:
@@ -94,38 +103,36 @@ def post_stream(session: requests.Session, what: str, url: str, payload: dict[st
         message = f"{what} answered {status}, a redirect, which is not followed"
         raise UpstreamError(message, code="upstream_http_error", upstream_status=status,
                             detail=f"{message}: POST {url} -> {resp.headers.get('Location')!r}")
-    message = f"{what} answered {status}: {upstream_message(body) or resp.reason or 'no message'}"
+    message = status_message(what, status, body)
     code = "upstream_auth" if status in (401, 403) else "upstream_http_error"
     raise UpstreamError(message, code=code, upstream_status=status,
                         detail=f"{message} (POST {url}: {body[:500]!r})")
 
 
-def upstream_message(body: bytes) -> str:
-    """The human message in an OpenAI (``{"error": {"message"}}``) or Ollama
-    (``{"error": "..."}``) error body, else the body's start; valid Unicode."""
-    text = body.decode("utf-8", "replace")
+def status_message(what: str, status: int, body: bytes) -> str:
+    """What clients are told of an upstream's error answer: its status, and the upstream's
+    own message when the body is its JSON error (valid Unicode, bounded), never the body."""
     try:
-        data = json.loads(text)
-        if has_surrogate_escape(text):
-            data = well_formed(data)
+        data = _loads(body.decode("utf-8", "replace"))
     except (ValueError, RecursionError):
-        return text.strip()[:500]
-    return error_text(data) or text[:500]
+        return f"{what} answered {status} with a non-JSON body"
+    message = error_text(data["error"]) if isinstance(data, dict) and "error" in data else None
+    if not message:
+        return f"{what} answered {status} without an error message"
+    return f"{what} answered {status}: {message}"
 
 
-def error_text(data: Any) -> str | None:
-    """The message of an ``error`` member, in either upstream's shape."""
-    if not isinstance(data, dict) or "error" not in data:
-        return None
-    err = data["error"]
+def error_text(err: Any) -> str | None:
+    """The message of an ``error`` member: OpenAI's ``{"message"}`` (else its ``type``),
+    Ollama's string; at most ``MESSAGE_CHARS`` characters; ``None`` if it has no text."""
     if isinstance(err, dict):
-        return str(err.get("message") or err.get("type") or err)[:500]
-    return str(err)[:500]
+        err = err.get("message") or err.get("type")
+    return err[:MESSAGE_CHARS] if isinstance(err, str) else None
 
 
 def _loads(text: str) -> Any:
-    """orjson, the hot path (about 3x json's speed on a chunk); what orjson refuses (a lone
-    surrogate escape, NaN...) json's rules decide, its strings then made valid Unicode."""
+    """orjson for the hot path; what orjson refuses (a lone surrogate escape, NaN...)
+    json's rules decide, its strings then made valid Unicode."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -147,11 +154,12 @@ def parse_object(text: str, what: str) -> dict[str, Any]:
         message = f"{what} sent a line that is not JSON"
         raise UpstreamError(message, code="upstream_bad_response",
                             detail=f"{message}: {text[:200]!r}") from None
-    message = error_text(obj)
-    if message is not None:
-        raise UpstreamError(f"{what} reported an error: {message}", code="upstream_error")
     if not isinstance(obj, dict):
         raise bad_shape(what, "not an object", text)
+    if "error" in obj:
+        message = error_text(obj["error"])
+        message = f"{what} reported an error: {message}" if message else f"{what} reported an error"
+        raise UpstreamError(message, code="upstream_error", detail=f"{message} ({text[:500]!r})")
     return obj
 
 
@@ -190,9 +198,9 @@ def iter_chunks(resp: requests.Response, what: str) -> Iterator[bytes]:
     #3577, #5536).
 
     A chunked body (what streaming upstreams send) is read chunk by chunk with urllib3's
-    ``read_chunked``: each HTTP chunk as soon as it is whole, in one generator step. (A
-    ``read1`` also returns one chunk at most, through several layers per call: about a
-    third of an event's upstream cost.) Any other body: ``read1``, what one read gave.
+    ``read_chunked``: each HTTP chunk as soon as it is whole, in one generator step (a
+    ``read1`` also returns one chunk at most, through several layers per call). Any other
+    body: ``read1``, what one read gave.
     """
     raw = resp.raw
     decode = bool(resp.headers.get("Content-Encoding"))  # skip the decoder when there is none
@@ -221,6 +229,9 @@ def stream_response(resp: requests.Response, what: str,
         for event in parse(chunks):
             complete = isinstance(event, Done)
             yield event
+    except LineTooLong as exc:
+        message = f"{what} sent a line longer than {exc.limit} bytes"
+        raise UpstreamError(message, code="upstream_bad_response", detail=message) from None
     finally:
         release(resp, reuse=complete, rest=chunks)
 

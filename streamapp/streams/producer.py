@@ -149,9 +149,9 @@ class Producer:
 
     def _failure(self, exc: Exception) -> Failed:
         """The final event for a failure of the provider."""
-        if isinstance(exc, UpstreamError):
-            logger.warning("stream %s: %s (%s)", self.sid, exc.message,
-                           getattr(exc, "detail", None) or exc.code)
+        if isinstance(exc, UpstreamError):  # the detail (hosts, raw bodies) is for the log only
+            logger.warning("stream %s: %s: %s", self.sid, exc.code, exc.detail,
+                           extra={"stream_id": self.sid, "request_id": self.meta.get("request_id")})
             return Failed(exc.code, exc.message, exc.status, exc.upstream_status)
         # A provider bug must end the stream, not hang it.
         logger.error("producer of stream %s failed", self.sid, exc_info=exc)
