@@ -18,7 +18,7 @@ from streamapp.providers.ollama import OllamaProvider, ollama_messages, ollama_p
 from streamapp.providers.openai import OpenAIProvider
 from streamapp.sse import ServerSentEvent
 from tests.fake_upstream import REASONING, REASONING_USAGE, TOOL_CALLS, TOOL_FRAGMENTS, token_list
-from tests.helpers import upstream_log
+from tests.helpers import SSEClient, q, upstream_log
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 TOOLS = [{"type": "function", "function": {
@@ -150,6 +150,21 @@ def test_reasoning_arrives_apart_from_the_answer(provider, field) -> None:
     assert [e.text for e in events if isinstance(e, Reasoning)] == REASONING
     assert [(e.index, e.text) for e in events if isinstance(e, Delta)] == list(enumerate(token_list(4)))
     assert events[-1].finish_reason == "stop"
+
+
+@pytest.fixture(scope="module")
+def one_event(start_server):
+    """A server whose streams may carry one event of content (STREAM_MAX_EVENTS=1)."""
+    return start_server(STREAM_MAX_EVENTS=1, HEADER_WAIT_S=0.2, RESUME_GRACE_S=0, HEARTBEAT_S=0.5)
+
+
+@pytest.mark.parametrize("route", ["/ai-stream", "/local-ai"])
+@pytest.mark.parametrize("mode, kind", [("reasoning?tokens=0", "reasoning"), ("tools", "tool_call")])
+def test_reasoning_and_tool_calls_count_toward_the_stream_limits(one_event, route, mode, kind) -> None:
+    with SSEClient(f"{one_event.url}{route}?prompt=hi&model={q(mode)}") as client:
+        events = client.read_all()
+    assert [e.event for e in events] == ["stream", kind, "end"]
+    assert json.loads(events[-1].data)["finish_reason"] == "length"
 
 
 def test_openai_reasoning_is_taken_once_when_both_fields_come() -> None:
