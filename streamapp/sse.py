@@ -62,7 +62,7 @@ def comment(text: str = "") -> bytes:
     return f": {_NEWLINES.sub(' ', text)}\n\n".encode()
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__
+@dataclass(slots=True)  # not frozen: a frozen one's __init__ goes through object.__setattr__ per field
 class ServerSentEvent:
     """One decoded event."""
 

@@ -5,10 +5,11 @@ the log on their own. ``stop(reason)`` ends generation at once, even while the
 upstream is silent: the greenlet is interrupted where it waits for the
 upstream, the provider's ``finally`` closes the upstream response, and the
 stream ends with ``Done(finish_reason=reason)``. A stream that reaches its
-limits ends the same way with ``finish_reason: "length"``: ``max_events`` events
-that carry content (text, reasoning, tool-call fragments), or ``max_bytes`` of that
-content (UTF-8, see :func:`~streamapp.events.content_bytes`). Whatever happens, the exit path runs to its end:
-the final event is appended and ``on_exit`` is called.
+limits ends the same way with ``finish_reason: "length"``: ``max_events``
+events that carry content (text, reasoning, tool-call fragments), or
+``max_bytes`` of that content (UTF-8, :func:`~streamapp.events.content_bytes`).
+Whatever happens, the exit path runs to its end: the final event is appended
+and ``on_exit`` is called.
 """
 
 from __future__ import annotations
