@@ -1,10 +1,12 @@
 """``GET /api.json`` and ``GET /swagger/`` on a real gunicorn server.
 
-The document validates and has exactly the app's routes; schemathesis fuzzes a live
-server from it (no 5xx, every answer conforms); hand-picked requests reach the answers
-random data cannot (live stream ids, upstream failures, tool calls) and are checked
-against it too; Swagger UI works in Chromium with every other origin blocked; the
-route table is logged at start-up and ``flask --app wsgi routes`` works.
+The document validates and has exactly the app's routes (each view's ``@describe``); the
+encoders' events match the document's event schemas (the configured limits:
+``test_openapi_limits.py``); schemathesis fuzzes a live server from it (no 5xx, every answer
+conforms); hand-picked requests reach the answers random data cannot (live stream ids,
+upstream failures, tool calls) and are checked against it too; Swagger UI works in Chromium
+with every other origin blocked; the route table is logged at start-up and
+``flask --app wsgi routes`` works.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from streamapp import openapi
+from streamapp import create_app, openapi, wire
+from streamapp.events import Delta, Done, Failed, Opened, Reasoning, ToolCall
+from streamapp.sse import ServerSentEvent, iter_events
 from tests.conftest import ROOT, require_binary
 
 # Quick settings: every stream schemathesis can start ends within a few seconds.
@@ -68,7 +73,6 @@ def operations(doc: dict[str, Any]) -> set[tuple[str, str]]:
 
 def test_document_validates(doc) -> None:
     validate(doc)
-    validate(openapi.build())  # every entry of the table, served or not
     assert doc["openapi"].startswith("3.1")
 
 
@@ -76,6 +80,14 @@ def test_every_route_has_an_entry_and_every_entry_a_route(doc) -> None:
     served = {(method, openapi.openapi_path(rule)) for _, method, rule in flask_routes()}
     assert ("POST", "/v1/chat/completions") in served and ("GET", "/api.json") in served
     assert operations(doc) == served
+
+
+def test_a_route_without_a_description_is_reported_and_left_out() -> None:
+    app = create_app({"RATE_LIMIT": ""})
+    assert openapi.undocumented(app) == set()
+    app.add_url_rule("/undescribed/<int:n>", "undescribed", lambda n: "", methods=["GET", "PUT"])
+    assert openapi.undocumented(app) == {("GET", "/undescribed/{n}"), ("PUT", "/undescribed/{n}")}
+    assert "/undescribed/{n}" not in openapi.build(app)["paths"]
 
 
 def test_request_schemas_are_the_validating_models(doc) -> None:
@@ -87,7 +99,8 @@ def test_request_schemas_are_the_validating_models(doc) -> None:
     v1 = doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
     assert v1["schema"] == {"$ref": "#/components/schemas/V1ChatRequest"}
     query = {p["name"]: p for p in doc["paths"]["/stream"]["get"]["parameters"]}
-    assert query["delay_ms"]["schema"] == {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
+    assert query["delay_ms"]["schema"] == {"type": "integer", "minimum": 0, "maximum": 2**31 - 1,
+                                           "default": QUICK["STREAM_DEFAULT_DELAY_MS"]}
     assert {p["name"] for p in doc["paths"]["/ai-stream"]["get"]["parameters"]} >= {"prompt", "model"}
     assert "$defs" not in json.dumps(doc) and '"ge"' not in json.dumps(doc)
 
@@ -104,6 +117,47 @@ def test_streams_are_described_event_by_event(doc) -> None:
     assert resume["responses"]["204"] == {"$ref": "#/components/responses/NothingToResume"}
     unavailable = doc["components"]["responses"]["Error503"]
     assert unavailable["headers"]["Retry-After"]["required"] is True
+
+
+def event_checker(doc: dict[str, Any], component: str):
+    """A check of one decoded SSE event against the document's schema ``component``, its JSON
+    ``data`` against the ``contentSchema`` of the branch it matched (jsonschema only annotates it)."""
+    root = {"$ref": f"#/components/schemas/{component}", "components": doc["components"]}
+    validator = Draft202012Validator(root)
+
+    def check(event: ServerSentEvent) -> None:
+        item = {"event": event.event, "data": event.data, "id": event.id}
+        if event.retry is not None:
+            item["retry"] = event.retry
+        validator.validate(item)
+        schema = doc["components"]["schemas"][component]
+        branches = schema.get("oneOf") or [schema.get("else", {})]
+        data_schemas = [b["properties"]["data"] for b in branches
+                        if b.get("properties", {}).get("event", {}).get("const", event.event) == event.event]
+        for data in data_schemas:
+            if "contentSchema" in data and event.data != "[DONE]":
+                Draft202012Validator({**data["contentSchema"], "components": doc["components"]}).validate(
+                    json.loads(event.data))
+    return check
+
+
+@pytest.mark.parametrize("fmt", ["chat", "plain", "openai"])
+def test_the_encoders_write_what_the_document_describes(doc, fmt) -> None:
+    """Every kind of event through each SSE encoder of wire.py, decoded, matches the event schema
+    its routes' answers name (retry: the server's RETRY_MS)."""
+    media = {"chat": doc["paths"]["/api/chat"]["post"], "plain": doc["paths"]["/stream"]["get"],
+             "openai": doc["paths"]["/v1/chat/completions"]["post"]}[fmt]["responses"]["200"]["content"]
+    component = media["text/event-stream"]["schema"]["$ref"].rsplit("/", 1)[1]
+    check = event_checker(doc, component)
+    enc = wire.encoder(fmt, 2000, {"model": "demo", "created": 1, "include_usage": True})
+    kinds = [Opened(), Delta("hi", 0), Reasoning("hmm"), ToolCall(0, "call_1", "f", '{"a"'),
+             ToolCall(0, None, None, "}"), Failed("x", "it broke"),
+             Done("tool_calls", {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})]
+    raw = enc.open("s1") + b"".join(enc.event("s1", seq, event, seq == 0) for seq, event in enumerate(kinds))
+    decoded = list(iter_events([raw]))
+    assert len(decoded) >= len(kinds) - 1  # OpenAI's stream has no opening event, and [DONE] ends it
+    for event in decoded:
+        check(event)
 
 
 # -- A live server against the document --------------------------------------------------------
@@ -280,4 +334,4 @@ def test_route_table_is_logged_once_per_worker_and_matches_flask_routes(quick) -
     assert len(tables) == 1, output[-3000:]  # one worker, one table
     logged = {tuple(line.split()) for line in tables[0][1].splitlines()[1:]}
     assert logged == {(method, rule, endpoint) for endpoint, method, rule in flask_routes()}
-    assert "routes without an entry" not in output
+    assert "routes without a description" not in output

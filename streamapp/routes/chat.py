@@ -9,6 +9,9 @@ from flask import Blueprint, Response, current_app
 
 from ..events import Event
 from ..limits import check_chat_input
+from ..openapi import describe
+from ..openapi.models import ChatFormatQuery, ResumeQuery
+from ..openapi.parts import CHAT_ANSWER, LAST_EVENT_ID, NO_CONTENT, errors
 from ..providers import ChatRequest, model_name
 from ..schemas import ChatBody, parse
 from .body import read_json_body
@@ -31,6 +34,13 @@ def chat_events(body: ChatBody) -> tuple[dict[str, Any], Iterator[Event]]:
     return meta, provider.stream(ChatRequest(messages, model=body.model))
 
 
+@describe("Stream a chat answer", "streams",
+          {"200": CHAT_ANSWER, "204": NO_CONTENT,
+           **errors("400", "404", "408", "413", "415", "429", "502", "503", "504")},
+          description="With `Last-Event-ID` (header) or `last_event_id` (query) it resumes a chat stream "
+                      "instead, and takes no body.",
+          query=(ChatFormatQuery, ResumeQuery), body=ChatBody, headers=(LAST_EVENT_ID,),
+          example={"uid": 1, "message": "Hi there"})
 @bp.post("/api/chat")
 def chat() -> Response:
     """Stream an answer to ``message`` (after ``history``) from ``provider``."""

@@ -13,6 +13,8 @@ from importlib import resources
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, send_from_directory
 
 from .. import openapi
+from ..openapi import describe
+from ..openapi.parts import ANY_FILE, HTML, errors, json_body, path_param, response
 
 bp = Blueprint("docs", __name__)
 logger = logging.getLogger("streamapp.routes")
@@ -22,18 +24,26 @@ logger = logging.getLogger("streamapp.routes")
 SWAGGER_DIST = str(resources.files("flask_swagger_ui") / "dist")
 
 
+@describe("This document", "docs",
+          {"200": json_body({"type": "object"}, "The OpenAPI 3.1 document of every route, with this server's "
+                                                "limits.")})
 @bp.get("/api.json")
 def api_json() -> Response:
     """The OpenAPI document of every route."""
     return jsonify(openapi.document(current_app))
 
 
+@describe("Swagger UI", "docs",
+          {"200": response("Swagger UI over /api.json, from local files (no CDN).", HTML)})
 @bp.get("/swagger/")
 def swagger() -> str:
     """Swagger UI pointed at /api.json; "Try it out" sends requests to this service."""
     return render_template("swagger.html")
 
 
+@describe("Swagger UI's files", "docs",
+          {"200": response("A file of the pinned Swagger UI distribution.", ANY_FILE), **errors("404")},
+          path_params={"filename": path_param("a file of Swagger UI's dist", "swagger-ui.css")})
 @bp.get("/swagger/<path:filename>")
 def swagger_file(filename: str) -> Response:
     """A file of Swagger UI's distribution (404 for anything else)."""
@@ -52,5 +62,5 @@ def log_route_table(app: Flask) -> None:
     logger.info("route table (pid %d):\n%s", os.getpid(), "\n".join(lines))
     missing = openapi.undocumented(app)
     if missing:
-        logger.warning("routes without an entry in streamapp/openapi.py OPERATIONS: %s",
+        logger.warning("routes without a description (@describe, streamapp/openapi): %s",
                        ", ".join(f"{m} {p}" for m, p in sorted(missing)))

@@ -10,9 +10,18 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, session
 
+from ..openapi import describe
+from ..openapi.models import SessionInfo
+from ..openapi.parts import json_body
+
 bp = Blueprint("session", __name__)
 
 
+@describe("Trade an API key for a browser session cookie", "auth", {"200": json_body(
+    SessionInfo, "With keys configured: sets the `streamapp_session` cookie (signed, expiring after "
+                 "{SESSION_TTL_S} s (SESSION_TTL_S), HttpOnly, SameSite=Strict) that authenticates this "
+                 "browser's requests from this site's pages, EventSource included. Without: sets nothing.")},
+          description="The key goes in `Authorization: Bearer <key>` or `X-API-Key` (never the URL).")
 @bp.post("/api/session")
 def create() -> Response:
     """Start a browser session for the key in ``Authorization`` / ``X-API-Key``."""

@@ -8,6 +8,9 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..auth import require_owner
 from ..errors import ApiError
+from ..openapi import describe
+from ..openapi.models import CancelResult, ResumeQuery, StreamInfo
+from ..openapi.parts import GET_STREAM, LAST_EVENT_ID, NO_CONTENT, RESUMED, SID, errors, json_body
 from ..providers import ChatRequest, model_name
 from ..schemas import PromptQuery, StreamQuery, parse
 from ..streams import get_manager
@@ -25,6 +28,8 @@ def _resume_or(route: str, start):
     return start() if resumed is None else resumed
 
 
+@describe("SSE demo: text one token per event", "streams", GET_STREAM, query=(StreamQuery, ResumeQuery),
+          headers=(LAST_EVENT_ID,), description="With `Last-Event-ID` it resumes a `/stream` stream.")
 @bp.get("/stream")
 def stream() -> Response:
     """SSE demo: ``text`` one token per event every ``delay_ms``."""
@@ -53,18 +58,25 @@ def _prompt_stream(provider_name: str) -> Response:
     return _resume_or(provider_name, start)
 
 
+@describe("The OpenAI-compatible provider as SSE", "streams", GET_STREAM, query=(PromptQuery, ResumeQuery),
+          headers=(LAST_EVENT_ID,))
 @bp.get("/ai-stream")
 def ai_stream() -> Response:
     """The OpenAI provider as SSE, one ``data:`` per delta."""
     return _prompt_stream("openai")
 
 
+@describe("The Ollama provider as SSE", "streams", GET_STREAM, query=(PromptQuery, ResumeQuery),
+          headers=(LAST_EVENT_ID,))
 @bp.get("/local-ai")
 def local_ai() -> Response:
     """The Ollama provider as SSE, one ``data:`` per delta."""
     return _prompt_stream("ollama")
 
 
+@describe("Resume a stream in the format it was made in", "stream API",
+          {"200": RESUMED, "204": NO_CONTENT, **errors("404", "503")},
+          query=(ResumeQuery,), headers=(LAST_EVENT_ID,), path_params=SID)
 @bp.get("/api/streams/<sid>")
 def resume(sid: str) -> Response:
     """Replay stream ``sid`` after ``Last-Event-ID`` (or from the start), then follow it."""
@@ -77,6 +89,9 @@ def _unknown(sid: str) -> ApiError:
     return ApiError(f"no stream {sid}", code="not_found", status=404, field="stream_id")
 
 
+@describe("A stream's state", "stream API",
+          {"200": json_body(StreamInfo, "The stream's state, route, readers and number of events."),
+           **errors("404", "503")}, path_params=SID)
 @bp.get("/api/streams/<sid>/info")
 def info(sid: str) -> Response:
     """A stream's state, reader count and number of events."""
@@ -91,6 +106,10 @@ def info(sid: str) -> Response:
                     "events": manager.store.count(sid)})
 
 
+@describe("Stop a generation, wherever it runs", "stream API",
+          {"200": json_body(CancelResult, "The stream had already ended (`finished`)."),
+           "202": json_body(CancelResult, "The producer was asked to stop (`cancelling`)."),
+           **errors("404", "503")}, path_params=SID)
 @bp.post("/api/streams/<sid>/cancel")
 def cancel(sid: str) -> Response:
     """Stop generation of ``sid`` on whichever worker or host runs it."""

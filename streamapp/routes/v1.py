@@ -28,6 +28,9 @@ from flask import Blueprint, Response, current_app, jsonify
 from ..errors import ApiError, error_response
 from ..events import Failed
 from ..limits import check_chat_input
+from ..openapi import describe
+from ..openapi.models import ModelCard, ModelList
+from ..openapi.parts import LAST_EVENT_ID, NO_CONTENT, OPENAI_ANSWER, errors, json_body, path_param
 from ..providers import ChatRequest
 from ..schemas import V1ChatRequest, parse
 from ..wire import completion
@@ -60,6 +63,14 @@ def _fail(failed: Failed, headers: dict[str, str]) -> Response:
     return error_response(failed.status, failed.code, failed.message, headers=headers)
 
 
+@describe("OpenAI-compatible chat completion", "openai",
+          {"200": OPENAI_ANSWER, "204": NO_CONTENT,
+           **errors("400", "404", "408", "413", "415", "429", "502", "503", "504", openai=True)},
+          description="`model` picks the provider: `demo`, `openai/<model>`, `ollama/<model>`, or a bare "
+                      "name for the default provider. With `Last-Event-ID` it resumes a `/v1` stream. Errors "
+                      "are in OpenAI's shape.",
+          body=V1ChatRequest, headers=(LAST_EVENT_ID,),
+          example={"model": "demo", "messages": [{"role": "user", "content": "Hi there"}], "stream": True})
 @bp.post("/chat/completions")
 def chat_completions() -> Response:
     """A chat completion, streamed (``stream: true``) or whole."""
@@ -95,12 +106,18 @@ def _models() -> list[dict[str, Any]]:
     return [{"id": model, "object": "model", "created": 0, "owned_by": owner} for model, owner in ids]
 
 
+@describe("The models a client may name", "openai",
+          {"200": json_body(ModelList, "OpenAI's model list: `demo` and each provider's default model.")})
 @bp.get("/models")
 def models() -> Response:
     """The models this service is configured with (each provider's default, and ``demo``)."""
     return jsonify({"object": "list", "data": _models()})
 
 
+@describe("One model", "openai",
+          {"200": json_body(ModelCard, "The model."), **errors("404", openai=True)},
+          path_params={"model": path_param("a model id of `GET /v1/models` (it may hold a `/`)",
+                                           "demo")})
 @bp.get("/models/<path:model>")
 def model(model: str) -> Response:
     """One model of :func:`models`, or 404."""

@@ -15,6 +15,8 @@ from flask import Blueprint, Flask, current_app, g, request
 from flask_sock import Sock
 
 from ..auth import require_allowed_origin
+from ..openapi import describe
+from ..openapi.parts import errors, response
 from .ws_session import FrameSocket, WsSession
 
 bp = Blueprint("ws", __name__)
@@ -32,7 +34,17 @@ def _before_upgrade() -> None:
         request.environ["gunicorn.socket"] = FrameSocket(raw, g.ws_lock)
 
 
-@sock.route("/ws", bp=bp)
+@sock.route("/ws", bp=bp)  # registers a wrapper of the view and returns None: describe goes below
+@describe("Chat over a WebSocket", "streams", {
+    "101": response("Switching Protocols: the socket speaks the JSON messages of the README's \"WebSocket\" "
+                    "section."), **errors("400")},
+    description="A WebSocket handshake (`Upgrade: websocket`); any other request gets 400. Client messages: "
+                "`chat` (the fields of `POST /api/chat`, with its limits), `stop`, `resume` (`stream_id`, "
+                "`last_seq`), `ping`. Server messages: `start`, `delta`, `reasoning`, `tool_call`, `end`, "
+                "`error`, `pong`. A message over {MAX_BODY_BYTES} bytes (MAX_BODY_BYTES) gets an `error` "
+                "(`message_too_large`); a frame over {WS_MAX_FRAME_BYTES} bytes (WS_MAX_FRAME_BYTES) closes "
+                "the socket (1009). Authentication and the `Origin` rule are checked before the upgrade "
+                "(401 / 403). Swagger UI cannot open a WebSocket.")
 def ws(connection: Any) -> None:
     """Chat over a WebSocket: ``chat``, ``stop``, ``resume`` and ``ping`` messages."""
     g.ws_upgraded = True

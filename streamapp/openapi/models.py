@@ -1,0 +1,277 @@
+"""What the service writes, as pydantic models: JSON bodies, and the ``data`` of stream events.
+
+The request models are in ``schemas.py`` (the views validate with them); these describe the
+answers of ``errors.py``, the views and the encoders of ``wire.py``. They validate nothing at
+run time: ``tests/test_openapi.py`` checks the live answers and the encoders' events against them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(_Strict):
+    """What went wrong: a stable ``code``, a message for people, the request ``field`` at fault."""
+
+    code: Annotated[str, Field(examples=["invalid_field"])]
+    message: str
+    field: str | None = Field(description="the request field at fault (dotted path), or null")
+
+
+class ErrorBody(_Strict):
+    """Every error answered before a stream's first byte: ``{"error": {"code", "message", "field"}}``."""
+
+    error: ErrorDetail
+
+
+class Health(_Strict):
+    """``GET /healthz``."""
+
+    status: Literal["ok"]
+
+
+class ReadyCheck(_Strict):
+    """One checked part of ``GET /readyz``."""
+
+    ok: bool
+    kind: Literal["memory", "redis"] | None = None
+    error: str | None = None
+
+
+class ReadyChecks(_Strict):
+    """What ``GET /readyz`` checked."""
+
+    store: ReadyCheck
+    providers: dict[str, ReadyCheck]
+
+
+class Ready(_Strict):
+    """``GET /readyz``."""
+
+    status: Literal["ready", "not_ready"]
+    failing: list[str]
+    checks: ReadyChecks
+
+
+class StreamInfo(_Strict):
+    """``GET /api/streams/{sid}/info``."""
+
+    stream_id: str
+    state: Literal["running", "finished"] | None
+    route: str | None = Field(description="the route that made the stream (chat, stream, openai, ...)")
+    pid: int = Field(description="the worker process answering")
+    readers: int = Field(ge=0, description="readers attached now")
+    events: int = Field(ge=0, description="events in the stream's log")
+
+
+class CancelResult(_Strict):
+    """``POST /api/streams/{sid}/cancel``: 202 ``cancelling``, 200 ``finished``."""
+
+    stream_id: str
+    status: Literal["cancelling", "finished"]
+
+
+class SessionInfo(_Strict):
+    """``POST /api/session``: the session cookie's client and lifetime (both null when no key is
+    configured: no cookie is set)."""
+
+    client: str | None = Field(description="the key's name (never the key)")
+    expires_in: int | None = Field(description="seconds the session cookie lasts (SESSION_TTL_S)")
+
+
+class Usage(BaseModel):
+    """Token counts when the upstream gave them (never zeros standing for "unknown")."""
+
+    model_config = ConfigDict(extra="allow")
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_tokens_details: dict[str, Any] | None = None
+    completion_tokens_details: dict[str, Any] | None = None
+
+
+class StreamOpened(_Strict):
+    """``data`` of ``event: stream``, the first event of every SSE stream of ours."""
+
+    stream_id: str
+
+
+class ChatDelta(_Strict):
+    """``data`` of a chat answer's token."""
+
+    delta: str
+    index: int = Field(ge=0, description="counts deltas from 0")
+
+
+class ChatReasoning(_Strict):
+    """``data`` of a piece of the model's reasoning (kept apart from the answer)."""
+
+    reasoning: str
+
+
+class ToolCallFunction(_Strict):
+    """The function of a tool-call fragment: ``arguments`` are pieces of a JSON string to concatenate."""
+
+    name: str | None = None
+    arguments: str
+
+
+class ToolCallFragment(_Strict):
+    """One fragment of tool call ``index`` (OpenAI's ``delta.tool_calls[]`` shape): ``id``, ``type`` and
+    ``function.name`` come with a call's first fragment."""
+
+    index: int = Field(ge=0)
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ToolCallFunction
+
+
+class ChatToolCall(_Strict):
+    """``data`` of a tool-call fragment in a chat stream."""
+
+    tool_call: ToolCallFragment
+
+
+class StreamEnd(_Strict):
+    """``data`` of the last event of a stream that ended normally."""
+
+    is_end: Literal[True]
+    finish_reason: str = Field(description="stop, length (a stream limit), cancelled, client_gone, "
+                                           "shutdown, tool_calls, or the upstream's own reason")
+    usage: Usage | None
+
+
+class StreamFailure(_Strict):
+    """``data`` of ``event: error``: the stream failed after its first byte (the status was sent)."""
+
+    code: Annotated[str, Field(examples=["upstream_disconnected", "stream_gap", "producer_lost"])]
+    message: str
+
+
+# OpenAI's shapes (POST /v1/chat/completions, GET /v1/models)
+
+OpenAIFinish = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
+class ChunkDelta(_Strict):
+    """What one chunk adds: the first carries ``role``; later ones text, reasoning or tool-call pieces."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallFragment] | None = None
+
+
+class ChunkChoice(_Strict):
+    """The one choice of a ``chat.completion.chunk``."""
+
+    index: int
+    delta: ChunkDelta
+    logprobs: None = None
+    finish_reason: OpenAIFinish | None
+
+
+class ChatCompletionChunk(_Strict):
+    """``data`` of each streamed event (``chat.completion.chunk``); with ``stream_options.include_usage``
+    every chunk has ``usage: null`` and one more chunk with no choices carries the usage."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ToolCallWhole(_Strict):
+    """A whole tool call of a ``chat.completion``."""
+
+    id: str | None
+    type: Literal["function"]
+    function: ToolCallFunction
+
+
+class CompletionMessage(_Strict):
+    """The answer of a ``chat.completion``."""
+
+    role: Literal["assistant"]
+    content: str | None
+    refusal: None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallWhole] | None = None
+
+
+class CompletionChoice(_Strict):
+    """The one choice of a ``chat.completion``."""
+
+    index: int
+    message: CompletionMessage
+    logprobs: None = None
+    finish_reason: OpenAIFinish
+
+
+class ChatCompletion(_Strict):
+    """A whole answer (``"stream": false``)."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None
+
+
+class ModelCard(BaseModel):
+    """One model a client may name in ``model``."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(_Strict):
+    """``GET /v1/models``."""
+
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class OpenAIErrorDetail(_Strict):
+    """OpenAI's error object."""
+
+    message: str
+    type: Annotated[str, Field(examples=["invalid_request_error", "api_error"])]
+    code: str | None
+    param: str | None
+
+
+class OpenAIError(_Strict):
+    """Every ``/v1`` error, in OpenAI's shape ``{"error": {"message", "type", "code", "param"}}``
+    (its SDKs read it); mid-stream, the same object is a ``data:`` line."""
+
+    error: OpenAIErrorDetail
+
+
+# Query strings and headers that no request model validates (read by the stream helpers).
+
+class ResumeQuery(BaseModel):
+    """Resume by query when the ``Last-Event-ID`` header cannot be set."""
+
+    last_event_id: Annotated[str, Field(
+        description="resume after this event id (`<stream_id>-<seq>`); the Last-Event-ID header wins")] \
+        | None = None
+
+
+class ChatFormatQuery(BaseModel):
+    """``?format=text``: chunked ``text/plain`` instead of SSE (as ``Accept: text/plain`` does)."""
+
+    format: Literal["text"] | None = None
+
