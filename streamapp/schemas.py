@@ -73,11 +73,16 @@ class ChatBody(BaseModel):
     """Body of ``POST /api/chat``."""
 
     model_config = ConfigDict(extra="ignore")
-    uid: Annotated[int, Field(strict=True, gt=0, le=MAX_UID, description="the caller's user id")]
+    uid: Annotated[int, Field(strict=True, gt=0, le=MAX_UID,
+                              description="the caller's user id: any positive integer the client picks, "
+                                          "kept with the stream (not checked against keys)")]
     message: Annotated[NonEmpty, Field(description="the user's new message")]
-    provider: Literal["demo", "openai", "ollama"] | None = None
-    model: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)] | None = None
-    history: Annotated[list[Message], Field(max_length=500)] = []
+    provider: Annotated[Literal["demo", "openai", "ollama"] | None, Field(
+        description="who answers; absent: DEFAULT_PROVIDER")] = None
+    model: Annotated[Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)] | None,
+                     Field(description="the provider's model; absent: its configured default")] = None
+    history: Annotated[list[Message], Field(max_length=500,
+                                            description="the earlier turns, oldest first")] = []
     on_disconnect: OnDisconnect = "cancel"
 
 
@@ -92,16 +97,19 @@ class WsResume(BaseModel):
 class StreamQuery(BaseModel):
     """Query of ``GET /stream``."""
 
-    text: Annotated[str, StringConstraints(min_length=1)] | None = None
-    delay_ms: Annotated[int, Field(ge=0, le=MAX_DELAY_MS), BeforeValidator(_bounded_digits)] | None = None
+    text: Annotated[Annotated[str, StringConstraints(min_length=1)] | None, Field(
+        description="the text to stream, one token at a time; absent: a greeting")] = None
+    delay_ms: Annotated[Annotated[int, Field(ge=0, le=MAX_DELAY_MS), BeforeValidator(_bounded_digits)] | None,
+                        Field(description="milliseconds between tokens")] = None
     on_disconnect: OnDisconnect = "cancel"
 
 
 class PromptQuery(BaseModel):
     """Query of ``GET /ai-stream`` and ``GET /local-ai``."""
 
-    prompt: NonEmpty
-    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    prompt: Annotated[NonEmpty, Field(description="the user's message")]
+    model: Annotated[Annotated[str, StringConstraints(min_length=1, max_length=200)] | None, Field(
+        description="the provider's model; absent: its configured default")] = None
     on_disconnect: OnDisconnect = "cancel"
 
 

@@ -24,10 +24,12 @@ LIMITED = {"MAX_BODY_BYTES": 3000, "WS_MAX_FRAME_BYTES": 5000, "BODY_TIMEOUT_S":
            "STREAM_MAX_DELAY_MS": 7, "STREAM_DEFAULT_DELAY_MS": 3, "MAX_MESSAGE_CHARS": 50, "MAX_MESSAGES": 3,
            "MAX_INPUT_CHARS": 120, "MAX_TOKENS_CEILING": 100, "ALLOWED_MODELS": "openai:tools,gpt-4o-mini",
            "RATE_LIMIT": "1000/hour", "MAX_STREAMS_PER_KEY": 7, "MAX_STREAMS_PER_PROCESS": 9,
-           "STREAM_MAX_EVENTS": 5000, "STREAM_MAX_BYTES": 60000, "STREAM_MAX_DURATION_S": 30, "RETRY_MS": 1500,
-           "RESUME_TTL_S": 77, "DEMO_DELAY_MS": 0, "HEADER_WAIT_S": 0.3, "RESUME_GRACE_S": 0}
+           "STREAM_MAX_EVENTS": 5000, "STREAM_MAX_BYTES": 60000, "STREAM_MAX_DURATION_S": 30,
+           "RETRY_MS": 1500, "RESUME_TTL_S": 77, "DEMO_DELAY_MS": 0, "HEADER_WAIT_S": 0.3,
+           "RESUME_GRACE_S": 0}
 # Settings that limit what a client may send or spend; each must be in the document with its value.
-LIMIT_SETTING = re.compile(r"^(MAX_|STREAM_MAX_|WS_MAX_)|_CEILING$|^ALLOWED_MODELS$|^RATE_LIMIT$|^BODY_TIMEOUT_S$")
+LIMIT_SETTING = re.compile(r"^(MAX_|STREAM_MAX_|WS_MAX_)|_CEILING$|"
+                           r"^(ALLOWED_MODELS|RATE_LIMIT|BODY_TIMEOUT_S)$")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,8 @@ def test_the_request_schemas_carry_the_configured_limits(doc) -> None:
     assert chat["history"]["maxItems"] == LIMITED["MAX_MESSAGES"] - 1  # the new message is one of them
     v1 = schema_of(doc, "V1ChatRequest")
     assert v1["properties"]["messages"]["maxItems"] == LIMITED["MAX_MESSAGES"]
-    text = next(b for b in schema_of(doc, "V1Message")["properties"]["content"]["anyOf"] if b["type"] == "string")
+    content = schema_of(doc, "V1Message")["properties"]["content"]["anyOf"]
+    text = next(b for b in content if b["type"] == "string")
     assert text["maxLength"] == LIMITED["MAX_MESSAGE_CHARS"]
     for name in ("max_tokens", "max_completion_tokens"):
         number = v1["properties"][name]["anyOf"][0]
@@ -127,12 +130,13 @@ def turns(n: int, size: int = 1) -> list[dict[str, str]]:
 M, N, T = LIMITED["MAX_MESSAGE_CHARS"], LIMITED["MAX_MESSAGES"], LIMITED["MAX_TOKENS_CEILING"]
 # (limit, path, schema, body at the limit, body just over it, the field the refusal names)
 EDGES = [
-    ("MAX_MESSAGE_CHARS", "/api/chat", "ChatBody", chat(message="x" * M), chat(message="x" * (M + 1)), "message"),
+    ("MAX_MESSAGE_CHARS", "/api/chat", "ChatBody", chat(message="x" * M), chat(message="x" * (M + 1)),
+     "message"),
     ("MAX_MESSAGE_CHARS", "/api/chat", "ChatBody", chat(history=turns(1, M)), chat(history=turns(1, M + 1)),
      "history.0.content"),
     ("MAX_MESSAGES", "/api/chat", "ChatBody", chat(history=turns(N - 1)), chat(history=turns(N)), "history"),
-    ("MAX_MESSAGES", "/v1/chat/completions", "V1ChatRequest", v1(messages=turns(N)), v1(messages=turns(N + 1)),
-     "messages"),
+    ("MAX_MESSAGES", "/v1/chat/completions", "V1ChatRequest", v1(messages=turns(N)),
+     v1(messages=turns(N + 1)), "messages"),
     ("MAX_MESSAGE_CHARS", "/v1/chat/completions", "V1ChatRequest", v1(messages=turns(1, M)),
      v1(messages=turns(1, M + 1)), "messages.0.content"),
     ("MAX_TOKENS_CEILING", "/v1/chat/completions", "V1ChatRequest", v1(max_tokens=T), v1(max_tokens=T + 1),

@@ -39,7 +39,8 @@ _ZERO_IS_A_LIMIT = frozenset({"STREAM_MAX_TEXT"})
 
 
 def _note(prop: dict[str, Any], text: str) -> None:
-    prop["description"] = f"{prop['description']}; {text}" if prop.get("description") else text
+    before = prop.get("description", "").rstrip()
+    prop["description"] = f"{before}{' ' if before.endswith('.') else '; '}{text}" if before else text
 
 
 def _cap(prop: dict[str, Any], keyword: str, value: int) -> bool:
@@ -73,7 +74,7 @@ def apply(defs: dict[str, Any], config: Mapping[str, Any]) -> None:
         delay = defs["StreamQuery"]["properties"]["delay_ms"]
         delay["default"] = config["STREAM_DEFAULT_DELAY_MS"]
         cap = config["STREAM_MAX_DELAY_MS"]
-        _note(delay, f"Values above {cap} are taken as {cap} (STREAM_MAX_DELAY_MS); unset: "
+        _note(delay, f"values above {cap} are taken as {cap} (STREAM_MAX_DELAY_MS); unset: "
                      f"STREAM_DEFAULT_DELAY_MS.")
     allowed = parse_allowed_models(config["ALLOWED_MODELS"])
     if allowed:

@@ -37,8 +37,9 @@ class Doc:
 
 
 def describe(summary: str, tag: str, responses: dict[str, Any], **options: Any) -> Callable[[F], F]:
-    """Decorator: attach a :class:`Doc` to a view (placed above ``@bp.get``/``@bp.post``, which
-    return the view they register). ``body`` and ``query`` are the models the view validates with."""
+    """Decorator: attach a :class:`Doc` to a view. It goes above ``@bp.get``/``@bp.post`` (they
+    return the view they register) and below ``@sock.route`` (which returns None; its wrapper
+    copies the attribute). ``body`` and ``query`` are the models the view validates with."""
     doc = Doc(summary, tag, responses, **options)
 
     def attach(view: F) -> F:
