@@ -100,9 +100,9 @@ def test_the_answers_state_the_configured_limits(doc) -> None:
     body = doc["paths"]["/api/chat"]["post"]["requestBody"]
     assert f"{LIMITED['MAX_BODY_BYTES']} bytes" in body["description"]
     answer = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["description"]
-    assert f"after {LIMITED['STREAM_MAX_EVENTS']} events" in answer
-    assert f"{LIMITED['STREAM_MAX_BYTES']} bytes of text" in answer
-    assert f"or {LIMITED['STREAM_MAX_DURATION_S']} s" in answer
+    assert f"after {LIMITED['STREAM_MAX_EVENTS']} events carrying content" in answer
+    assert f"{LIMITED['STREAM_MAX_BYTES']} bytes of that content" in answer
+    assert f"after {LIMITED['STREAM_MAX_DURATION_S']} s" in answer
     ws = doc["paths"]["/ws"]["get"]["description"]
     assert f"over {LIMITED['WS_MAX_FRAME_BYTES']} bytes (WS_MAX_FRAME_BYTES)" in ws
     retry = schema_of(doc, "ChatStreamEvent")["oneOf"][0]["properties"]["retry"]

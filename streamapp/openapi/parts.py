@@ -78,8 +78,9 @@ EVENT_DESCRIPTION = (
     "name (`message` when absent), its `id` (`<stream_id>-<seq>`, for `Last-Event-ID`), `retry`, and its "
     "`data`; JSON `data` has `contentMediaType: application/json` and its schema in `contentSchema`. "
     "Comments (`: keep-alive`) are sent when nothing else was. A stream ends with `finish_reason: length` "
-    "after {STREAM_MAX_EVENTS} events (STREAM_MAX_EVENTS), {STREAM_MAX_BYTES} bytes of text "
-    "(STREAM_MAX_BYTES) or {STREAM_MAX_DURATION_S} s (STREAM_MAX_DURATION_S).")
+    "after {STREAM_MAX_EVENTS} events carrying content (text, reasoning, tool-call fragments; "
+    "STREAM_MAX_EVENTS), {STREAM_MAX_BYTES} bytes of that content (STREAM_MAX_BYTES), or after "
+    "{STREAM_MAX_DURATION_S} s (STREAM_MAX_DURATION_S).")
 
 # The component holding the event schema of each wire format of ``wire.py`` (by its name).
 EVENT_COMPONENTS = {"chat": "ChatStreamEvent", "plain": "PlainStreamEvent", "openai": "OpenAIStreamEvent"}
