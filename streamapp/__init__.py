@@ -11,6 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import auth, limits, logs, metrics, streams
 from . import config as settings
 from .errors import ApiError, BodyRefused, StoreError, error_response
+from .models import Models
 from .providers import build_providers
 from .ready import Readiness, providers_to_check
 
@@ -33,6 +34,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
 
     app.extensions["providers"] = build_providers(app.config)
+    app.extensions["models"] = Models(app.config, app.extensions["providers"])  # one resolver, every route
     streams.init_app(app)
     app.extensions["ready"] = Readiness(app.extensions["streams"].store, app.extensions["providers"],
                                         providers_to_check(app.config), app.config["READY_CACHE_S"])

@@ -85,7 +85,8 @@ def from_environ(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {
         "OPENAI_API_KEY": env.get("OPENAI_API_KEY", ""),
         "OPENAI_BASE_URL": env.get("OPENAI_BASE_URL", "https://api.openai.com/v1").rstrip("/"),
-        "OLLAMA_HOST": _ollama_url(env.get("OLLAMA_HOST", "http://127.0.0.1:11434")),
+        "OLLAMA_HOST": _ollama_url(env.get("OLLAMA_HOST") or "http://127.0.0.1:11434"),
+        "OLLAMA_HOST_SET": bool(env.get("OLLAMA_HOST")),  # Ollama is served only when asked for (models.py)
         "REDIS_URL": env.get("REDIS_URL", ""),
     }
 

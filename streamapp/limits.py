@@ -42,6 +42,7 @@ from flask_limiter.errors import RateLimitExceeded
 
 from .errors import ApiError, error_response
 from .metrics import count_rejection
+from .models import parse_allowed_models
 
 logger = logging.getLogger(__name__)
 
@@ -316,18 +317,6 @@ def acquire_slot() -> Slot:
 
 
 # -- input limits ------------------------------------------------------------------------------
-
-def parse_allowed_models(value: str) -> dict[str, frozenset[str]]:
-    """``"openai:gpt-4o-mini,gpt-4o;ollama:llama3.2"`` -> ``{provider: models}``."""
-    allowed: dict[str, frozenset[str]] = {}
-    for part in filter(None, (p.strip() for p in (value or "").split(";"))):
-        provider, sep, models = part.partition(":")
-        names = frozenset(filter(None, (m.strip() for m in models.split(","))))
-        if not sep or not provider.strip() or not names:
-            raise ValueError(f"STREAMAPP_ALLOWED_MODELS: {part!r} is not 'provider:model,model'")
-        allowed[provider.strip()] = names
-    return allowed
-
 
 def _text_length(content: Any) -> int:
     if isinstance(content, str):

@@ -196,6 +196,17 @@ def test_the_starting_client_may_resume_inspect_and_cancel(keyed) -> None:
     assert call(keyed, "POST", f"/api/streams/{sid}/cancel", headers=alice).status_code in (200, 202)
 
 
+@pytest.mark.parametrize("path", ["/ai-stream?prompt=hi&model=normal", "/local-ai?prompt=hi",
+                                  "/local-ai?prompt=hi&model=normal"])
+def test_a_key_limited_to_demo_runs_no_upstream_model_on_the_get_streams(keyed, path) -> None:
+    """alice's ``models=demo`` holds on the GET streams as on /api/chat and /v1 (found in review)."""
+    resp = call(keyed, "GET", path, headers={"X-API-Key": ALICE})
+    assert resp.status_code == 403, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "model_not_allowed" and error["field"] == "model"
+    assert call(keyed, "GET", path, headers={"X-API-Key": BOB}).status_code == 200  # no models= for bob
+
+
 def test_open_server_warns_when_exposed(start_server) -> None:
     from tests.helpers import free_port
 

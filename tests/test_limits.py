@@ -93,7 +93,7 @@ class _Client(SimpleNamespace):
 def keyed_app():
     """An app whose requests name their API key in ``X-Test-Client`` (as the auth module's
     ``g.client`` will): per-key limits without the key module."""
-    app = create_app({"RATE_LIMIT": "120/minute", "DEMO_DELAY_MS": 0})
+    app = create_app({"RATE_LIMIT": "120/minute", "DEMO_DELAY_MS": 0, "OPENAI_API_KEY": "sk-test"})
     clients = {"alpha": _Client(name="alpha", rate_limit="2/minute", max_streams=None, models=None),
                "beta": _Client(name="beta", rate_limit=None, max_streams=None, models=frozenset({"demo"}))}
 
@@ -304,6 +304,21 @@ def test_body_size_limit(small_limits, path):
 def test_within_the_limits(small_limits, path, body):
     r = requests.post(f"{small_limits.url}{path}", json=body, timeout=10)
     assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(("path", "status", "allowed"), [
+    ("/ai-stream?prompt=hi&model=gpt-4o", 400, "gpt-4o-mini"),
+    ("/local-ai?prompt=hi&model=mistral", 400, "llama3.2"),
+    ("/ai-stream?prompt=hi", 200, None),  # the default model, allowed
+    ("/local-ai?prompt=hi&model=llama3.2", 200, None),
+])
+def test_allowed_models_hold_on_the_get_streams(small_limits, path, status, allowed):
+    r = requests.get(f"{small_limits.url}{path}", timeout=10)
+    assert r.status_code == status, r.text
+    if allowed is not None:
+        error = r.json()["error"]
+        assert error["code"] == "model_not_allowed" and error["field"] == "model"
+        assert allowed in error["message"] and "STREAMAPP_ALLOWED_MODELS" in error["message"]
 
 
 def test_allowed_models_setting_is_checked():

@@ -94,7 +94,7 @@ def test_text_lines_carry_the_same_fields(start_server) -> None:
 
 def test_a_client_cannot_forge_a_text_line(start_server) -> None:
     """A path or a model holding a newline stays on its own line, escaped (found in review)."""
-    server = start_server(DEMO_DELAY_MS=0)
+    server = start_server(DEFAULT_PROVIDER="openai")  # a bare model name goes to the (fake) upstream
     forged = "2026-01-01 00:00:00,000 INFO streamapp.access: GET /admin 200 client=alice"
     requests.get(f"{server.url}/nope%0A{q(forged)}", timeout=5)
     requests.post(f"{server.url}/api/chat", json={"uid": 1, "message": "hi", "model": f"m\n{forged}"},

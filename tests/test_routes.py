@@ -193,6 +193,24 @@ def test_failure_after_first_token_ends_with_error_event(server, provider, model
     assert json.loads(events[-1].data)["code"] == code
 
 
+@pytest.mark.parametrize("fields", [{"provider": "demo", "model": "gpt-4o"}, {"model": "gpt-nope"},
+                                    {"model": "demo/x"}])
+def test_a_model_nobody_serves_is_not_found(server, fields) -> None:
+    """The demo has one model, ``demo``: another name is a mistake, not a cue to answer anyway."""
+    resp = requests.post(f"{server.url}/api/chat", json={**CHAT, **fields}, timeout=10)
+    assert resp.status_code == 404, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "model_not_found" and error["field"] == "model"
+    assert fields["model"] in error["message"]
+
+
+@pytest.mark.parametrize("fields", [{"provider": "demo", "model": "demo"}, {"model": "demo"}])
+def test_the_demo_model_by_name(server, fields) -> None:
+    with chat(server, {**CHAT, **fields}) as client:
+        assert client.status == 200
+        assert json.loads(client.read_all()[-1].data)["finish_reason"] == "stop"
+
+
 def test_unknown_route_is_json_404(server) -> None:
     resp = requests.get(f"{server.url}/nope", timeout=5)
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"

@@ -103,11 +103,13 @@ def test_a_bad_request_is_a_bad_request_error_naming_the_param(client):
     assert caught.value.body["param"] == "messages" and caught.value.body["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize("model", ["ollama/status?status=404", "openai/status?status=404", "ollama/"])
-def test_an_unknown_model_is_not_found(client, model):
+@pytest.mark.parametrize("model", ["ollama/status?status=404", "openai/status?status=404", "ollama/",
+                                   "gpt-nope", "demo/gpt-nope"])
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_unknown_model_is_not_found(client, model, stream):
     with pytest.raises(openai.NotFoundError) as caught:
-        client.chat.completions.create(model=model, messages=MESSAGES, stream=True)
-    assert caught.value.body["code"] == "model_not_found"
+        client.chat.completions.create(model=model, messages=MESSAGES, stream=stream)
+    assert caught.value.body["code"] == "model_not_found" and caught.value.body["param"] == "model"
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -172,6 +174,40 @@ def test_models_lists_what_is_configured(client):
     assert client.models.retrieve("demo").id == "demo"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
+
+
+def test_each_listed_model_is_found_and_answers(client, v1):
+    for entry in client.models.list():
+        assert client.models.retrieve(entry.id) == entry
+        # the fake upstream answers any model name: every listed id starts a chat
+        assert client.chat.completions.create(model=entry.id, messages=MESSAGES).choices[0].message.content
+    for unlisted in ("gpt-nope", "demo/x", "openai/", "anthropic/claude"):
+        resp = requests.get(f"{v1.url}/v1/models/{unlisted}", timeout=5)
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
+
+
+@pytest.fixture(scope="module")
+def unconfigured(start_server):
+    """No key for api.openai.com and no OLLAMA_HOST: only the demo can answer."""
+    return start_server(OPENAI_API_KEY="", OPENAI_BASE_URL="https://api.openai.com/v1", OLLAMA_HOST="",
+                        DEMO_DELAY_MS=0)
+
+
+def test_models_lists_only_what_can_be_served(unconfigured):
+    with openai.OpenAI(base_url=f"{unconfigured.url}/v1", api_key="sk-anything", max_retries=0,
+                       timeout=20) as client:
+        assert [m.id for m in client.models.list()] == ["demo"]
+        for model in ("openai/gpt-4o-mini", "ollama/llama3.2"):
+            with pytest.raises(openai.NotFoundError):
+                client.models.retrieve(model)
+            with pytest.raises(openai.NotFoundError) as caught:
+                client.chat.completions.create(model=model, messages=MESSAGES)
+            assert caught.value.body["code"] == "model_not_found" and caught.value.body["param"] == "model"
+            assert "not configured" in caught.value.body["message"]
+        assert client.chat.completions.create(model="demo", messages=MESSAGES).choices[0].message.content
+    for path in ("/ai-stream?prompt=hi", "/local-ai?prompt=hi"):
+        resp = requests.get(f"{unconfigured.url}{path}", timeout=5)
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found", path
 
 
 # -- tool calls, reasoning, usage ---------------------------------------------------------------

@@ -484,6 +484,8 @@ BAD_MESSAGES = [
     ("a resume without stream_id", '{"type": "resume", "last_seq": 0}', "missing_field", "stream_id"),
     ("a frame over MAX_BODY_BYTES", json.dumps({"type": "chat", "uid": 1, "message": "x" * 5000}),
      "message_too_large", None),
+    ("a model nobody serves", json.dumps({"type": "chat", "uid": 1, "message": "hi", "provider": "demo",
+                                          "model": "gpt-nope"}), "model_not_found", "model"),
 ]
 
 

@@ -12,9 +12,10 @@ from ..limits import check_chat_input
 from ..openapi import describe
 from ..openapi.models import ChatFormatQuery, ResumeQuery
 from ..openapi.parts import CHAT_ANSWER, LAST_EVENT_ID, NO_CONTENT, errors
-from ..providers import ChatRequest, model_name
+from ..providers import ChatRequest
 from ..schemas import ChatBody, parse
 from .body import read_json_body
+from .model import request_model
 from .streaming import resume_if_asked, start_stream
 
 bp = Blueprint("chat", __name__)
@@ -23,15 +24,16 @@ bp = Blueprint("chat", __name__)
 def chat_events(body: ChatBody) -> tuple[dict[str, Any], Iterator[Event]]:
     """The stream metadata (``provider``, ``model``, ``uid``) and the events of the provider's
     answer to ``body`` (input limits checked: ``ApiError`` naming the field). Shared by
-    ``POST /api/chat`` and WebSocket chats."""
-    name = body.provider or current_app.config["DEFAULT_PROVIDER"]
+    ``POST /api/chat`` and WebSocket chats. Without ``provider``, ``model`` names one as on ``/v1``."""
+    resolved = request_model(body.model, body.provider)
+    name, model = resolved.provider, resolved.model
     check_chat_input("history", [*((f"history.{i}.content", m.content) for i, m in enumerate(body.history)),
-                                 ("message", body.message)], name, body.model)
+                                 ("message", body.message)], name, model)
     provider = current_app.extensions["providers"][name]
     messages = [m.model_dump() for m in body.history]
     messages.append({"role": "user", "content": body.message})
-    meta = {"uid": body.uid, "provider": name, "model": model_name(provider, body.model)}
-    return meta, provider.stream(ChatRequest(messages, model=body.model))
+    meta = {"uid": body.uid, "provider": name, "model": model}
+    return meta, provider.stream(ChatRequest(messages, model=model))
 
 
 @describe("Stream a chat answer", "streams",

@@ -11,10 +11,11 @@ from ..errors import ApiError
 from ..openapi import describe
 from ..openapi.models import CancelResult, ResumeQuery, StreamInfo
 from ..openapi.parts import GET_STREAM, LAST_EVENT_ID, NO_CONTENT, RESUMED, SID, errors, json_body
-from ..providers import ChatRequest, model_name
+from ..providers import ChatRequest
 from ..schemas import PromptQuery, StreamQuery, parse
 from ..streams import get_manager
 from ..wire import is_stream_id
+from .model import request_model
 from .streaming import requested_resume, resume_if_asked, resume_stream, start_stream
 
 bp = Blueprint("sse", __name__)
@@ -50,10 +51,10 @@ def stream() -> Response:
 def _prompt_stream(provider_name: str) -> Response:
     def start() -> Response:
         query = parse(PromptQuery, request.args.to_dict())
+        model = request_model(query.model, provider_name).model
         provider = current_app.extensions["providers"][provider_name]
-        chat = ChatRequest([{"role": "user", "content": query.prompt}], model=query.model)
-        meta = {"route": provider_name, "provider": provider_name,
-                "model": model_name(provider, query.model)}
+        chat = ChatRequest([{"role": "user", "content": query.prompt}], model=model)
+        meta = {"route": provider_name, "provider": provider_name, "model": model}
         return start_stream(provider.stream(chat), "plain", meta, query.on_disconnect)
     return _resume_or(provider_name, start)
 

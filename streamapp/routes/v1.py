@@ -1,13 +1,10 @@
 """OpenAI-compatible API: ``POST /v1/chat/completions``, ``GET /v1/models``.
 
 The official SDKs (and what is built on them) use it unmodified: point their
-``base_url`` at ``http://host:port/v1``. ``model`` picks the provider:
-
-- ``demo``: the embedded demo provider;
-- ``openai/<model>``: the OpenAI-compatible upstream with that model;
-- ``ollama/<model>``: Ollama with that model;
-- anything else: the default provider (``STREAMAPP_DEFAULT_PROVIDER``) with that
-  name as its model (the demo provider ignores it).
+``base_url`` at ``http://host:port/v1``. ``model`` picks the provider (``demo``,
+``openai/<model>``, ``ollama/<model>``, or a bare name for the default provider), read
+by the app's one resolver (``streamapp.models``): a model nobody here serves is a 404
+``model_not_found``, and ``GET /v1/models`` lists what is served.
 
 Streaming answers are ``chat.completion.chunk`` objects (``wire.OpenAIChunks``)
 on the same stream lifecycle as every route: an ``X-Stream-Id`` header, an SSE id
@@ -35,26 +32,10 @@ from ..providers import ChatRequest
 from ..schemas import V1ChatRequest, parse
 from ..wire import completion
 from .body import read_json_body
+from .model import request_model
 from .streaming import collect_stream, resume_if_asked, start_stream
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
-
-PROVIDER_PREFIXES = ("openai", "ollama")
-
-
-def resolve_model(name: str) -> tuple[str, str | None]:
-    """``(provider, upstream model or None)`` for a ``model`` of a /v1 request."""
-    if name == "demo" or name.startswith("demo/"):
-        return "demo", None
-    prefix, sep, rest = name.partition("/")
-    if sep and prefix in PROVIDER_PREFIXES:
-        if not rest:
-            raise ApiError(f"the model '{name}' does not exist: name one after the '/'",
-                           code="model_not_found", status=404, field="model")
-        return prefix, rest
-    default = current_app.config["DEFAULT_PROVIDER"]
-    return default, None if default == "demo" else name
-
 
 def _fail(failed: Failed, headers: dict[str, str]) -> Response:
     """A failure before the first byte, OpenAI-shaped; an upstream 404 (its model is unknown) stays a 404."""
@@ -78,7 +59,8 @@ def chat_completions() -> Response:
     if resumed is not None:
         return resumed
     body = parse(V1ChatRequest, read_json_body())
-    name, model = resolve_model(body.model)
+    resolved = request_model(body.model)
+    name, model = resolved.provider, resolved.model
     check_chat_input("messages", [(f"messages.{i}.content", m.content) for i, m in enumerate(body.messages)],
                      name, model, {"max_tokens": body.max_tokens,
                                    "max_completion_tokens": body.max_completion_tokens})
@@ -100,17 +82,17 @@ def chat_completions() -> Response:
 
 
 def _models() -> list[dict[str, Any]]:
-    config = current_app.config
-    ids = [("demo", "streamapp"), (f"openai/{config['OPENAI_MODEL']}", "openai"),
-           (f"ollama/{config['OLLAMA_MODEL']}", "ollama")]
-    return [{"id": model, "object": "model", "created": 0, "owned_by": owner} for model, owner in ids]
+    return [{"id": m.public_name, "object": "model", "created": 0,
+             "owned_by": "streamapp" if m.provider == "demo" else m.provider}
+            for m in current_app.extensions["models"].servable()]
 
 
 @describe("The models a client may name", "openai",
-          {"200": json_body(ModelList, "OpenAI's model list: `demo` and each provider's default model.")})
+          {"200": json_body(ModelList, "OpenAI's model list of what is served: `demo`, and each configured "
+                                       "upstream's allowed models (ALLOWED_MODELS) or default model.")})
 @bp.get("/models")
 def models() -> Response:
-    """The models this service is configured with (each provider's default, and ``demo``)."""
+    """The models this service serves: ``demo``, and each configured upstream's allowed or default model."""
     return jsonify({"object": "list", "data": _models()})
 
 
