@@ -99,23 +99,23 @@ class Models:
         asked = name
         if provider is None:
             provider, name = self._split(name)
-        if provider not in self.defaults:
-            raise _not_found(asked or provider, f"no provider {provider}")
-        shown = asked or self.defaults[provider]
+        shown = asked or self.defaults[provider]  # the name as the client wrote it
         if provider in self.unserved:
             raise _not_found(shown, self.unserved[provider])
         if provider == DEMO:
             if name not in (None, DEMO):
-                raise _not_found(shown, "the demo provider's only model is 'demo' (GET /v1/models lists "
-                                        "the models served here)")
+                raise _not_found(shown, "the demo provider serves only 'demo' (GET /v1/models lists the "
+                                        "models served here)")
             return Resolved(DEMO, DEMO, DEMO)
         model = name or self.defaults[provider]
         return Resolved(provider, model, f"{provider}/{model}")
 
     def _split(self, name: str | None) -> tuple[str, str | None]:
-        """``(provider, model or None)`` of a name that names no provider of its own."""
-        if name is None or name == DEMO:
-            return (self.default, None) if name is None else (DEMO, None)
+        """``(provider, model or None)`` of ``name`` on a route that names no provider."""
+        if name is None:
+            return self.default, None
+        if name == DEMO:
+            return DEMO, None
         prefix, sep, rest = name.partition("/")
         if sep and prefix in self.defaults:
             if not rest:
@@ -128,7 +128,7 @@ class Models:
         (``STREAMAPP_ALLOWED_MODELS``) or, without an allow-list, its default model."""
         found = [Resolved(DEMO, DEMO, DEMO)]
         for provider in UPSTREAMS:
-            if provider in self.unserved or provider not in self.defaults:
+            if provider in self.unserved:
                 continue
             models = sorted(self.allowed.get(provider) or (self.defaults[provider],))
             found.extend(Resolved(provider, model, f"{provider}/{model}") for model in models)
