@@ -1,0 +1,127 @@
+"""Between processes: control messages, cancel flags and liveness.
+
+Control messages ("cancel <sid>", "idle <sid>") go by pub/sub to ``P:ctl:<owner>``,
+the channel of the process that runs the stream's producer; a cancel also sets
+``P:cancel:<sid>``, which the producer's process polls in case the message was lost.
+Each process renews ``P:owner:<owner>`` on every manager tick: a process unheard of
+for ``OWNER_TTL_S`` is taken for dead, and the key vanishing while this process is
+alive tells it that Redis lost its data (a restart without persistence).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import gevent
+import redis
+
+from .clients import Clients
+from .codec import Keys
+from .health import Health
+
+logger = logging.getLogger(__name__)
+OWNER_TTL_S = 10  # a process unheard of this long is taken for dead
+ALIVE_CACHE_S = 1.0  # how long an answer about another process's liveness is reused
+
+
+class ControlChannel:
+    """This process's control channel and the cancel flags. ``deliver(kind, sid)`` is
+    called for every message addressed to this process. The methods that talk to Redis
+    raise ``redis.RedisError``: the caller decides whether that is a ``StoreError``."""
+
+    def __init__(self, clients: Clients, client: redis.Redis, keys: Keys, health: Health,
+                 deliver: Callable[[str, str], None], flag_ttl: int) -> None:
+        self.clients, self.client, self.keys, self.health = clients, client, keys, health
+        self.deliver, self.flag_ttl = deliver, flag_ttl
+        self.owner = ""
+
+    def start(self, owner: str) -> gevent.Greenlet:
+        """Listen on ``owner``'s channel (a greenlet that survives idle periods and restarts)."""
+        self.owner = owner
+        return gevent.spawn(self._listen)
+
+    def _listen(self) -> None:
+        channel = self.keys("ctl", self.owner)
+        failures = 0
+        while True:
+            client = self.clients.subscriber()
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(channel)
+                failures = 0
+                for message in pubsub.listen():
+                    self._on_message(message["data"])
+            except redis.RedisError as exc:
+                self.health.lost(exc)
+                failures += 1
+                gevent.sleep(min(2.0, 0.05 * 2 ** failures))
+            finally:
+                pubsub.close()
+                client.close()
+
+    def _on_message(self, data: bytes) -> None:
+        kind, _, sid = data.decode(errors="replace").partition(" ")
+        try:
+            self.deliver(kind, sid)
+        except Exception:  # noqa: BLE001 - one bad message must not stop the control channel
+            logger.exception("control message %r failed", data)
+
+    def tell_owner(self, sid: str, kind: str) -> None:
+        """Send ``kind`` to the process producing ``sid`` (ourselves included, a stream of
+        ours that finished and whose mirror was freed); nothing if Redis does not know it."""
+        owner = self.client.hget(self.keys("meta", sid), "owner")
+        if owner is None:
+            return
+        owner = json.loads(owner)
+        if owner == self.owner:
+            self.deliver(kind, sid)
+        else:
+            self.client.publish(self.keys("ctl", owner), f"{kind} {sid}")
+
+    def flag_cancel(self, sid: str) -> None:
+        """Set ``sid``'s cancel flag."""
+        self.client.set(self.keys("cancel", sid), 1, ex=self.flag_ttl)
+
+    def cancel_flagged(self, sid: str) -> bool:
+        """Whether ``sid``'s cancel flag is set."""
+        return bool(self.client.exists(self.keys("cancel", sid)))
+
+    def cancel_flags(self, sids: list[str]) -> set[str]:
+        """Which of ``sids`` have their cancel flag set (one command)."""
+        hits = self.client.mget([self.keys("cancel", sid) for sid in sids])
+        return {sid for sid, hit in zip(sids, hits, strict=True) if hit is not None}
+
+
+class Liveness:
+    """This process's liveness key, and other processes' as seen from here (cached for
+    ``ALIVE_CACHE_S``: every reader of every stream of a process asks). Both methods
+    raise ``redis.RedisError``."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client, self.keys = client, keys
+        self.owner = ""
+        self._renewed = False  # the key was set at least once
+        self._alive: dict[str, tuple[float, bool]] = {}  # owner -> (asked at, alive)
+
+    def renew(self) -> bool:
+        """Renew this process's key; whether Redis had lost it since the last renewal (a
+        restart that emptied it, or an outage longer than the key's TTL)."""
+        before = self.client.set(self.keys("owner", self.owner), 1, ex=OWNER_TTL_S, get=True)
+        lost = self._renewed and before is None
+        self._renewed = True
+        return lost
+
+    def alive(self, owner: str) -> bool:
+        """Whether process ``owner`` renewed its key within ``OWNER_TTL_S``."""
+        now = time.monotonic()
+        known = self._alive.get(owner)
+        if known is not None and now - known[0] < ALIVE_CACHE_S:
+            return known[1]
+        alive = bool(self.client.exists(self.keys("owner", owner)))
+        if len(self._alive) > 1000:
+            self._alive = {o: k for o, k in self._alive.items() if now - k[0] < ALIVE_CACHE_S}
+        self._alive[owner] = (now, alive)
+        return alive

@@ -1,0 +1,118 @@
+"""The store's Lua scripts, and the calls that pack their arguments.
+
+Every script is sent by EVALSHA; redis-py loads it again when Redis lost it (a restart).
+Each is safe to repeat: a batch retried after a lost reply changes nothing twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from .codec import Keys
+
+WRITE_CHUNK = 256  # streams per script call (a long script holds Redis up)
+
+# The writer's one command per batch, for every stream in it: KEYS are each stream's log, meta,
+# readers and cancel keys; ARGV[1] and ARGV[2] the TTLs of a running and of an ended stream; then
+# per stream: how many events follow, its final seq (0 while it runs), and the events' seq, JSON
+# pairs. A stream whose meta is missing (Redis lost it: a restart) is left untouched and its
+# position returned, so that nothing of it lands without its metadata. Otherwise the script
+# appends the events (one already there, after a retry, is skipped; any other refusal, out of
+# memory say, fails the call), records the end, and gives every key of the stream the log's TTL,
+# so its meta, readers and cancel keys never expire before its log.
+WRITE = b"""
+local a, lost = 3, {}
+for k = 1, #KEYS, 4 do
+  local nevents, last = tonumber(ARGV[a]), ARGV[a + 1]
+  a = a + 2
+  if redis.call('EXISTS', KEYS[k + 1]) == 0 then
+    lost[#lost + 1] = (k + 3) / 4
+  else
+    for i = a, a + 2 * nevents - 1, 2 do
+      local r = redis.pcall('XADD', KEYS[k], '0-' .. ARGV[i], 'e', ARGV[i + 1])
+      if type(r) == 'table' and r.err and not string.find(r.err, 'equal or smaller', 1, true) then
+        return redis.error_reply(r.err)
+      end
+    end
+    local ttl = ARGV[1]
+    if last ~= '0' then
+      redis.call('HSET', KEYS[k + 1], 'state', '"finished"', 'last', last)
+      ttl = ARGV[2]
+    end
+    for i = k, k + 3 do
+      redis.call('EXPIRE', KEYS[i], ttl)
+    end
+  end
+  a = a + 2 * nevents
+end
+return lost
+"""
+# The publisher's one command per batch: KEYS are streams' meta keys, ARGV[1] a running
+# stream's TTL; then per stream: how many field, value pairs follow, and the pairs. A field
+# already there (the end, if the writer was first) is kept, and so is a TTL.
+PUBLISH = b"""
+local a = 2
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  for i = a + 1, a + 2 * n, 2 do
+    redis.call('HSETNX', KEYS[k], ARGV[i], ARGV[i + 1])
+  end
+  a = a + 1 + 2 * n
+  redis.call('EXPIRE', KEYS[k], ARGV[1], 'NX')
+end
+"""
+# Live leases of each stream (KEYS: readers keys; ARGV[1]: now), in one command.
+COUNT = b"""
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('ZCOUNT', KEYS[i], ARGV[1], '+inf')
+end
+return out
+"""
+
+Write = tuple[str, int, list]  # (sid, final seq or 0, [seq, event JSON, seq, event JSON, ...])
+
+
+class Scripts:
+    """The three scripts, registered on ``client``; ``write`` and ``publish`` run on the
+    connection they are given (the writer's, the publisher's)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, ttl: int, running_ttl: int) -> None:
+        self.keys, self.ttl, self.running_ttl = keys, ttl, running_ttl
+        self._write = client.register_script(WRITE)
+        self._publish = client.register_script(PUBLISH)
+        self._count = client.register_script(COUNT)
+
+    def write(self, client: redis.Redis, writes: list[Write]) -> list[str]:
+        """Append and end streams, ``WRITE_CHUNK`` a call; the sids left untouched because
+        Redis has no metadata for them."""
+        p = self.keys.prefix
+        lost: list[str] = []
+        for start in range(0, len(writes), WRITE_CHUNK):
+            chunk = writes[start:start + WRITE_CHUNK]
+            keys: list = []
+            args: list = [self.running_ttl, self.ttl]
+            for sid, last, events in chunk:
+                keys += (f"{p}:log:{sid}", f"{p}:meta:{sid}", f"{p}:readers:{sid}", f"{p}:cancel:{sid}")
+                args += (len(events) // 2, last)
+                args += events
+            missing = self._write(keys, args, client=client)
+            if missing:
+                lost += (chunk[int(i) - 1][0] for i in missing)
+        return lost
+
+    def publish(self, client: redis.Redis, batch: list[tuple[str, list[str]]]) -> None:
+        """Write ``(sid, meta fields and values)``, ``WRITE_CHUNK`` streams a call."""
+        for start in range(0, len(batch), WRITE_CHUNK):
+            chunk = batch[start:start + WRITE_CHUNK]
+            args: list[Any] = [self.running_ttl]
+            for _, fields in chunk:
+                args.append(len(fields) // 2)
+                args += fields
+            self._publish([self.keys("meta", sid) for sid, _ in chunk], args, client=client)
+
+    def count(self, sids: list[str], now: float) -> list[int]:
+        """Live leases in each stream's readers key, in one command."""
+        return self._count([self.keys("readers", sid) for sid in sids], [now])
