@@ -1,0 +1,104 @@
+"""A Redis without persistence restarts empty: running streams are published again.
+
+Two gunicorn instances share a redis-server of this test's own; a stream runs on one,
+Redis is killed and started again on the same port (empty), and a resume on the other
+instance gets the rest of the stream, every event once, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import requests
+
+from tests.conftest import Process, require_binary
+from tests.fake_upstream import token_list
+from tests.helpers import SSEClient, data_events, first_deltas, free_port, poll_until, q
+
+
+def test_running_streams_are_published_again_when_redis_restarts_empty(start_server, tmp_path, tag):
+    port = free_port()
+    binary = require_binary("redis-server", "apt-get install -y redis-server")
+
+    def start_redis(n: int) -> Process:
+        proc = Process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no"], dict(os.environ), tmp_path / f"redis-{n}.log")
+        proc.wait_for("Ready to accept connections", 10, f"redis-server on {port}")
+        return proc
+
+    redis_proc = start_redis(1)
+    try:
+        settings = dict(REDIS_URL=f"redis://127.0.0.1:{port}/0", REDIS_PREFIX=f"streamapp-test-{tag}",
+                        RESUME_GRACE_S=30, HEARTBEAT_S=0.5, HEADER_WAIT_S=0.2)
+        a, b = start_server(**settings), start_server(**settings)
+        tokens = 400  # 20 s of answer: still running when the resume comes
+        model = q(f"slow?tokens={tokens}&delay_ms=50&tag={tag}")
+        client = SSEClient(f"{a.url}/ai-stream?prompt=hi&model={model}")
+        sid = client.headers["X-Stream-Id"]
+        got = first_deltas(client, 3)
+        client.close()  # the stream goes on for the resume grace
+        assert requests.get(f"{b.url}/api/streams/{sid}/info", timeout=5).status_code == 200
+
+        redis_proc.stop(signal.SIGKILL)
+        redis_proc = start_redis(2)  # empty: no persistence
+
+        def found_running() -> bool:
+            resp = requests.get(f"{b.url}/api/streams/{sid}/info", timeout=5)
+            return resp.status_code == 200 and resp.json()
+        info = poll_until(found_running, 8, "the running stream to be published again", interval=0.2)
+        assert info["state"] == "running" and info["route"], info  # its whole metadata
+        with SSEClient(f"{b.url}/api/streams/{sid}", headers={"Last-Event-ID": got[-1].id},
+                       timeout=30) as other:
+            assert other.status == 200
+            rest = other.read_all()
+        assert rest[-1].event == "end", rest[-3:]
+        seqs = [int(e.id.rsplit("-", 1)[1]) for e in rest if e.id]
+        first = int(got[-1].id.rsplit("-", 1)[1])
+        assert seqs == list(range(first + 1, first + 1 + len(seqs))), seqs  # every event once
+        assert "".join(e.data for e in data_events(got + rest)) == "".join(token_list(tokens))
+    finally:
+        redis_proc.stop()
+
+
+def scenario_republished_after_an_empty_restart() -> None:
+    """Both ways the store learns Redis lost its data: its liveness key gone (a quiet
+    stream, found by the heartbeat), a stream's metadata gone (found by the next write).
+    Each stream comes back whole: its metadata, then its log from the first event."""
+    from tests.redis_helpers import META, RedisServer, append_all, deltas, make_store, texts
+
+    server = RedisServer().start()
+    producer, remote = make_store(server.url, "re"), make_store(server.url, "re")
+    producer.start("owner-p")
+    for sid in ("quiet", "busy"):
+        producer.create(sid, {**META, "route": "sse"})
+        append_all(producer, sid, deltas("a", "b"), final_done=False)
+    producer.flush()
+    assert texts(remote.read("quiet", 0)) == ["a", "b"]
+    server.stop()
+    server.start()  # empty
+    assert remote.meta("quiet") is None and remote.meta("busy") is None
+    append_all(producer, "busy", deltas("c"), first=3)  # its write finds the metadata gone
+    producer.flush()
+    meta = poll_until(lambda: remote.meta("busy"), 10, "busy to be published again")
+    assert meta["route"] == "sse" and meta["owner"] == "owner-p", meta
+    poll_until(lambda: texts(remote.read("busy", 0)) == ["a", "b", "c", "done"], 10, "busy's whole log")
+    assert remote.meta("busy")["state"] == "finished" and not producer.is_local("busy")
+    assert remote.meta("quiet") is None  # nothing written since: the heartbeat finds it
+
+    def beat_and_find() -> bool:
+        producer.heartbeat()  # the manager's tick
+        return remote.meta("quiet") is not None
+    poll_until(beat_and_find, 10, "quiet to be published again")
+    producer.flush()
+    assert texts(remote.read("quiet", 0)) == ["a", "b"]
+    append_all(producer, "quiet", deltas("d"), first=3)
+    producer.flush()
+    assert texts(remote.read("quiet", 0)) == ["a", "b", "d", "done"]
+    server.stop()
+
+
+def test_the_store_publishes_its_streams_again_after_an_empty_restart() -> None:
+    from tests.redis_helpers import run_patched
+
+    run_patched("test_redis_restart", "scenario_republished_after_an_empty_restart")
