@@ -125,6 +125,18 @@ def upstream_closed_at(upstream: str, tag: str, timeout: float = 5) -> float:
     return closed[0]
 
 
+def upstream_closed_after(upstream: str, tag: str, after: float, timeout: float = 5) -> dict:
+    """The fake upstream's record of the connection tagged ``tag`` once streamapp closed it,
+    checked to be closed after ``after`` (``time.monotonic()`` here, the upstream's clock too)
+    and before the upstream finished on its own; ``timeout`` only bounds the wait. Its ``sent``
+    says how many tokens went out before the close."""
+    records = upstream_log(upstream, tag, wait="closed_by_peer", timeout=timeout)
+    closed = [r for r in records if r["closed_by_peer"] is not None]
+    assert closed, f"the upstream connection {tag} stayed open for {timeout}s: {records}"
+    assert closed[0]["closed_by_peer"] > after, f"closed before the test acted: {closed[0]}"
+    return closed[0]
+
+
 def data_events(events: list[ServerSentEvent]) -> list[ServerSentEvent]:
     """The token events (default ``message`` type)."""
     return [e for e in events if e.event == "message"]
