@@ -36,7 +36,7 @@ from tests.helpers import (
     q,
     recv_json,
     recv_until,
-    upstream_closed_at,
+    upstream_closed_after,
     upstream_log,
 )
 
@@ -294,8 +294,8 @@ def test_reasoning_and_tool_calls_come_as_their_own_messages(ws_server, tag):
     ("silence", {"at": 2, "silence_s": 10}, 2),         # the upstream silent after two tokens
     ("hang", {"silence_s": 10}, 0),                     # the upstream never answered
 ])
-def test_stop_ends_the_chat_and_closes_the_upstream_within_200ms(ws_server, fake_upstream, tag, mode,
-                                                                  params, before_stop):
+def test_stop_ends_the_chat_and_closes_the_upstream(ws_server, fake_upstream, tag, mode, params,
+                                                    before_stop):
     with ws_connect(ws_server) as ws:
         start = start_chat(ws, "hi", provider="openai", model=fake(mode, tag, **params))
         got = read_deltas(ws, before_stop)
@@ -303,12 +303,13 @@ def test_stop_ends_the_chat_and_closes_the_upstream_within_200ms(ws_server, fake
         asked = time.monotonic()
         send(ws, "stop")
         rest = read_until_end(ws, timeout=5)
-        ended = time.monotonic()
         end = rest[-1]
         assert end["type"] == "end" and end["finish_reason"] == "cancelled", end
         assert end["stream_id"] == start["stream_id"]
-        assert ended - asked < 0.2
-        assert upstream_closed_at(fake_upstream, tag) - asked < 0.2
+        record = upstream_closed_after(fake_upstream, tag, asked)
+        assert record["sent"] < params.get("tokens", 5)  # closed before the answer's end
+        if mode != "slow":  # a silent upstream: closed before its next token, none relayed after
+            assert record["sent"] == before_stop and [m for m in rest if m["type"] == "delta"] == []
         assert_contiguous(seqs_of(got + rest))
         send(ws, "stop")  # that chat is over
         refused(ws, "no_active_stream")
@@ -352,7 +353,7 @@ def test_a_closed_socket_with_zero_grace_closes_the_upstream_as_client_gone(ws_s
     read_deltas(ws, 1)
     left = time.monotonic()
     close_socket(ws, how)
-    assert upstream_closed_at(fake_upstream, tag) - left < 1.0
+    assert upstream_closed_after(fake_upstream, tag, left)["sent"] == 1  # in its silence
     # Not a stop: the stream ended as a client that left, not "cancelled".
     sid = start["stream_id"]
     poll_until(lambda: stream_info(ws_server, sid)["state"] == "finished", 5, "the stream to finish")
@@ -452,8 +453,7 @@ def test_stop_of_a_followed_stream_cancels_it(grace_server, fake_upstream, tag):
         send(ws, "stop")
         rest = read_until_end(ws, timeout=5)
         assert rest[-1]["type"] == "end" and rest[-1]["finish_reason"] == "cancelled", rest[-1]
-        assert time.monotonic() - asked < 0.2
-        assert upstream_closed_at(fake_upstream, tag) - asked < 0.2
+        assert upstream_closed_after(fake_upstream, tag, asked)["sent"] < 50  # before the answer's end
         assert_contiguous(seqs_of(got + rest), after=last)
         ping_pong(ws)
 
@@ -549,23 +549,23 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
 
 def test_a_peer_that_never_answers_pings_is_dropped(ping_server):
     sock = raw_upgrade(ping_server)
-    upgraded = time.monotonic()
     with sock:
         # Wait for the server's FIN (or a reset) without reading: POLLIN is not asked for.
         poller = select.poll()
         poller.register(sock, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
         assert poller.poll(5000), "still connected 5 s after the handshake (WS_PING_S=0.5)"
-        dropped = time.monotonic() - upgraded
         sock.settimeout(2)
         data = b""
         with contextlib.suppress(ConnectionResetError):
             while more := sock.recv(65536):
                 data += more
-    assert 0.5 <= dropped < 3.0, dropped
     frames = server_frames(data)
-    assert Opcode.PING.value in [op for op, _ in frames], frames
+    opcodes = [op for op, _ in frames]
+    assert Opcode.PING.value in opcodes, frames
     closes = [payload for op, payload in frames if op == Opcode.CLOSE.value]
     assert closes and int.from_bytes(closes[0][:2], "big") == 1008, frames
+    # Dropped for the unanswered ping: the ping came first, then the close.
+    assert opcodes.index(Opcode.PING.value) < opcodes.index(Opcode.CLOSE.value), frames
 
 
 class FrameLog(logging.Handler):
@@ -588,10 +588,9 @@ def test_a_peer_that_answers_pings_stays_connected(ping_server, tag):
     logger.propagate = False
     logger.addHandler(frames)
     with ws_connect(ping_server, logger=logger) as ws:
-        began = time.monotonic()
         start_chat(ws, "hi", provider="openai", model=fake("slow", tag, tokens=30, delay_ms=100))
         got = read_until_end(ws)  # about 3 s: six ping intervals
-        assert time.monotonic() - began > 2.5
+        assert frames.pings >= 2, frames.pings  # pings during the chat, answered: still on
         assert got[-1]["finish_reason"] == "stop" and text_of(got) == "".join(token_list(30))
         ping_pong(ws)
     assert frames.pings >= 4, frames.pings  # the server did ping, and our answers kept us on
