@@ -70,12 +70,18 @@ def test_split_multibyte_characters_and_crlf(provider) -> None:
     assert text_of(run(provider, "split")) == "h\u00e9llo \u4f60\u597d w\u00f6rld"
 
 
-def test_tokens_are_handed_over_as_they_arrive(provider) -> None:
-    times = []
-    for event in provider.stream(ChatRequest(MESSAGES, model="slow?tokens=3&delay_ms=300")):
+def test_tokens_are_handed_over_as_they_arrive(provider, fake_upstream, tag) -> None:
+    stream = provider.stream(ChatRequest(MESSAGES, model=f"silence?at=2&silence_s=10&tag={tag}"))
+    got = []
+    for event in stream:
         if isinstance(event, Delta):
-            times.append(time.monotonic())
-    assert times[1] - times[0] > 0.2 and times[2] - times[1] > 0.2
+            got.append(event.text)
+            if len(got) == 2:
+                break
+    (record,) = upstream_log(fake_upstream, tag)  # read while the provider holds the stream
+    stream.close()
+    assert got == token_list(2)
+    assert record["sent"] == 2 and record["finished"] is None  # both handed over in its silence
 
 
 @pytest.mark.parametrize("model, code, words", [
