@@ -53,7 +53,9 @@ def test_request_id_is_taken_echoed_and_on_every_line_of_the_stream(json_server,
                          "the request line")[0]
     assert request["method"] == "GET" and request["path"] == "/ai-stream" and request["status"] == 200
     assert request["client"] == "ops" and request["remote_addr"] == "127.0.0.1"
-    assert request["duration_ms"] >= summary["duration_ms"] * 0.5  # logged at the end of the body
+    # Logged at the end of the body: the request's life holds the stream's (which starts after the
+    # request and ends before its final event is written), so it is at least as long.
+    assert request["duration_ms"] >= summary["duration_ms"]
 
 
 def test_a_request_id_that_is_not_a_plain_token_is_replaced(json_server) -> None:
