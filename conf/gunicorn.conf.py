@@ -15,8 +15,8 @@ import time
 
 # Loopback by default: nginx (or a client on this host) connects here. Comma-separated.
 bind = os.environ.get("STREAMAPP_BIND", "127.0.0.1:8000").split(",")
-# A stream spends its life waiting on sockets (upstream, client, Redis): as a greenlet it costs
-# about 66 KB and no thread. wsgi.py patches with gevent before anything imports socket or ssl.
+# A stream spends its life waiting on sockets (upstream, client, Redis): it is a greenlet, not a
+# thread. wsgi.py patches with gevent before anything imports socket or ssl.
 worker_class = "gevent"
 # The memory store lives in one process, so one worker unless Redis shares streams (a resume
 # or a cancel may reach any worker). With Redis, one per core: a worker uses one core, and
@@ -24,9 +24,9 @@ worker_class = "gevent"
 workers = int(os.environ.get("STREAMAPP_WORKERS",
                              multiprocessing.cpu_count() if os.environ.get("REDIS_URL") else 1))
 # Connections one worker serves at once (streams, WebSockets, idle keep-alives); past it, new
-# ones wait in the listen backlog. gunicorn's 1000 is low for long streams; one worker held
-# 9,000 idle streams in the benchmark. Each stream also holds an upstream socket, so the
-# open-files limit (ulimit -n) must be above twice this.
+# ones wait in the listen backlog. gunicorn's 1000 is low for long streams, which stay open
+# for minutes. Each stream also holds an upstream socket, so the open-files limit (ulimit -n)
+# must be above twice this.
 worker_connections = int(os.environ.get("STREAMAPP_WORKER_CONNECTIONS", 10000))
 # For gevent, timeout is only the worker's own heartbeat: its loop reports every second, and a
 # worker silent for this long (a loop blocked by CPU work or a call gevent cannot switch out of)
@@ -63,8 +63,8 @@ loglevel = os.environ.get("STREAMAPP_LOG_LEVEL", "info")
 
 # Garbage collection in a worker: the objects loaded with the app (modules, routes, config) are
 # frozen out of every collection, and the youngest generation is collected after this many
-# allocations rather than Python's 700. Streams allocate fast and free by reference count; the
-# cycle collector otherwise took ~9 % of a worker's CPU at 1,000 streams (bench w3, Redis).
+# allocations rather than Python's 700. Streams allocate fast and free by reference count, so
+# frequent cycle collections would mostly walk the same long-lived objects again.
 gc_threshold = int(os.environ.get("STREAMAPP_GC_THRESHOLD", 50_000))
 if gc_threshold < 1:
     raise ValueError("STREAMAPP_GC_THRESHOLD must be >= 1 (0 would turn the cycle collector off)")

@@ -72,8 +72,7 @@ def _clean(text: str) -> str:
 def configure(config: dict[str, Any]) -> None:
     """Install the formatter on the root logger once per process (create_app may run again)."""
     # No line shows its source file or thread: skip gathering them for every record
-    # (the logging HOWTO's "Optimization"; finding the caller walks the stack, a third of a
-    # record's cost, and a stream writes three).
+    # (the logging HOWTO's "Optimization": finding the caller walks the stack).
     logging._srcfile = None  # type: ignore[attr-defined]
     logging.logThreads = logging.logMultiprocessing = False  # (gunicorn's lines show the process id)
     root = logging.getLogger()
