@@ -66,6 +66,9 @@ class Encoder(Protocol):
     content_type: str
     resumable: bool  # the client gets event ids and may come back with one
     coalesce: bool  # events read together may share one chunk
+    # Optional ``replays = True``: the encoder keeps state across events (open blocks, counters),
+    # so a resume feeds it the log from the start and the edge drops what it writes up to the
+    # resume point (``routes.edge.http_body``'s ``quiet_until``).
 
     def open(self, sid: str) -> bytes: ...
     def heartbeat(self) -> bytes: ...

@@ -376,3 +376,31 @@ def test_the_first_event_waits_until_the_stream_is_published(clock) -> None:
     assert not waiting.ready()  # its first token is there, its publication is not
     store.done.set()
     assert isinstance(waiting.get(timeout=5), Delta)
+
+
+class Counting:
+    """A stateful encoder: numbers its own output, so it must see every event from the start."""
+
+    name, content_type, resumable, coalesce, replays = "counting", "text/plain", True, False, True
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def open(self, sid: str) -> bytes:
+        return b""
+
+    def heartbeat(self) -> bytes:
+        return b""
+
+    def event(self, sid: str, seq: int, event: Event, first: bool) -> bytes:
+        self.n += 1
+        return f"{self.n}:{seq};".encode()
+
+
+def test_an_encoder_that_replays_learns_from_the_log_but_writes_only_after_the_resume_point(clock) -> None:
+    from streamapp.routes.edge import http_body
+
+    manager, sid = filled(clock, 6)
+    reader = StreamReader(manager, sid, 0, page=2)  # the catch-up spans several batches
+    body = b"".join(http_body(reader, Counting(), write_timeout=5, quiet_until=4))
+    assert body == b"5:5;6:6;7:7;"  # numbered as if it had written all along; nothing up to 4

@@ -60,8 +60,11 @@ class DepartureWatch:
 
 
 def http_body(reader: StreamReader, encoder: Encoder, *, write_timeout: float, sock: Any = None,
-              chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """Yield the encoded stream until the reader ends; always detaches the reader."""
+              chunk_bytes: int = CHUNK_BYTES, quiet_until: int = 0) -> Iterator[bytes]:
+    """Yield the encoded stream until the reader ends; always detaches the reader.
+
+    Events up to ``quiet_until`` are encoded (a stateful encoder learns from them) but not
+    written: a resume through an encoder that replays the log."""
     sid = reader.sid
     watcher = None
     old_timeout = None
@@ -81,6 +84,14 @@ def http_body(reader: StreamReader, encoder: Encoder, *, write_timeout: float, s
                 if beat:
                     yield beat
                 continue
+            if quiet_until and batch[0][0] <= quiet_until:
+                for seq, event in batch:
+                    if seq <= quiet_until:
+                        encoder.event(sid, seq, event, first)
+                        first = False
+                batch = [item for item in batch if item[0] > quiet_until]
+                if not batch:
+                    continue
             if coalesce:  # events read together share a chunk, up to chunk_bytes
                 parts: list[bytes] = []
                 size = 0

@@ -67,10 +67,15 @@ def nothing_to_resume() -> Response:
     return Response(status=204, content_type=SSE_TYPE)
 
 
-def _respond(sid: str, after: int, enc: Encoder) -> Response:
-    reader = get_lifecycle().follow(sid, after, resumable=enc.resumable)
+def stream_response(sid: str, after: int, enc: Encoder) -> Response:
+    """Stream ``sid`` after event ``after`` through ``enc`` as this request's response body.
+
+    An encoder that ``replays`` (it keeps state across events) is fed the log from the
+    start; what it writes up to ``after`` is dropped."""
+    quiet = after if getattr(enc, "replays", False) else 0
+    reader = get_lifecycle().follow(sid, after - quiet, resumable=enc.resumable)
     body = http_body(reader, enc, write_timeout=current_app.config["WRITE_TIMEOUT_S"],
-                     sock=request.environ.get("gunicorn.socket"))
+                     sock=request.environ.get("gunicorn.socket"), quiet_until=quiet)
     return Response(body, content_type=enc.content_type,
                     headers={**STREAM_HEADERS, "X-Stream-Id": sid})
 
@@ -114,7 +119,7 @@ def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
         return Response(status=204)  # the client left before it learnt the stream id
     if isinstance(first, Failed):
         return fail(first, {"X-Stream-Id": sid})
-    return _respond(sid, 0, enc)
+    return stream_response(sid, 0, enc)
 
 
 def resume_stream(sid: str, after: int, route: str | None = None) -> Response:
@@ -125,7 +130,7 @@ def resume_stream(sid: str, after: int, route: str | None = None) -> Response:
     found = find(sid, after, route)
     if found is None:
         return nothing_to_resume()
-    return _respond(sid, found.after, encoder(found.fmt, current_app.config["RETRY_MS"], found.meta))
+    return stream_response(sid, found.after, encoder(found.fmt, current_app.config["RETRY_MS"], found.meta))
 
 
 def collect_stream(events: Iterator[Event], meta: dict[str, Any],
