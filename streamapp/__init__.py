@@ -10,7 +10,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import auth, limits, logs, metrics, streams
 from . import config as settings
-from .errors import ApiError, BodyRefused, StoreError, error_response
+from .errors import ApiError, BodyRefused, StoreError, error_response, log_store_error
 from .models import Models
 from .providers import build_providers
 from .ready import Readiness, providers_to_check
@@ -67,8 +67,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     @app.errorhandler(ApiError)
     @app.errorhandler(StoreError)
     def _api_error(exc: ApiError | StoreError):
-        # A store outage is brief: say when to try again (an EventSource never does on a 503).
-        headers = {"Retry-After": str(STORE_RETRY_AFTER_S)} if exc.status == 503 else None
+        headers = None
+        if isinstance(exc, StoreError):
+            log_store_error(exc)  # its detail (the backend's address) stays in the log
+            # A store outage is brief: say when to try again (an EventSource never does on a 503).
+            headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
         return error_response(exc.status, exc.code, exc.message, exc.field, headers=headers,
                               close=isinstance(exc, BodyRefused))
 

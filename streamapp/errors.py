@@ -15,12 +15,15 @@ under ``/v1/``, see :func:`error_response`).
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
-from flask import Response, jsonify, request
+from flask import Response, g, jsonify, request
 
 from .wire import openai_error
+
+logger = logging.getLogger(__name__)
 
 
 class StreamappError(Exception):
@@ -50,10 +53,23 @@ class ApiError(StreamappError):
 
 
 class StoreError(StreamappError):
-    """The stream store cannot be reached; the request may be retried."""
+    """The stream store cannot be reached; the request may be retried.
+
+    ``message`` (what clients see) is always :attr:`PUBLIC_MESSAGE`; the text it is made
+    with, the backend's own (Redis's host and port included), is ``detail``, and ``str()``,
+    for the log only (:func:`log_store_error`).
+    """
 
     status = 503
     code = "store_unavailable"
+    PUBLIC_MESSAGE = "the stream store is unavailable; try again shortly"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(self.PUBLIC_MESSAGE)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 class UpstreamError(StreamappError):
@@ -89,6 +105,12 @@ class BodyRefused(ApiError):
 
     status = 413
     code = "request_entity_too_large"
+
+
+def log_store_error(exc: StoreError) -> None:
+    """Log a store failure a client is told about, its detail with the request's id."""
+    logger.warning("the stream store failed: %s", exc.detail,
+                   extra={"request_id": g.get("request_id"), "path": request.path})
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None,
