@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "RESUME_TTL_S": 300.0,             # a finished stream's log is kept this long
     "RESUME_GRACE_S": 10.0,            # a stream with no reader lives this long
     "WRITE_TIMEOUT_S": 30.0,           # a client that reads nothing this long is dropped
-    "LEASE_S": 30.0,                   # a reader's presence lease
+    "LEASE_S": 60.0,                   # a reader's presence lease: at least 2 x WRITE_TIMEOUT_S
     "STREAM_MAX_EVENTS": 100_000,      # deltas per stream; past it the stream ends with "length"
     "STREAM_MAX_BYTES": 8 << 20,       # UTF-8 bytes of text per stream; likewise
     "STREAM_MAX_DURATION_S": 3600.0,   # any stream (on_disconnect=finish too) ends with "length"
@@ -122,14 +122,28 @@ def validate(config: dict[str, Any]) -> None:
             raise ValueError(f"STREAMAPP_{key} must be >= 1")
     if not 0 <= config["REDIS_COMMIT_MS"] <= 1000:
         raise ValueError("STREAMAPP_REDIS_COMMIT_MS must be between 0 and 1000")
-    for key in ("SLOT_LEASE_S", "WS_PING_S"):
+    for key in ("SLOT_LEASE_S", "WS_PING_S", "WRITE_TIMEOUT_S"):
         if config[key] <= 0:
             raise ValueError(f"STREAMAPP_{key} must be > 0")
+    _check_lease(config["LEASE_S"], config["WRITE_TIMEOUT_S"])
     if config["WS_MAX_FRAME_BYTES"] < config["MAX_BODY_BYTES"]:
         raise ValueError("STREAMAPP_WS_MAX_FRAME_BYTES must be >= STREAMAPP_MAX_BODY_BYTES")
     for key in ("RATE_LIMIT", "ALLOWED_MODELS"):  # from_prefixed_env parses "0" or 60 as a number
         config[key] = "" if config[key] in (None, 0, False) else str(config[key])
     config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
+
+
+def _check_lease(lease: float, write_timeout: float) -> None:
+    """Refuse a reader's lease that a blocked write can outlive."""
+    # A reader renews its lease when a renewal is due (every third of the lease) and its
+    # transport asks for more events, which it does once its last write is done; a write may
+    # block up to write_timeout. So two renewals can be lease / 3 + write_timeout apart, and a
+    # lease of at least 2 x write_timeout outlasts that by a sixth of itself (10 s by default).
+    if lease < 2 * write_timeout:
+        raise ValueError(f"STREAMAPP_LEASE_S ({lease:g}) must be at least twice "
+                         f"STREAMAPP_WRITE_TIMEOUT_S ({write_timeout:g}): a reader whose write is "
+                         "blocked renews its lease only when the write ends, and must not count as "
+                         "gone meanwhile")
 
 
 def _number(config: dict[str, Any], key: str, kind: type) -> Any:

@@ -16,14 +16,17 @@ import uuid
 import pytest
 import redis
 import requests
+from websockets.sync.client import connect
 
 from tests.fake_upstream import token_list
 from tests.helpers import (
     SSEClient,
     data_events,
     first_deltas,
+    free_port,
     poll_until,
     q,
+    recv_json,
     upstream_closed_after,
     upstream_closed_at,
     upstream_log,
@@ -44,7 +47,7 @@ def pair(start_server, redis_url):
     """Two instances sharing Redis, with short leases so a dead reader is noticed in seconds."""
     prefix = f"streamapp-test-{uuid.uuid4().hex[:8]}"
     settings = dict(REDIS_URL=redis_url, REDIS_PREFIX=prefix, RESUME_GRACE_S=1, LEASE_S=1.5,
-                    HEARTBEAT_S=0.5, HEADER_WAIT_S=0.2)
+                    WRITE_TIMEOUT_S=0.75, HEARTBEAT_S=0.5, HEADER_WAIT_S=0.2)
     a, b = start_server(**settings), start_server(**settings)
     a.prefix = b.prefix = prefix
     return a, b
@@ -230,3 +233,41 @@ def test_on_disconnect_is_validated(quick):
     resp = requests.post(f"{quick.url}/api/chat", json={"uid": 1, "message": "hi", "on_disconnect": "later"},
                          timeout=5)
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "on_disconnect"
+
+
+# -- 10. nothing internal in what clients see; settings that cannot work are refused -----------
+
+def test_a_store_outage_shows_clients_no_internal_address(start_server, tag):
+    port = free_port()  # nothing listens there: every Redis call fails with its address
+    server = start_server(REDIS_URL=f"redis://127.0.0.1:{port}/0", REDIS_PREFIX=f"streamapp-test-{tag}")
+    sid = "0123456789abcdef0123456789abcdef"
+    probe = "store-outage-probe"
+    resp = requests.get(f"{server.url}/api/streams/{sid}/info", headers={"X-Request-ID": probe}, timeout=10)
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "store_unavailable"
+    seen = resp.text + "".join(f"{name}: {value}\n" for name, value in resp.headers.items())
+    assert "127.0.0.1" not in seen and str(port) not in seen, seen
+    with connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5, close_timeout=2, proxy=None,
+                 ping_interval=None) as ws:
+        ws.send(json.dumps({"type": "resume", "stream_id": sid, "last_seq": 0}))
+        message = recv_json(ws)
+    assert message["type"] == "error" and message["code"] == "store_unavailable", message
+    assert "127.0.0.1" not in json.dumps(message) and str(port) not in json.dumps(message)
+    # The detail is in the log, on a line with the request's id.
+    poll_until(lambda: any(probe in line and f"127.0.0.1:{port}" in line
+                           for line in server.process.output().splitlines()), 5, "the log line")
+
+
+@pytest.mark.parametrize(("lease", "write"), [(30, 30), (59, 30), (1.4, 0.75), (60, 0)])
+def test_a_readers_lease_must_outlast_a_blocked_write(lease, write):
+    from streamapp import create_app
+
+    with pytest.raises(ValueError, match="STREAMAPP_LEASE_S.*STREAMAPP_WRITE_TIMEOUT_S|"
+                                         "STREAMAPP_WRITE_TIMEOUT_S must be > 0"):
+        create_app({"LEASE_S": lease, "WRITE_TIMEOUT_S": write})
+
+
+def test_the_default_lease_outlasts_the_default_write_timeout():
+    from streamapp import create_app
+
+    create_app({})
+    create_app({"LEASE_S": 1.5, "WRITE_TIMEOUT_S": 0.75})
