@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "RATE_LIMIT_STRATEGY": "moving-window",  # exact over the last period (the limits package's names)
     "MAX_STREAMS_PER_KEY": 0,          # concurrent streams per API key (per client IP when open)
     "MAX_STREAMS_PER_PROCESS": 0,      # concurrent streams one worker runs
+    "MAX_DETACHED_PER_CLIENT": 4,      # running on_disconnect=finish streams per key (per IP when open)
     "SLOT_LEASE_S": 15.0,              # a stream slot's lease in Redis, renewed every third of it
     "MAX_MESSAGE_CHARS": 100_000,      # characters of one message
     "MAX_MESSAGES": 500,               # messages of one request (history and the new message)
@@ -74,8 +75,8 @@ _RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "SECRET_KEY", "CORS_ORIGINS", "READ
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
          "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES",
          "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE", "TRUSTED_PROXIES", "MAX_STREAMS_PER_KEY",
-         "MAX_STREAMS_PER_PROCESS", "MAX_MESSAGE_CHARS", "MAX_MESSAGES", "MAX_INPUT_CHARS",
-         "MAX_TOKENS_CEILING", "WS_MAX_FRAME_BYTES", "REDIS_COMMIT_MS")
+         "MAX_STREAMS_PER_PROCESS", "MAX_DETACHED_PER_CLIENT", "MAX_MESSAGE_CHARS", "MAX_MESSAGES",
+         "MAX_INPUT_CHARS", "MAX_TOKENS_CEILING", "WS_MAX_FRAME_BYTES", "REDIS_COMMIT_MS")
 PROVIDERS = ("demo", "openai", "ollama")
 
 

@@ -10,14 +10,13 @@ Three extensions, bound to the app by :func:`init_app` and applied in one place 
   shares them. Over it: 429 ``rate_limited`` with ``Retry-After``; every limited answer
   carries ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset``. A resume (``Last-Event-ID``)
   and a ``HEAD`` start nothing and are not counted.
-- **Stream caps** (:class:`StreamSlots`): concurrent streams per client
-  (``g.client.max_streams`` or ``MAX_STREAMS_PER_KEY``) and per process
-  (``MAX_STREAMS_PER_PROCESS``). A stream takes a slot before its producer starts and gives
-  it back when the producer exits, however it ends (the manager's ``on_exit``). With Redis, a
-  client's slots are leases in a sorted set ``P:slots:<client>`` (member -> expiry in Redis
-  time, ms), taken by one Lua script that drops expired leases, checks the cap and adds, so
-  workers and hosts never race; this process renews its leases every third of
-  ``SLOT_LEASE_S``, so a worker that dies loses its slots within one lease, never an hour.
+- **Stream caps** (:mod:`streamapp.slots`, taken by :func:`acquire_slot` when a stream
+  starts): concurrent streams per client (``g.client.max_streams`` or
+  ``MAX_STREAMS_PER_KEY``), detached streams (``on_disconnect=finish``) per client
+  (``MAX_DETACHED_PER_CLIENT``, 4 by default) and streams per process
+  (``MAX_STREAMS_PER_PROCESS``); leases in Redis when ``REDIS_URL`` is set, so every worker
+  and host counts the same streams. Over a cap: 429 ``too_many_streams`` or
+  ``too_many_detached_streams``, naming the setting.
 - **Input limits** (:func:`check_chat_input`): message length, number of messages, total
   characters, the ``max_tokens`` ceiling and the model allow-list, the same for
   ``POST /api/chat`` and ``POST /v1/chat/completions``.
@@ -27,15 +26,11 @@ A value of 0 (or an empty string) switches a limit off.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import secrets
 import time
 from collections.abc import Iterable
 from typing import Any
 
-import gevent
-import redis
 from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter, RequestLimit
 from flask_limiter.errors import RateLimitExceeded
@@ -43,6 +38,7 @@ from flask_limiter.errors import RateLimitExceeded
 from .errors import ApiError, error_response
 from .metrics import count_rejection
 from .models import parse_allowed_models
+from .slots import Slot, StreamSlots, TooManyDetachedStreams, TooManyStreams
 
 logger = logging.getLogger(__name__)
 
@@ -162,157 +158,15 @@ def retry_after() -> int | None:
 
 # -- stream caps -------------------------------------------------------------------------------
 
-class TooManyStreams(ApiError):
-    """Over a concurrent-stream cap: 429 naming the cap."""
-
-    status = 429
-    code = "too_many_streams"
-
-
-# Take a slot in every set of KEYS at once, or none: drop expired leases, check each cap
-# (ARGV[2 + i]), then add member ARGV[1] with expiry now + ARGV[2] ms. Returns the index of
-# the first full set, 0 when taken. Redis's clock, so hosts' clocks need not agree.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  if redis.call('ZCARD', key) >= tonumber(ARGV[i + 2]) then return i end
-end
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now + tonumber(ARGV[2]), ARGV[1])
-  redis.call('PEXPIRE', key, 2 * tonumber(ARGV[2]))
-end
-return 0
-"""
-# Renew the leases of this process: KEYS[i] holds member ARGV[i + 1]; ARGV[1] is the lease (ms).
-_RENEW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now + tonumber(ARGV[1]), ARGV[i + 1])
-  redis.call('PEXPIRE', key, 2 * tonumber(ARGV[1]))
-end
-return 0
-"""
-
-
-class Slot:
-    """One stream's slot; :meth:`release` gives it back (idempotent)."""
-
-    __slots__ = ("key", "owner", "token")
-
-    def __init__(self, owner: StreamSlots, token: str, key: str | None) -> None:
-        self.owner, self.token, self.key = owner, token, key
-
-    def release(self) -> None:
-        """Give the slot back (any number of times)."""
-        owner, self.owner = self.owner, None
-        if owner is not None:
-            owner.release(self)
-
-
-class StreamSlots:
-    """Concurrent-stream caps: per client (Redis leases or this process's memory) and per process."""
-
-    def __init__(self, per_key: int, per_process: int, lease_s: float, redis_url: str = "",
-                 prefix: str = "streamapp", pool_size: int = 16) -> None:
-        self.per_key, self.per_process, self.lease_s = per_key, per_process, lease_s
-        self.prefix = prefix
-        self.running: set[str] = set()  # tokens of this process's slots
-        self._local: dict[str, set[str]] = {}  # client key -> tokens (memory mode)
-        self._leases: dict[str, str] = {}  # token -> Redis key (renewed while held)
-        self._renewer: gevent.Greenlet | None = None
-        self.redis = None
-        if redis_url:
-            self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-                redis_url, max_connections=pool_size, timeout=2, socket_timeout=2,
-                socket_connect_timeout=2))
-            self._acquire = self.redis.register_script(_ACQUIRE)
-            self._renew = self.redis.register_script(_RENEW)
-
-    def acquire(self, identity: str, cap: int | None = None) -> Slot:
-        """A slot for a stream of ``identity`` (cap: its own, else the per-key setting), or
-        ``TooManyStreams``."""
-        cap = self.per_key if cap is None else cap
-        if self.per_process and len(self.running) >= self.per_process:
-            raise TooManyStreams(
-                f"too many concurrent streams on this server process: at most {self.per_process} "
-                f"(STREAMAPP_MAX_STREAMS_PER_PROCESS); try again shortly")
-        token = secrets.token_hex(8)
-        key = None
-        if cap:
-            key = f"{self.prefix}:slots:{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
-            if not self._take(key, token, cap):
-                who = "API key" if identity.startswith("key:") else "client address"
-                raise TooManyStreams(
-                    f"too many concurrent streams: at most {cap} per {who} "
-                    f"(STREAMAPP_MAX_STREAMS_PER_KEY); end one, or try again when one finishes")
-        self.running.add(token)
-        return Slot(self, token, key)
-
-    def _take(self, key: str, token: str, cap: int) -> bool:
-        if self.redis is None:
-            held = self._local.setdefault(key, set())
-            if len(held) >= cap:
-                return False
-            held.add(token)
-            return True
-        try:
-            full = self._acquire(keys=[key], args=[token, int(self.lease_s * 1000), cap])
-        except redis.RedisError as exc:
-            # Fail open: Redis down must not stop every stream; the per-process cap still holds.
-            logger.warning("could not take a stream slot in Redis (%s); not counting this stream", exc)
-            return True
-        if full:
-            return False
-        self._leases[token] = key
-        if self._renewer is None or self._renewer.dead:
-            self._renewer = gevent.spawn(self._renew_loop)
-        return True
-
-    def release(self, slot: Slot) -> None:
-        """Give ``slot`` back."""
-        self.running.discard(slot.token)
-        if slot.key is None:
-            return
-        if self.redis is None:
-            held = self._local.get(slot.key)
-            if held is not None:
-                held.discard(slot.token)
-                if not held:
-                    del self._local[slot.key]
-            return
-        if self._leases.pop(slot.token, None) is None:
-            return
-        try:
-            self.redis.zrem(slot.key, slot.token)
-        except redis.RedisError as exc:
-            logger.warning("could not give a stream slot back (%s); its lease runs out in %.0f s",
-                           exc, self.lease_s)
-
-    def _renew_loop(self) -> None:
-        while self._leases:
-            gevent.sleep(self.lease_s / 3)
-            leases = list(self._leases.items())
-            if not leases:
-                break
-            try:
-                self._renew(keys=[key for _, key in leases],
-                            args=[int(self.lease_s * 1000), *(token for token, _ in leases)])
-            except redis.RedisError as exc:
-                logger.warning("could not renew stream slot leases: %s", exc)
-
-
-def acquire_slot() -> Slot:
-    """A stream slot for the current request's client, or ``TooManyStreams`` (429, counted in
-    the metrics whatever the transport)."""
+def acquire_slot(on_disconnect: str = "cancel") -> Slot:
+    """A stream slot for the current request's client (with ``on_disconnect="finish"``, a
+    detached one), or ``TooManyStreams`` (429, counted in the metrics whatever the transport)."""
     client = getattr(g, "client", None)
     try:
         return current_app.extensions["streamapp.slots"].acquire(
-            client_identity(), getattr(client, "max_streams", None))
+            client_identity(), getattr(client, "max_streams", None), detached=on_disconnect == "finish")
     except TooManyStreams:
-        count_rejection("too_many_streams")
+        count_rejection("too_many_streams")  # either concurrent cap
         raise
 
 
@@ -383,12 +237,12 @@ def init_app(app: Flask) -> None:
     _init_limiter(app)
     app.extensions["streamapp.slots"] = StreamSlots(
         config["MAX_STREAMS_PER_KEY"], config["MAX_STREAMS_PER_PROCESS"], config["SLOT_LEASE_S"],
-        config["REDIS_URL"], config["REDIS_PREFIX"])
+        config["REDIS_URL"], config["REDIS_PREFIX"], per_detached=config["MAX_DETACHED_PER_CLIENT"])
 
     @app.errorhandler(TooManyStreams)
     def _too_many(exc: TooManyStreams) -> Response:
         return error_response(429, exc.code, exc.message, headers={"Retry-After": str(CAP_RETRY_AFTER_S)})
 
 
-__all__ = ["STREAM_ENDPOINTS", "Slot", "StreamSlots", "TooManyStreams", "acquire_slot",
-           "check_chat_input", "client_identity", "init_app", "parse_allowed_models"]
+__all__ = ["STREAM_ENDPOINTS", "Slot", "StreamSlots", "TooManyDetachedStreams", "TooManyStreams",
+           "acquire_slot", "check_chat_input", "client_identity", "init_app", "parse_allowed_models"]

@@ -246,6 +246,72 @@ def test_memory_slots_take_a_per_client_cap():
     assert len(slots.running) == 2
 
 
+def test_a_renewal_never_brings_back_a_released_slot(redis_url, redis_prefix):
+    slots = StreamSlots(per_key=1, per_process=0, lease_s=15, redis_url=redis_url, prefix=redis_prefix)
+    slot = slots.acquire("key:a")
+    due = slots.leases()  # a renewal starts: the leases it is about to renew
+    slot.release()  # meanwhile the stream ends and gives its slot back
+    slots.renew(due)  # then the renewal reaches Redis
+    assert live_leases(redis_url, redis_prefix, "key:a") == 0
+    slots.acquire("key:a").release()  # the cap's one slot is free
+    assert slots.leases() == []
+
+
+# -- detached streams (on_disconnect=finish) ---------------------------------------------------
+
+def detached_leases(url: str, prefix: str, identity: str = "ip:127.0.0.1") -> int:
+    r = redis.Redis.from_url(url)
+    secs, micros = r.time()
+    key = f"{prefix}:detached:{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
+    return r.zcount(key, f"({secs * 1000 + micros // 1000}", "+inf")
+
+
+def test_detached_streams_are_capped_by_default_across_instances(start_server, redis_url, redis_prefix):
+    settings = dict(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, RATE_LIMIT="", RESUME_GRACE_S=0)
+    a, b = start_server(**settings), start_server(**settings)  # STREAMAPP_MAX_DETACHED_PER_CLIENT: default
+    url = f"/stream?text={q(LONG_TEXT)}&delay_ms=100&on_disconnect=finish"
+    running = []
+    for server in (a, b, a, b):
+        client = SSEClient(server.url + url)
+        assert client.status == 200, client.resp.read()
+        running.append((server, client.headers["X-Stream-Id"]))
+        client.close()  # detached: it goes on generating
+    for server in (a, b):
+        with requests.get(server.url + url, stream=True, timeout=10) as r:
+            assert r.status_code == 429, r.headers
+            error = r.json()["error"]
+            assert r.headers["Retry-After"]
+        assert error["code"] == "too_many_detached_streams"
+        assert "at most 4" in error["message"] and "STREAMAPP_MAX_DETACHED_PER_CLIENT" in error["message"]
+    assert detached_leases(redis_url, redis_prefix) == 4
+    assert short_stream(b).status_code == 200  # a stream that ends with its reader is not detached
+    server, sid = running.pop()
+    assert requests.post(f"{server.url}/api/streams/{sid}/cancel", timeout=10).status_code == 202
+    poll_until(lambda: detached_leases(redis_url, redis_prefix) == 3, 10, "the ended stream's lease")
+    again = SSEClient(a.url + url)
+    assert again.status == 200
+    running.append((a, again.headers["X-Stream-Id"]))
+    again.close()
+    for server, sid in running:
+        requests.post(f"{server.url}/api/streams/{sid}/cancel", timeout=10)
+    poll_until(lambda: detached_leases(redis_url, redis_prefix) == 0, 10, "every detached lease back")
+
+
+def test_memory_slots_cap_detached_streams_per_client():
+    slots = StreamSlots(per_key=0, per_process=0, lease_s=15, per_detached=2)
+    held = [slots.acquire("ip:10.0.0.1", detached=True) for _ in range(2)]
+    refused = "at most 2 .*per client address.*STREAMAPP_MAX_DETACHED_PER_CLIENT"
+    with pytest.raises(TooManyStreams, match=refused) as err:
+        slots.acquire("ip:10.0.0.1", detached=True)
+    assert err.value.code == "too_many_detached_streams"
+    slots.acquire("ip:10.0.0.1")  # not detached: not counted
+    slots.acquire("ip:10.0.0.2", detached=True)  # another client
+    held[0].release()
+    slots.acquire("ip:10.0.0.1", detached=True)
+    off = StreamSlots(per_key=0, per_process=0, lease_s=15, per_detached=0)
+    assert [off.acquire("ip:10.0.0.1", detached=True) for _ in range(10)]
+
+
 # -- input limits ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

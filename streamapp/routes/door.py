@@ -35,7 +35,7 @@ def launch(events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "
 
     429 (``TooManyStreams``) over a concurrent-stream cap; the slot is given back when the
     producer exits, however the stream ends."""
-    slot = acquire_slot()
+    slot = acquire_slot(on_disconnect)
     return get_lifecycle().start(events, client_meta(meta), on_disconnect, on_exit=slot.release)
 
 
