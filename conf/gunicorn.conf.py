@@ -9,6 +9,7 @@ import gc
 import glob
 import multiprocessing
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -23,6 +24,11 @@ worker_class = "gevent"
 # CPU (encoding events) is what runs out first, not connections.
 workers = int(os.environ.get("STREAMAPP_WORKERS",
                              multiprocessing.cpu_count() if os.environ.get("REDIS_URL") else 1))
+# Session cookies (streamapp/auth.py): unless STREAMAPP_SECRET_KEY is set or Redis keeps one
+# secret for every instance, the workers of this instance sign with one secret made here, in
+# the master, before they fork (a secret per worker refuses the other workers' cookies). It
+# lasts as long as the master: a reload keeps it, a restart makes a new one.
+os.environ.setdefault("_STREAMAPP_INSTANCE_SECRET", secrets.token_hex(32))
 # Connections one worker serves at once (streams, WebSockets, idle keep-alives); past it, new
 # ones wait in the listen backlog. gunicorn's 1000 is low for long streams, which stay open
 # for minutes. Each stream also holds an upstream socket, so the open-files limit (ulimit -n)

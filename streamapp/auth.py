@@ -31,12 +31,14 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import redis
 from flask import Flask, current_app, g, request, session
 from flask_cors import CORS
 
@@ -51,6 +53,11 @@ PUBLIC_ENDPOINTS = frozenset({"pages.index", "pages.healthz", "pages.readyz", "m
 PUBLIC_BLUEPRINTS = frozenset({"docs", "swagger_ui"})
 SESSION_ENDPOINT = "session.create"
 COOKIE_NAME = "streamapp_session"
+# Session cookies' secret when STREAMAPP_SECRET_KEY is unset: kept in Redis at
+# <REDIS_PREFIX>:session-secret, else the instance's, which gunicorn's master
+# (conf/gunicorn.conf.py) puts in this variable before its workers fork.
+SECRET_REDIS_KEY = "session-secret"
+INSTANCE_SECRET_ENV = "_STREAMAPP_INSTANCE_SECRET"
 
 
 @dataclass(frozen=True)
@@ -240,6 +247,43 @@ def require_owner(meta: dict[str, Any]) -> None:
         raise Forbidden("this stream was started by another client", code="not_stream_owner")
 
 
+def _shared_secret(url: str, key: str) -> str:
+    """The secret kept in Redis at ``key``: the first process to ask puts one there (SET NX)."""
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        for _ in range(3):  # the key may be deleted (a rotation) between the two commands
+            client.set(key, secrets.token_hex(32), nx=True)
+            value = client.get(key)
+            if value:
+                return value.decode()
+        raise redis.RedisError(f"{key} keeps disappearing")
+    finally:
+        client.close()
+
+
+def session_secret(config: dict[str, Any], sessions: bool) -> str:
+    """What signs session cookies: ``SECRET_KEY``; else, when ``sessions`` are in use and Redis
+    is configured, the secret every instance shares there; else this instance's (made by
+    gunicorn's master for its workers); else one for this process, with a warning."""
+    if config.get("SECRET_KEY"):
+        return str(config["SECRET_KEY"])
+    instance = os.environ.get(INSTANCE_SECRET_ENV)
+    if sessions and config.get("REDIS_URL"):
+        key = f"{config['REDIS_PREFIX']}:{SECRET_REDIS_KEY}"
+        try:
+            return _shared_secret(config["REDIS_URL"], key)
+        except redis.RedisError as exc:
+            logger.warning("could not read the shared session secret %s from Redis (%s): session "
+                           "cookies are signed with this %s's own until it restarts", key, exc,
+                           "instance" if instance else "process")
+    if instance:
+        return instance
+    if sessions:
+        logger.warning("STREAMAPP_SECRET_KEY is not set: session cookies are signed with a key made "
+                       "for this process, so they do not survive a restart or span processes")
+    return secrets.token_hex(32)
+
+
 def _loopback(bind: str) -> bool:
     if bind.startswith(("unix:", "fd://")):
         return True
@@ -262,11 +306,7 @@ def init_app(app: Flask) -> None:
         raise ValueError("STREAMAPP_CORS_ORIGINS=* is allowed only when no API key is configured")
     app.extensions["auth"] = keys
     app.extensions["auth_origins"] = frozenset(origins)
-    if not config.get("SECRET_KEY"):
-        config["SECRET_KEY"] = secrets.token_hex(32)
-        if keys:
-            logger.warning("STREAMAPP_SECRET_KEY is not set: session cookies are signed with a key made "
-                           "for this process, so they do not survive a restart or span workers")
+    config["SECRET_KEY"] = session_secret(config, bool(keys))
     config.update(SESSION_COOKIE_NAME=COOKIE_NAME, SESSION_COOKIE_HTTPONLY=True,
                   SESSION_COOKIE_SAMESITE="Strict", SESSION_REFRESH_EACH_REQUEST=False,
                   PERMANENT_SESSION_LIFETIME=timedelta(seconds=config["SESSION_TTL_S"]))

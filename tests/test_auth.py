@@ -8,7 +8,10 @@ from unittest import mock
 
 import openai
 import pytest
+import redis
 import requests
+
+from tests.helpers import poll_until
 
 ALICE, BOB, PLAIN = "sk-alice-3f9a7c1e", "sk-bob-88d0b2aa", "sk-plain-51c4e0d9"
 SECRET = "test-secret-7d1c"
@@ -225,3 +228,59 @@ def test_wildcard_cors_is_refused_with_keys() -> None:
     with pytest.raises(ValueError, match="CORS_ORIGINS"):
         create_app({"API_KEYS": ALICE, "CORS_ORIGINS": "*"})
     create_app({"CORS_ORIGINS": "*"})  # open: allowed (raises otherwise)
+
+
+# -- one session secret for every worker and instance -----------------------------------------
+
+SAME_SITE = {"Sec-Fetch-Site": "same-origin"}
+
+
+def _answering_worker(server, jar: dict[str, str], sid: str) -> int | None:
+    """The pid of the worker that answered a cookie-authenticated ``info`` on ``sid`` (``None``:
+    that worker does not hold the stream, a 404); a 401 fails the test."""
+    resp = call(server, "GET", f"/api/streams/{sid}/info", headers=SAME_SITE, cookies=jar)
+    assert resp.status_code in (200, 404), (resp.status_code, resp.text)
+    return resp.json()["pid"] if resp.status_code == 200 else None
+
+
+def test_workers_of_one_instance_share_the_session_secret(start_server) -> None:
+    """No STREAMAPP_SECRET_KEY, no Redis: gunicorn's master makes one secret for its workers."""
+    server = start_server(WORKERS=2, API_KEYS=f"alice:{ALICE}", DEMO_DELAY_MS=0)
+    jar = session_cookie(server)  # signed by one of the two workers
+    pids: set[int] = set()
+    for _ in range(60):
+        # A stream started with the cookie on whichever worker takes it (memory store: the
+        # stream lives there), then its info, by the same worker or (a 404) the other one.
+        started = call(server, "GET", "/stream?text=a&delay_ms=0", headers=SAME_SITE, cookies=jar)
+        assert started.status_code == 200, started.text
+        pid = _answering_worker(server, jar, started.headers["X-Stream-Id"])
+        if pid is not None:
+            pids.add(pid)
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2, f"only worker {pids} answered"
+
+
+def test_workers_and_instances_sharing_redis_share_the_session_secret(start_server, redis_url,
+                                                                     redis_prefix) -> None:
+    settings = dict(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, API_KEYS=f"alice:{ALICE}",
+                    DEMO_DELAY_MS=0)
+    a, b = start_server(WORKERS=2, **settings), start_server(**settings)
+    assert redis.Redis.from_url(redis_url).exists(f"{redis_prefix}:session-secret")
+    jar = session_cookie(a)
+    sid = _stream_of(a, ALICE)  # in Redis: any worker of either instance answers its info
+    pids: set[int | None] = set()
+    poll_until(lambda: pids.add(_answering_worker(a, jar, sid)) or len(pids) == 2, 20,
+               "both of a's workers to answer")
+    assert _answering_worker(b, jar, sid) not in (None, *pids)  # another instance
+    assert call(b, "GET", "/v1/models", cookies=session_cookie(b), headers=SAME_SITE).status_code == 200
+    assert call(a, "GET", "/v1/models", cookies=session_cookie(b), headers=SAME_SITE).status_code == 200
+
+
+def test_the_configured_secret_wins_over_the_shared_one(start_server, redis_url, redis_prefix) -> None:
+    settings = dict(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, API_KEYS=f"alice:{ALICE}")
+    shared, configured = start_server(**settings), start_server(SECRET_KEY=SECRET, **settings)
+    cookie = session_cookie(shared)
+    assert call(configured, "GET", "/v1/models", cookies=cookie, headers=SAME_SITE).status_code == 401
+    assert call(configured, "GET", "/v1/models", cookies=_forged(SECRET, "alice"),
+                headers=SAME_SITE).status_code == 200
