@@ -5,19 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, request
-from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, limits, logs, metrics, streams
+from . import auth, errors, limits, logs, metrics, streams
 from . import config as settings
-from .errors import ApiError, BodyRefused, StoreError, error_response, log_store_error
 from .models import Models
 from .providers import build_providers
 from .ready import Readiness, providers_to_check
 
 __all__ = ["create_app"]
 
-STORE_RETRY_AFTER_S = 2
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
             "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
@@ -38,6 +35,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     streams.init_app(app)
     app.extensions["ready"] = Readiness(app.extensions["streams"].store, app.extensions["providers"],
                                         providers_to_check(app.config), app.config["READY_CACHE_S"])
+    errors.init_app(app)  # every error's JSON answer, registered here once
     logs.init_app(app)  # first hook: every request gets its id, every answer its log line
     auth.init_app(app)  # then every request is authenticated
     metrics.init_app(app)  # GET /metrics, fed by the streams' observer and the limits' refusals
@@ -63,24 +61,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             resp.headers["X-Content-Type-Options"] = "nosniff"
             resp.headers["Referrer-Policy"] = "no-referrer"
         return resp
-
-    @app.errorhandler(ApiError)
-    @app.errorhandler(StoreError)
-    def _api_error(exc: ApiError | StoreError):
-        headers = None
-        if isinstance(exc, StoreError):
-            log_store_error(exc)  # its detail (the backend's address) stays in the log
-            # A store outage is brief: say when to try again (an EventSource never does on a 503).
-            headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
-        return error_response(exc.status, exc.code, exc.message, exc.field, headers=headers,
-                              close=isinstance(exc, BodyRefused))
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        # The exception's own headers (Allow of a 405, say), but our body's type.
-        headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type", "content-length")}
-        return error_response(exc.code or 500, code, exc.description or exc.name, headers=headers)
 
     from .routes import docs  # GET /api.json and /swagger/: registered last, to describe every route
 

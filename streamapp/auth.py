@@ -1,18 +1,28 @@
-"""Who may use the API: API keys, browser session cookies, the Origin rule, and CORS.
+"""Who may use the API: API keys, browser session cookies and their secret, the Origin rule, CORS.
 
-One ``before_request`` hook decides for every request (no view checks anything):
+One ``before_request`` hook (:func:`authenticate`) decides who is calling, for every request:
 
-- Public endpoints (the page, ``/healthz``, ``/api.json``, ``/swagger/``, static files) and CORS
-  preflights pass. Every other path, unknown ones and routes added later included, is protected.
+- Public endpoints pass: the page, ``/healthz``, ``/readyz``, ``/metrics`` (which allows only
+  ``METRICS_ALLOW`` addresses itself), ``/api.json``, ``/swagger/``, static files, and CORS
+  preflights. Every other path, unknown ones and routes added later included, is protected.
 - With no key configured the API is open: ``g.client`` is ``None`` (a warning at start-up when
   the server is bound to a non-loopback address).
 - With keys: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, compared as SHA-256 digests
   with :func:`hmac.compare_digest` against every key (no early exit); or the signed session cookie
   that ``POST /api/session`` sets, accepted only from an allowed ``Origin`` (this one, or
   ``CORS_ORIGINS``) or with ``Sec-Fetch-Site: same-origin``, so a cross-site page cannot spend the
-  user's cookie, by ``POST`` or by a ``GET`` stream route. A missing or wrong key is a 401 with
-  ``WWW-Authenticate: Bearer``; a cookie from elsewhere a 403. ``g.client`` is then a
-  :class:`Client`: the key's name and limits, never the key.
+  user's cookie, by ``POST`` or by a ``GET`` stream route. A missing or wrong key is a 401
+  (``Unauthorized``, with ``WWW-Authenticate: Bearer``); a cookie from elsewhere a 403. ``g.client``
+  is then a :class:`Client`: the key's name and limits, never the key.
+
+Two checks the views call themselves, because only they know what is asked for:
+:func:`require_owner` (403 ``not_stream_owner`` on another client's stream: resume, info,
+cancel) and :func:`require_allowed_origin` (the WebSocket handshake, from any page's ``Origin``).
+
+Session cookies are signed with :func:`session_secret`: ``STREAMAPP_SECRET_KEY`` when set; else,
+with keys and Redis, one secret every instance shares, kept in Redis at
+``<REDIS_PREFIX>:session-secret`` (the first process to start puts it there); else the
+instance's, made by gunicorn's master for all its workers; else one for this process (a warning).
 
 Keys (``API_KEYS``, comma-separated, or ``API_KEYS_FILE``, one a line, ``#`` comments)::
 
@@ -42,9 +52,9 @@ import redis
 from flask import Flask, current_app, g, request, session
 from flask_cors import CORS
 
-from .errors import ApiError, error_response
+from .errors import Forbidden, Unauthorized
 
-__all__ = ["Client", "Keys", "init_app", "require_owner"]
+__all__ = ["Client", "Forbidden", "Keys", "Unauthorized", "init_app", "require_owner", "session_secret"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,20 +78,6 @@ class Client:
     rate_limit: str | None = None        # a flask-limiter string, e.g. "60/minute"
     max_streams: int | None = None       # concurrent streams
     models: frozenset[str] | None = None  # allowed models
-
-
-class Unauthorized(ApiError):
-    """No key, or a key (or session) we do not know: 401 with ``WWW-Authenticate``."""
-
-    status = 401
-    code = "unauthorized"
-
-
-class Forbidden(ApiError):
-    """Authenticated, but not allowed this (a cookie from another origin, another client's stream)."""
-
-    status = 403
-    code = "forbidden"
 
 
 def _digest(key: str) -> bytes:
@@ -323,12 +319,6 @@ def init_app(app: Flask) -> None:
              allow_headers=["Content-Type", "Authorization", "X-API-Key", "Last-Event-ID"],
              expose_headers=["X-Stream-Id", "Retry-After"], max_age=600)
     app.before_request(authenticate)
-
-    @app.errorhandler(Unauthorized)
-    def _unauthorized(exc: Unauthorized):
-        # RFC 6750: a 401 names the scheme; the message never repeats what was sent.
-        return error_response(exc.status, exc.code, exc.message, exc.field,
-                              headers={"WWW-Authenticate": 'Bearer realm="streamapp"'})
 
     @app.context_processor
     def _auth_state() -> dict[str, Any]:

@@ -1,16 +1,22 @@
-"""streamapp's exceptions, one per layer, and the one JSON error shape.
+"""streamapp's exceptions, the one JSON error shape, and the handlers that turn them into it.
 
-    StreamappError
-     ├── ApiError        the HTTP layer: a request we refuse (4xx) -> JSON body
-     ├── StoreError      the stream store (Redis) failed: a 503
-     └── UpstreamError   the provider layer: any failure of an LLM upstream
-                         (unreachable, timeout, HTTP status, bad response, auth,
-                         in-band error). Before the first byte it becomes a 502
-                         (504 on timeout) JSON response; after it, a final
-                         ``event: error`` (see ``streamapp.streams.reader``).
+    StreamappError            the base (500 ``internal_error``); every error we raise on purpose
+     ├── ApiError             a request we refuse: a 4xx (400 ``invalid_request`` unless told)
+     │    ├── BodyRefused     413 or 408: a body we stop reading; the connection closes after
+     │    ├── Unauthorized    401 with ``WWW-Authenticate``: no key, or a key or session we do not know
+     │    ├── Forbidden       403: a cookie or socket from another site, another client's stream
+     │    └── TooManyStreams  429 with ``Retry-After``: over a concurrent-stream cap
+     │         └── TooManyDetachedStreams   over the cap on detached (``on_disconnect=finish``) ones
+     ├── StoreError           503 with ``Retry-After``: the stream store (Redis) failed; clients see
+     │                        one fixed message, the log the backend's detail with the request id
+     └── UpstreamError        an LLM upstream failed (unreachable, timeout, HTTP status, bad
+                              response, auth, in-band error): before the first byte a 502 (504
+                              on timeout) JSON response, after it the stream's final error event
 
-Every error body is ``{"error": {"code", "message", "field"}}`` (OpenAI's shape
-under ``/v1/``, see :func:`error_response`).
+:func:`init_app` registers the app's handlers in one place: every ``StreamappError`` raised in a
+view, Werkzeug's HTTP errors (404, 405...) and Flask-Limiter's ``RateLimitExceeded`` (429
+``rate_limited``) all answer :func:`error_response`: ``{"error": {"code", "message", "field"}}``,
+OpenAI's shape under ``/v1/``. A message a client sees names no host, port, key or exception.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import logging
 import socket
 from typing import Any
 
-from flask import Response, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
+from flask_limiter.errors import RateLimitExceeded
+from werkzeug.exceptions import HTTPException
 
 from .wire import openai_error
 
@@ -44,6 +52,10 @@ class StreamappError(Exception):
         """The JSON error object."""
         return {"code": self.code, "message": self.message, "field": self.field}
 
+    def headers(self) -> dict[str, str]:
+        """Headers its HTTP answer carries."""
+        return {}
+
 
 class ApiError(StreamappError):
     """A request streamapp refuses; ``status`` is a 4xx."""
@@ -63,6 +75,7 @@ class StoreError(StreamappError):
     status = 503
     code = "store_unavailable"
     PUBLIC_MESSAGE = "the stream store is unavailable; try again shortly"
+    RETRY_AFTER_S = 2  # an outage is brief; an EventSource never retries a 503 by itself
 
     def __init__(self, detail: str) -> None:
         super().__init__(self.PUBLIC_MESSAGE)
@@ -70,6 +83,10 @@ class StoreError(StreamappError):
 
     def __str__(self) -> str:
         return self.detail
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After``."""
+        return {"Retry-After": str(self.RETRY_AFTER_S)}
 
 
 class UpstreamError(StreamappError):
@@ -107,6 +124,42 @@ class BodyRefused(ApiError):
     code = "request_entity_too_large"
 
 
+class Unauthorized(ApiError):
+    """No key, or a key (or session) we do not know: 401 with ``WWW-Authenticate``."""
+
+    status = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        """RFC 6750: a 401 names the scheme (the message never repeats what was sent)."""
+        return {"WWW-Authenticate": 'Bearer realm="streamapp"'}
+
+
+class Forbidden(ApiError):
+    """Authenticated, but not allowed this (a cookie from another origin, another client's stream)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class TooManyStreams(ApiError):
+    """Over a concurrent-stream cap: 429 naming the cap."""
+
+    status = 429
+    code = "too_many_streams"
+    RETRY_AFTER_S = 1  # a slot may free up any moment
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After``."""
+        return {"Retry-After": str(self.RETRY_AFTER_S)}
+
+
+class TooManyDetachedStreams(TooManyStreams):
+    """Over the cap on running detached streams (``on_disconnect=finish``): 429 naming it."""
+
+    code = "too_many_detached_streams"
+
+
 def log_store_error(exc: StoreError) -> None:
     """Log a store failure a client is told about, its detail with the request's id."""
     logger.warning("the stream store failed: %s", exc.detail,
@@ -140,3 +193,26 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
                 pass  # already gone
         resp.call_on_close(shut)
     return resp
+
+
+def init_app(app: Flask) -> None:
+    """Register the error handlers (each error above, Werkzeug's, the rate limiter's)."""
+
+    @app.errorhandler(StreamappError)
+    def _ours(exc: StreamappError) -> Response:
+        if isinstance(exc, StoreError):
+            log_store_error(exc)  # its detail (the backend's address) stays in the log
+        return error_response(exc.status, exc.code, exc.message, exc.field, headers=exc.headers(),
+                              close=isinstance(exc, BodyRefused))
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        # The exception's own headers (Allow of a 405, say), but our body's type.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type", "content-length")}
+        return error_response(exc.code or 500, code, exc.description or exc.name, headers=headers)
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(exc: RateLimitExceeded) -> Response:
+        # Its Retry-After and X-RateLimit-* headers come from the limiter's hook (limits.py).
+        return error_response(429, "rate_limited", exc.description or "rate limit exceeded")

@@ -33,18 +33,16 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter, RequestLimit
-from flask_limiter.errors import RateLimitExceeded
 
-from .errors import ApiError, error_response
+from .errors import ApiError, TooManyDetachedStreams, TooManyStreams
 from .metrics import count_rejection
 from .models import parse_allowed_models
-from .slots import Slot, StreamSlots, TooManyDetachedStreams, TooManyStreams
+from .slots import Slot, StreamSlots
 
 logger = logging.getLogger(__name__)
 
 # The views that start a generation: one shared rate-limit count across them.
 STREAM_ENDPOINTS = ("sse.stream", "sse.ai_stream", "sse.local_ai", "chat.chat", "v1.chat_completions")
-CAP_RETRY_AFTER_S = 1  # a slot may free up any moment: try again soon
 
 
 def client_identity() -> str:
@@ -131,10 +129,6 @@ def _init_limiter(app: Flask) -> None:
     app.extensions["streamapp.limiter"] = limiter
     app.extensions["streamapp.stream_limit"] = shared
     app.after_request(_rate_headers)
-
-    @app.errorhandler(RateLimitExceeded)
-    def _rate_limited(exc: RateLimitExceeded) -> Response:
-        return error_response(429, "rate_limited", exc.description or "rate limit exceeded")
 
 
 def count_stream_start() -> None:
@@ -238,10 +232,6 @@ def init_app(app: Flask) -> None:
     app.extensions["streamapp.slots"] = StreamSlots(
         config["MAX_STREAMS_PER_KEY"], config["MAX_STREAMS_PER_PROCESS"], config["SLOT_LEASE_S"],
         config["REDIS_URL"], config["REDIS_PREFIX"], per_detached=config["MAX_DETACHED_PER_CLIENT"])
-
-    @app.errorhandler(TooManyStreams)
-    def _too_many(exc: TooManyStreams) -> Response:
-        return error_response(429, exc.code, exc.message, headers={"Retry-After": str(CAP_RETRY_AFTER_S)})
 
 
 __all__ = ["STREAM_ENDPOINTS", "Slot", "StreamSlots", "TooManyDetachedStreams", "TooManyStreams",

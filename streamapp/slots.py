@@ -25,24 +25,11 @@ import secrets
 import gevent
 import redis
 
-from .errors import ApiError
+from .errors import TooManyDetachedStreams, TooManyStreams
 
 __all__ = ["Lease", "Slot", "StreamSlots", "TooManyDetachedStreams", "TooManyStreams"]
 
 logger = logging.getLogger(__name__)
-
-
-class TooManyStreams(ApiError):
-    """Over a concurrent-stream cap: 429 naming the cap."""
-
-    status = 429
-    code = "too_many_streams"
-
-
-class TooManyDetachedStreams(TooManyStreams):
-    """Over the cap on running detached streams (``on_disconnect=finish``): 429 naming it."""
-
-    code = "too_many_detached_streams"
 
 
 # Take a slot in every set of KEYS at once, or none: drop expired leases, check each cap
