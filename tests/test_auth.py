@@ -261,12 +261,20 @@ def test_workers_of_one_instance_share_the_session_secret(start_server) -> None:
     assert len(pids) == 2, f"only worker {pids} answered"
 
 
+@pytest.fixture
+def shared_secret(redis_url, redis_prefix):
+    """The Redis key of the shared session secret (it has no expiry: removed after the test)."""
+    key = f"{redis_prefix}:session-secret"
+    yield key
+    redis.Redis.from_url(redis_url).delete(key)
+
+
 def test_workers_and_instances_sharing_redis_share_the_session_secret(start_server, redis_url,
-                                                                     redis_prefix) -> None:
+                                                                     redis_prefix, shared_secret) -> None:
     settings = dict(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, API_KEYS=f"alice:{ALICE}",
                     DEMO_DELAY_MS=0)
     a, b = start_server(WORKERS=2, **settings), start_server(**settings)
-    assert redis.Redis.from_url(redis_url).exists(f"{redis_prefix}:session-secret")
+    assert redis.Redis.from_url(redis_url).exists(shared_secret)
     jar = session_cookie(a)
     sid = _stream_of(a, ALICE)  # in Redis: any worker of either instance answers its info
     pids: set[int | None] = set()
@@ -277,7 +285,8 @@ def test_workers_and_instances_sharing_redis_share_the_session_secret(start_serv
     assert call(a, "GET", "/v1/models", cookies=session_cookie(b), headers=SAME_SITE).status_code == 200
 
 
-def test_the_configured_secret_wins_over_the_shared_one(start_server, redis_url, redis_prefix) -> None:
+def test_the_configured_secret_wins_over_the_shared_one(start_server, redis_url, redis_prefix,
+                                                        shared_secret) -> None:
     settings = dict(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, API_KEYS=f"alice:{ALICE}")
     shared, configured = start_server(**settings), start_server(SECRET_KEY=SECRET, **settings)
     cookie = session_cookie(shared)
