@@ -136,10 +136,12 @@ def validate(config: dict[str, Any]) -> None:
 
 def _check_lease(lease: float, write_timeout: float) -> None:
     """Refuse a reader's lease that a blocked write can outlive."""
-    # A reader renews its lease when a renewal is due (every third of the lease) and its
-    # transport asks for more events, which it does once its last write is done; a write may
-    # block up to write_timeout. So two renewals can be lease / 3 + write_timeout apart, and a
-    # lease of at least 2 x write_timeout outlasts that by a sixth of itself (10 s by default).
+    # A reader renews its lease every third of it: when its transport asks for more events,
+    # and on the host's tick while the transport is blocked in a write (StreamManager.
+    # renew_leases). The first alone can leave lease / 3 + write_timeout between two renewals
+    # (a write may block that long); a lease of at least 2 x write_timeout covers that by a
+    # sixth of itself (10 s by default), so a blocked write never makes a live reader count as
+    # gone, even when the tick's renewal fails or comes late.
     if lease < 2 * write_timeout:
         raise ValueError(f"STREAMAPP_LEASE_S ({lease:g}) must be at least twice "
                          f"STREAMAPP_WRITE_TIMEOUT_S ({write_timeout:g}): a reader whose write is "
