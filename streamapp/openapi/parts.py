@@ -196,7 +196,9 @@ ERRORS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "429": ("Over a limit of this client (its API key, or its address when the service runs open): "
             "stream starts per period (`rate_limited`; RATE_LIMIT: {RATE_LIMIT}, or the key's own) or "
             "concurrent streams (`too_many_streams`; MAX_STREAMS_PER_KEY: {MAX_STREAMS_PER_KEY}, or the "
-            "key's own; MAX_STREAMS_PER_PROCESS: {MAX_STREAMS_PER_PROCESS}); the message names the limit.",
+            "key's own; MAX_STREAMS_PER_PROCESS: {MAX_STREAMS_PER_PROCESS}) or running detached streams, "
+            "`on_disconnect: finish` (`too_many_detached_streams`; MAX_DETACHED_PER_CLIENT: "
+            "{MAX_DETACHED_PER_CLIENT}); the message names the limit.",
             _RATE_LIMITED),
     "502": ("The upstream failed before the first token (`upstream_unreachable`, `upstream_http_error`, "
             "`upstream_auth`, `upstream_bad_response`, `upstream_error`, `upstream_disconnected`).",
