@@ -247,14 +247,16 @@ def test_a_store_outage_shows_clients_no_internal_address(start_server, tag):
     seen = resp.text + "".join(f"{name}: {value}\n" for name, value in resp.headers.items())
     assert "127.0.0.1" not in seen and str(port) not in seen, seen
     with connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5, close_timeout=2, proxy=None,
-                 ping_interval=None) as ws:
+                 ping_interval=None, additional_headers={"X-Request-ID": probe + "-ws"}) as ws:
         ws.send(json.dumps({"type": "resume", "stream_id": sid, "last_seq": 0}))
         message = recv_json(ws)
     assert message["type"] == "error" and message["code"] == "store_unavailable", message
     assert "127.0.0.1" not in json.dumps(message) and str(port) not in json.dumps(message)
     # The detail is in the log, on a line with the request's id.
-    poll_until(lambda: any(probe in line and f"127.0.0.1:{port}" in line
-                           for line in server.process.output().splitlines()), 5, "the log line")
+    for request_id in (probe, probe + "-ws"):  # the HTTP answer's and the WebSocket message's
+        poll_until(lambda rid=request_id: any(rid in line and f"127.0.0.1:{port}" in line
+                                              for line in server.process.output().splitlines()),
+                   5, f"the log line of {request_id}")
 
 
 @pytest.mark.parametrize(("lease", "write"), [(30, 30), (59, 30), (1.4, 0.75), (60, 0)])

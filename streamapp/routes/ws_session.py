@@ -28,7 +28,7 @@ from flask import current_app
 from flask_limiter.errors import RateLimitExceeded
 from simple_websocket import ConnectionClosed
 
-from ..errors import ApiError, StoreError
+from ..errors import ApiError, StoreError, log_store_error
 from ..limits import count_stream_start, retry_after
 from ..schemas import ChatBody, WsResume, load_json, parse
 from ..streams import get_lifecycle
@@ -122,6 +122,8 @@ class WsSession:
                 raise ApiError(f"type must be one of {TYPES}", code="unknown_type", field="type")
             handler(message)
         except (ApiError, StoreError) as exc:
+            if isinstance(exc, StoreError):
+                log_store_error(exc)  # the client gets the fixed message; the log, the cause
             refusal = {"type": "error", "code": exc.code, "message": exc.message}
             if exc.field:
                 refusal["field"] = exc.field
