@@ -31,8 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "RESUME_GRACE_S": 10.0,            # a stream with no reader lives this long
     "WRITE_TIMEOUT_S": 30.0,           # a client that reads nothing this long is dropped
     "LEASE_S": 60.0,                   # a reader's presence lease: at least 2 x WRITE_TIMEOUT_S
-    "STREAM_MAX_EVENTS": 100_000,      # deltas per stream; past it the stream ends with "length"
-    "STREAM_MAX_BYTES": 8 << 20,       # UTF-8 bytes of text per stream; likewise
+    "STREAM_MAX_EVENTS": 100_000,      # events with content (text, reasoning, tool calls); past it: "length"
+    "STREAM_MAX_BYTES": 8 << 20,       # UTF-8 bytes those events carry; likewise
     "STREAM_MAX_DURATION_S": 3600.0,   # any stream (on_disconnect=finish too) ends with "length"
     "REDIS_PREFIX": "streamapp",       # every Redis key starts with this
     "REDIS_POOL_SIZE": 100,            # Redis connections per worker for short commands
