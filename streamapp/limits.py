@@ -42,7 +42,8 @@ from .slots import Slot, StreamSlots
 logger = logging.getLogger(__name__)
 
 # The views that start a generation: one shared rate-limit count across them.
-STREAM_ENDPOINTS = ("sse.stream", "sse.ai_stream", "sse.local_ai", "chat.chat", "v1.chat_completions")
+STREAM_ENDPOINTS = ("sse.stream", "sse.ai_stream", "sse.local_ai", "chat.chat", "v1.chat_completions",
+                    "responses.create")
 
 
 def client_identity() -> str:

@@ -1,0 +1,204 @@
+"""OpenAI's Responses API: ``POST /v1/responses``, ``GET /v1/responses/<id>``, ``POST .../cancel``.
+
+One more front door on the stream lifecycle: the request is mapped onto the one
+``ChatRequest`` (``responses.mapper``), the model resolved, the input checked and the
+stream started, capped and rate limited as on ``/v1/chat/completions``; the log is
+written as Responses events (``responses.encoder``) or collected into the ``response``
+object (``responses.objects``). A response id is ``resp_<stream id>``: retrieving,
+resuming (``?stream=true&starting_after=N``, on any worker or host sharing Redis) and
+cancelling it are the stream API's, owner checked first, until the stream's retention
+(RESUME_TTL_S) ends. ``background: true`` generates to the end with nobody reading
+(``on_disconnect: finish``); ``previous_response_id`` puts an earlier response's input
+and output before the new input, while that response is kept (not with ``store: false``).
+Errors are OpenAI's shape (``errors.error_response`` under ``/v1/``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import gevent
+from flask import Blueprint, Response, current_app, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..auth import require_owner
+from ..errors import ApiError, error_response
+from ..events import Event, Failed, Opened
+from ..limits import check_chat_input
+from ..openapi import describe
+from ..openapi.parts import errors, json_body, path_param, response
+from ..providers import ChatRequest
+from ..responses.encoder import ResponsesSSE
+from ..responses.mapper import chat_params, echo, input_messages, items_to_messages
+from ..responses.objects import build_response, stream_of
+from ..responses.schemas import ResponseObject, ResponsesRequest, ResponseStreamEvent
+from ..schemas import MAX_UID, parse
+from ..streams import get_lifecycle
+from .body import read_json_body
+from .door import find, launch
+from .model import request_model
+from .streaming import SSE_TYPE, collect_stream, start_stream, stream_response
+
+bp = Blueprint("responses", __name__, url_prefix="/v1")
+ROUTE = "responses"
+CANCEL_WAIT_S = 5.0  # a cancel answers once the stream ended, or after this long as it stands
+
+
+class RetrieveQuery(BaseModel):
+    """Query of ``GET /v1/responses/<id>``."""
+
+    model_config = ConfigDict(extra="ignore")
+    stream: bool = False
+    starting_after: Annotated[int, Field(ge=0, le=MAX_UID, description=(
+        "with `stream=true`: the events after this sequence number"))] | None = None
+
+
+# One event of a Responses stream: its ``event`` is the ``type`` of its JSON ``data``; no SSE id.
+STREAM_EVENT = {"type": "object", "required": ["event", "data"],
+                "description": "One Responses event: `event` is the `type` of its JSON `data`; no SSE id.",
+                "properties": {"event": {"type": "string", "pattern": "^response[.]"},
+                               "data": {"type": "string", "contentMediaType": "application/json",
+                                        "contentSchema": ResponseStreamEvent}}}
+
+
+def _fail(failed: Failed, headers: dict[str, str]) -> Response:
+    """A failure before the first byte, OpenAI-shaped; an upstream 404 (its model is unknown) stays a 404."""
+    if failed.upstream_status == 404:
+        return error_response(404, "model_not_found", failed.message, "model", headers=headers)
+    return error_response(failed.status, failed.code, failed.message, headers=headers)
+
+
+def _not_found(rid: str, field: str | None = None) -> ApiError:
+    return ApiError(f"no response with id '{rid}'", code="not_found", status=404, field=field)
+
+
+def _kept(rid: str, field: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The stream id and metadata of response ``rid`` of the current client, or 404 (403: another's)."""
+    sid = stream_of(rid)
+    meta = get_lifecycle().manager.store.meta(sid) if sid else None
+    if meta is None:
+        raise _not_found(rid, field)
+    require_owner(meta)
+    if meta.get("route") != ROUTE:
+        raise _not_found(rid, field)
+    return sid, meta
+
+
+def _log(sid: str) -> list[Event]:
+    return [event for _, event in get_lifecycle().manager.store.read(sid, 0)]
+
+
+def _previous(rid: str) -> list[dict[str, Any]]:
+    """The context a response continuing ``rid`` starts with: its input and its output."""
+    sid, meta = _kept(rid, "previous_response_id")
+    context = meta.get("context")
+    if context is None:
+        raise ApiError(f"response '{rid}' was created with store: false and cannot be referenced",
+                       code="invalid_field", field="previous_response_id")
+    if meta.get("state") != "finished":
+        raise ApiError(f"response '{rid}' is still in progress", code="invalid_field",
+                       field="previous_response_id")
+    output = build_response(sid, meta, _log(sid))["output"]
+    return [*context, *items_to_messages(output, "previous_response_id")]
+
+
+@describe("Create a model response (OpenAI Responses API)", "openai",
+          {"200": response("`\"stream\": true`: Responses events as SSE (`event: <type>`, `data:` one event, "
+                           "no SSE id: resume with `GET /v1/responses/{id}?stream=true&starting_after=N`). "
+                           "Otherwise the `response` object (with `background: true`, at once: `queued`).",
+                           {SSE_TYPE.split(";")[0]: {"schema": STREAM_EVENT},
+                            "application/json": {"schema": ResponseObject}}),
+           **errors("400", "403", "404", "408", "413", "415", "429", "502", "503", "504", openai=True)},
+          description="`model` picks the provider as on `/v1/chat/completions`. Built-in tools, images and "
+                      "files are refused (400 naming the field).",
+          body=ResponsesRequest,
+          example={"model": "demo", "input": "Hi there", "stream": True})
+@bp.post("/responses")
+def create() -> Response:
+    """A model response, streamed (``stream: true``), whole, or in the background."""
+    data = read_json_body()
+    if not isinstance(data, dict):
+        raise ApiError("the body must be a JSON object", code="invalid_body")
+    body = parse(ResponsesRequest, data)
+    resolved = request_model(body.model)
+    name, model = resolved.provider, resolved.model
+    context = _previous(body.previous_response_id) if body.previous_response_id else []
+    new = input_messages(body)
+    head = [{"role": "system", "content": body.instructions}] if body.instructions else []
+    check_chat_input("input", [*(("instructions", m["content"]) for m in head),
+                               *(("previous_response_id", m.get("content")) for m in context),
+                               *((f"input.{i}", m.get("content")) for i, m in enumerate(new))],
+                     name, model, {"max_output_tokens": body.max_output_tokens})
+    chat = ChatRequest([*head, *context, *new], model=model, params=chat_params(body))
+    meta: dict[str, Any] = {"route": ROUTE, "provider": name, "model": body.model,
+                            "created": int(time.time()), "echo": echo(body)}
+    if body.store:
+        meta["context"] = [*context, *new]
+    provider = current_app.extensions["providers"][name]
+    on_disconnect = "finish" if body.background else "cancel"
+    if body.stream:
+        return start_stream(provider.stream(chat), ROUTE, meta, on_disconnect, fail=_fail)
+    meta["format"] = ROUTE
+    if body.background:
+        sid = launch(provider.stream(chat), meta, on_disconnect)
+        get_lifecycle().publish(sid)
+        return _answer(sid, build_response(sid, meta, []))
+    sid, events = collect_stream(provider.stream(chat), meta, on_disconnect)
+    end = events[-1] if events else Failed("client_gone", "the client left", 499)
+    if isinstance(end, Failed) and all(isinstance(e, (Opened, Failed)) for e in events):
+        return _fail(end, {"X-Stream-Id": sid})  # nothing was generated: an HTTP error
+    return _answer(sid, build_response(sid, meta, events))
+
+
+def _answer(sid: str, obj: dict[str, Any]) -> Response:
+    resp = jsonify(obj)
+    resp.headers["X-Stream-Id"] = sid
+    return resp
+
+
+RID = {"response_id": path_param("a response id (`resp_<stream id>`)", "resp_abc123")}
+
+
+@describe("A response as it stands, or its events", "openai",
+          {"200": response("The `response` object (`queued`, `in_progress`, `completed`, `incomplete`, "
+                           "`failed` or `cancelled`); with `stream=true`, its events after `starting_after` "
+                           "then the live tail.",
+                           {SSE_TYPE.split(";")[0]: {"schema": STREAM_EVENT},
+                            "application/json": {"schema": ResponseObject}}),
+           **errors("400", "403", "404", "503", openai=True)},
+          query=(RetrieveQuery,), path_params=RID)
+@bp.get("/responses/<response_id>")
+def retrieve(response_id: str) -> Response:
+    """The response object, or (``stream=true``) its events after ``starting_after``."""
+    query = parse(RetrieveQuery, request.args.to_dict())
+    if query.stream:
+        sid = stream_of(response_id)
+        found = find(sid, 0, route=ROUTE) if sid else None
+        if found is None:
+            raise _not_found(response_id)
+        after = -1 if query.starting_after is None else query.starting_after
+        return stream_response(sid, 0, ResponsesSSE(0, found.meta, starting_after=after))
+    sid, meta = _kept(response_id)
+    return _answer(sid, build_response(sid, meta, _log(sid)))
+
+
+@describe("Cancel a response", "openai",
+          {"200": json_body(ResponseObject, "The response once it stopped (`cancelled`), or as it stands "
+                                            "when it had ended already."),
+           **errors("403", "404", "503", openai=True)}, path_params=RID)
+@bp.post("/responses/<response_id>/cancel")
+def cancel(response_id: str) -> Response:
+    """Stop a response's generation wherever it runs; the response object after it stopped."""
+    sid, meta = _kept(response_id)
+    lifecycle = get_lifecycle()
+    if lifecycle.cancel(sid) == "cancelling":
+        reader = lifecycle.follow(sid, 0, resumable=False)
+        try:
+            with gevent.Timeout(CANCEL_WAIT_S, False):
+                for _ in reader:
+                    pass  # the reader ends with the stream
+        finally:
+            reader.close()
+    return _answer(sid, build_response(sid, lifecycle.manager.store.meta(sid) or meta, _log(sid)))
+

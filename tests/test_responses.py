@@ -1,0 +1,179 @@
+"""POST /v1/responses driven by the official ``openai`` SDK, unmodified, against real gunicorn +
+gevent over the demo provider and the fake upstream speaking OpenAI's and Ollama's formats."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+import requests
+
+from tests.fake_upstream import REASONING, TOOL_CALLS, token_list
+from tests.helpers import SSEClient, upstream_log
+
+PROVIDERS = ["openai/{}", "ollama/{}"]
+TOOL = {"type": "function", "name": "get_weather", "description": "the weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+END_TYPES = {"response.completed", "response.incomplete", "response.failed"}
+
+
+@pytest.fixture(scope="module")
+def srv(start_server):
+    return start_server(RESUME_GRACE_S=0, HEARTBEAT_S=0.5, HEADER_WAIT_S=0.2, DEMO_DELAY_MS=0,
+                        READ_TIMEOUT_S=3, MAX_MESSAGE_CHARS=1000)
+
+
+@pytest.fixture
+def client(srv):
+    with openai.OpenAI(base_url=f"{srv.url}/v1", api_key="sk-anything", max_retries=0, timeout=20) as c:
+        yield c
+
+
+def check_sequence(events: list) -> None:
+    """Sequence numbers 0, 1, 2 ...; one end event, last; ids stable."""
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[0].type == "response.created" and events[1].type == "response.in_progress"
+    assert [e.type for e in events if e.type in END_TYPES] == [events[-1].type]
+    rid = events[0].response.id
+    assert all(e.response.id == rid for e in events if hasattr(e, "response"))
+
+
+def text_of(events: list) -> str:
+    return "".join(e.delta for e in events if e.type == "response.output_text.delta")
+
+
+@pytest.mark.parametrize("model", ["demo", "openai/normal?tokens=4", "ollama/normal?tokens=4"])
+def test_a_text_stream_has_the_events_the_sdk_parses(client, model) -> None:
+    with client.responses.create(model=model, input="hello there", stream=True) as stream:
+        events = list(stream)
+    check_sequence(events)
+    types = [e.type for e in events]
+    assert types[2:5] == ["response.output_item.added", "response.content_part.added",
+                          "response.output_text.delta"]
+    assert types[-4:] == ["response.output_text.done", "response.content_part.done",
+                          "response.output_item.done", "response.completed"]
+    text = text_of(events)
+    if model != "demo":
+        assert text == "".join(token_list(4))
+    done = events[-1].response
+    assert done.status == "completed" and done.output_text == text
+    item = done.output[0]
+    assert item.type == "message" and item.id == events[2].item.id
+    assert all(e.item_id == item.id for e in events if e.type == "response.output_text.delta")
+    if model.startswith("openai"):
+        assert (done.usage.input_tokens, done.usage.output_tokens, done.usage.total_tokens) == (7, 4, 11)
+
+
+def test_the_wire_has_event_names_and_no_sse_ids(srv) -> None:
+    with SSEClient(f"{srv.url}/v1/responses", "POST", {"model": "demo", "input": "hi", "stream": True}) as c:
+        events = c.read_all()
+    assert events and all(not e.id for e in events)
+    assert all(e.event == json.loads(e.data)["type"] for e in events)
+
+
+@pytest.mark.parametrize("fmt", PROVIDERS)
+def test_the_stream_helper_gives_the_final_response(client, fmt) -> None:
+    with client.responses.stream(model=fmt.format("normal?tokens=3"), input="hi",
+                                 instructions="be brief") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert final.output_text == "".join(deltas) == "".join(token_list(3))
+
+
+def test_absent_upstream_usage_stays_null(client) -> None:
+    with client.responses.create(model="openai/nousage?tokens=2", input="hi", stream=True) as stream:
+        events = list(stream)
+    assert events[-1].type == "response.completed" and events[-1].response.usage is None
+
+
+@pytest.mark.parametrize("fmt", PROVIDERS)
+def test_reasoning_is_its_own_item_before_the_message(client, fmt) -> None:
+    with client.responses.create(model=fmt.format("reasoning?tokens=2"), input="think",
+                                 reasoning={"effort": "low"}, stream=True) as stream:
+        events = list(stream)
+    check_sequence(events)
+    reasoning = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    assert reasoning == "".join(REASONING)
+    done = events[-1].response
+    assert [item.type for item in done.output] == ["reasoning", "message"]
+    assert done.output[0].content[0].text == reasoning
+    assert [e.output_index for e in events if e.type == "response.output_text.delta"] == [1, 1]
+    if fmt.startswith("openai"):
+        assert done.usage.output_tokens_details.reasoning_tokens == 3
+        assert done.usage.input_tokens_details.cached_tokens == 4
+
+
+@pytest.mark.parametrize("fmt", PROVIDERS)
+def test_a_two_turn_function_call_round_trip(client, srv, fake_upstream, fmt, tag) -> None:
+    model = fmt.format(f"tools?tag={tag}")
+    with client.responses.stream(model=model, input="weather?", tools=[TOOL]) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == \
+        [(t["name"], t["arguments"]) for t in TOOL_CALLS]
+    assert len({c.call_id for c in calls}) == 2 and [c.status for c in calls] == ["completed"] * 2
+    deltas = [e for e in events if e.type == "response.function_call_arguments.delta"]
+    assert {e.item_id for e in deltas} == {c.id for c in calls}
+    if fmt.startswith("openai"):
+        assert final.usage.total_tokens == 42
+    # Turn two: the calls and their outputs go back; the upstream sees them as chat messages.
+    outputs = [{"type": "function_call_output", "call_id": c.call_id, "output": "sunny"} for c in calls]
+    items = [*calls, *outputs]
+    second_model = fmt.format(f"normal?tokens=2&tag={tag}")
+    with client.responses.create(model=second_model, input=items, tools=[TOOL], stream=True) as stream:
+        second = list(stream)
+    assert second[-1].type == "response.completed"
+    sent = upstream_log(fake_upstream, tag)[-1]["messages"]
+    assert [m["role"] for m in sent] == ["assistant", "tool", "tool"]
+    assert [c["function"]["name"] for c in sent[0]["tool_calls"]] == [t["name"] for t in TOOL_CALLS]
+
+
+def test_not_streaming_answers_the_response_object(client) -> None:
+    resp = client.responses.create(model="openai/tools", input="weather?", tools=[TOOL])
+    assert resp.status == "completed" and resp.id.startswith("resp_")
+    assert [item.type for item in resp.output] == ["function_call", "function_call"]
+    assert resp.usage.input_tokens == 12 and resp.usage.output_tokens == 30
+    got = client.responses.retrieve(resp.id)
+    assert got.model_dump() == resp.model_dump()
+
+
+def test_a_length_limit_is_incomplete_with_its_reason(start_server) -> None:
+    short = start_server(STREAM_MAX_EVENTS=3, RESUME_GRACE_S=0, HEADER_WAIT_S=0.2, DEMO_DELAY_MS=0)
+    with openai.OpenAI(base_url=f"{short.url}/v1", api_key="x", max_retries=0, timeout=20) as c, \
+            c.responses.create(model="demo", input="hi", stream=True) as stream:
+        events = list(stream)
+    end = events[-1]
+    assert end.type == "response.incomplete" and end.response.status == "incomplete"
+    assert end.response.incomplete_details.reason == "max_output_tokens"
+    assert events[-2].type == "response.output_item.done" and events[-2].item.status == "incomplete"
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"tools": [{"type": "web_search"}]}, "tools.0.type"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+     "input.0.content.0.type"),
+    ({"conversation": "conv_1"}, "conversation"),
+    ({"input": [{"type": "item_reference", "id": "x"}]}, "input.0.type"),
+])
+def test_a_field_we_cannot_honour_is_a_400_naming_it(client, body, field) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.responses.create(**{"model": "demo", "input": "hi", **body})
+    assert exc.value.body["param"] == field
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_errors_before_the_stream_are_openai_shaped(client, srv, stream) -> None:
+    for model in ("gpt-nope", "openai/status?status=404"):
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.responses.create(model=model, input="hi", stream=stream)
+        assert caught.value.body["code"] == "model_not_found" and caught.value.body["param"] == "model"
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.responses.create(model="openai/status?status=429", input="hi", stream=stream)
+    assert failed.value.status_code == 502 and "Rate limit reached" in failed.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_nosuchstream")
+    resp = requests.post(f"{srv.url}/v1/responses", json={"model": "demo", "input": "x" * 1001}, timeout=10)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "input.0"
+    assert "STREAMAPP_MAX_MESSAGE_CHARS" in resp.json()["error"]["message"]
