@@ -176,14 +176,20 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
     if _redis_ping("127.0.0.1", 6379):
         yield "redis://127.0.0.1:6379/0"
         return
-    binary = require_binary("redis-server", "apt-get install -y redis-server")
     port = free_port()
-    proc = Process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no"], dict(os.environ),
-                   tmp_path_factory.mktemp("redis") / "redis.log")
-    proc.wait_for("Ready to accept connections", 10, f"redis-server on {port}")
+    proc = start_redis(port, tmp_path_factory.mktemp("redis") / "redis.log")
     yield f"redis://127.0.0.1:{port}/0"
     proc.stop()
+
+
+def start_redis(port: int, log: Path) -> Process:
+    """A redis-server of the test's own on ``port`` (nothing kept on disk: a restart starts
+    empty), once it accepts connections; the test stops it."""
+    binary = require_binary("redis-server", "apt-get install -y redis-server")
+    proc = Process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no"], dict(os.environ), log)
+    proc.wait_for("Ready to accept connections", 10, f"redis-server on {port}")
+    return proc
 
 
 def _redis_ping(host: str, port: int) -> bool:

@@ -358,21 +358,13 @@ def test_redis_stopped_and_restarted_mid_stream(start_server, tmp_path, tag):
     """A redis-server of this test's own stops mid-stream and comes back: local readers go
     on, streams that live only in Redis are 503 meanwhile, new streams are served by their
     own instance, and shared again once Redis is back."""
-    import os
 
-    from tests.conftest import Process, require_binary
+    from tests.conftest import start_redis
     from tests.helpers import free_port
 
     port = free_port()
-    binary = require_binary("redis-server", "apt-get install -y redis-server")
 
-    def start_redis(n: int) -> Process:
-        proc = Process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no"], dict(os.environ), tmp_path / f"redis-{n}.log")
-        proc.wait_for("Ready to accept connections", 10, f"redis-server on {port}")
-        return proc
-
-    redis_proc = start_redis(1)
+    redis_proc = start_redis(port, tmp_path / "redis-1.log")
     try:
         settings = dict(REDIS_URL=f"redis://127.0.0.1:{port}/0", REDIS_PREFIX=f"streamapp-test-{tag}",
                         RESUME_GRACE_S=5, HEARTBEAT_S=0.5, HEADER_WAIT_S=0.2)
@@ -400,7 +392,7 @@ def test_redis_stopped_and_restarted_mid_stream(start_server, tmp_path, tag):
         assert "".join(e.data for e in data_events(events)) == "".join(token_list(40))
         assert events[-1].event == "end"
 
-        redis_proc = start_redis(2)
+        redis_proc = start_redis(port, tmp_path / "redis-2.log")
 
         def shared_again() -> bool:
             with SSEClient(f"{a.url}/stream?delay_ms=0&text=shared") as client:

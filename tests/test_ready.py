@@ -9,13 +9,12 @@ once Redis is back, with nothing restarted.
 from __future__ import annotations
 
 import json
-import os
 
 import redis
 import requests
 from websockets.sync.client import connect
 
-from tests.conftest import Process, require_binary
+from tests.conftest import start_redis
 from tests.helpers import SSEClient, data_events, free_port, poll_until
 
 
@@ -72,17 +71,10 @@ def _ws_chat(server) -> dict:
 
 
 def test_redis_down_then_back(start_server, tmp_path, tag) -> None:
-    binary = require_binary("redis-server", "apt-get install -y redis-server")
     port = free_port()
 
-    def start_redis(n: int) -> Process:
-        proc = Process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no"], dict(os.environ), tmp_path / f"redis-{n}.log")
-        proc.wait_for("Ready to accept connections", 10, f"redis-server on {port}")
-        return proc
-
     url, prefix = f"redis://127.0.0.1:{port}/0", f"streamapp-ready-{tag}"
-    redis_proc = start_redis(1)
+    redis_proc = start_redis(port, tmp_path / "redis-1.log")
     try:
         server = start_server(REDIS_URL=url, REDIS_PREFIX=prefix, RATE_LIMIT="4/minute", DEMO_DELAY_MS=0,
                               READY_CACHE_S=0.2)
@@ -100,7 +92,7 @@ def test_redis_down_then_back(start_server, tmp_path, tag) -> None:
         # Rate limits go on counting, in this process: two starts above, two more, then refused.
         assert [_stream_text(server, "x")[0] for _ in range(3)] == [200, 200, 429]
 
-        redis_proc = start_redis(2)
+        redis_proc = start_redis(port, tmp_path / "redis-2.log")
         poll_until(lambda: ready(server)[0] == 200, 15, "/readyz to be ready again")
 
         def shared_again() -> bool:

@@ -7,27 +7,19 @@ instance gets the rest of the stream, every event once, in order.
 
 from __future__ import annotations
 
-import os
 import signal
 
 import requests
 
-from tests.conftest import Process, require_binary
+from tests.conftest import start_redis
 from tests.fake_upstream import token_list
 from tests.helpers import SSEClient, data_events, first_deltas, free_port, poll_until, q
 
 
 def test_running_streams_are_published_again_when_redis_restarts_empty(start_server, tmp_path, tag):
     port = free_port()
-    binary = require_binary("redis-server", "apt-get install -y redis-server")
 
-    def start_redis(n: int) -> Process:
-        proc = Process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no"], dict(os.environ), tmp_path / f"redis-{n}.log")
-        proc.wait_for("Ready to accept connections", 10, f"redis-server on {port}")
-        return proc
-
-    redis_proc = start_redis(1)
+    redis_proc = start_redis(port, tmp_path / "redis-1.log")
     try:
         settings = dict(REDIS_URL=f"redis://127.0.0.1:{port}/0", REDIS_PREFIX=f"streamapp-test-{tag}",
                         RESUME_GRACE_S=30, HEARTBEAT_S=0.5, HEADER_WAIT_S=0.2)
@@ -41,7 +33,7 @@ def test_running_streams_are_published_again_when_redis_restarts_empty(start_ser
         assert requests.get(f"{b.url}/api/streams/{sid}/info", timeout=5).status_code == 200
 
         redis_proc.stop(signal.SIGKILL)
-        redis_proc = start_redis(2)  # empty: no persistence
+        redis_proc = start_redis(port, tmp_path / "redis-2.log")  # empty: no persistence
 
         def found_running() -> bool:
             resp = requests.get(f"{b.url}/api/streams/{sid}/info", timeout=5)
