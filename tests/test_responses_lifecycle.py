@@ -1,0 +1,98 @@
+"""A response's life after its create call, with the official ``openai`` SDK: retrieve, resume on
+another instance sharing Redis (``starting_after``), background, cancel, previous_response_id."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.fake_upstream import token_list
+from tests.helpers import poll_until, upstream_log
+
+
+@pytest.fixture(scope="module")
+def pair(start_server, redis_url):
+    """Two instances sharing one Redis (one prefix): a stream started on one resumes on the other."""
+    import uuid
+
+    settings = dict(REDIS_URL=redis_url, REDIS_PREFIX=f"streamapp-test-{uuid.uuid4().hex[:10]}",
+                    RESUME_GRACE_S=10, HEARTBEAT_S=0.5, HEADER_WAIT_S=0.2, DEMO_DELAY_MS=0, READ_TIMEOUT_S=3)
+    return start_server(**settings), start_server(**settings)
+
+
+def sdk(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-anything", max_retries=0, timeout=20)
+
+
+def test_a_dropped_stream_resumes_on_another_instance_every_event_once(pair) -> None:
+    a, b = pair
+    first = []
+    with sdk(a) as client, client.responses.create(model="openai/slow?tokens=12&delay_ms=60", input="hi",
+                                                   stream=True) as stream:
+        for event in stream:
+            first.append(event)
+            if len(first) == 6:
+                break  # the client drops the connection here
+    rid, n = first[0].response.id, first[-1].sequence_number
+    with sdk(b) as client, client.responses.retrieve(rid, stream=True, starting_after=n) as stream:
+        rest = list(stream)
+    events = first + rest
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert rest[-1].type == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "".join(token_list(12)) == rest[-1].response.output_text
+    item_ids = {e.item_id for e in events if e.type == "response.output_text.delta"}
+    assert item_ids == {rest[-1].response.output[0].id}
+    # Once more from the start, on the first instance: the same events.
+    with sdk(a) as client, client.responses.retrieve(rid, stream=True) as stream:
+        again = list(stream)
+    assert [e.model_dump() for e in again] == [e.model_dump() for e in events]
+
+
+def test_background_generates_with_nobody_reading_and_is_retrieved(pair) -> None:
+    a, b = pair
+    with sdk(a) as client:
+        resp = client.responses.create(model="openai/slow?tokens=5&delay_ms=50", input="hi", background=True)
+    assert resp.status in ("queued", "in_progress") and resp.background is True
+    with sdk(b) as client:
+        done = poll_until(lambda: (r := client.responses.retrieve(resp.id)).status == "completed" and r, 20,
+                          "the background response completed")
+    assert done.output_text == "".join(token_list(5)) and done.usage.output_tokens == 5
+
+
+def test_cancel_stops_the_generation_wherever_it_runs(pair, fake_upstream, tag) -> None:
+    a, b = pair
+    with sdk(a) as client:
+        resp = client.responses.create(model=f"openai/slow?tokens=200&delay_ms=100&tag={tag}", input="hi",
+                                       background=True)
+    upstream_log(fake_upstream, tag, wait="opened")
+    with sdk(b) as client:
+        cancelled = client.responses.cancel(resp.id)
+        assert cancelled.status == "cancelled"
+        assert client.responses.retrieve(resp.id).status == "cancelled"
+    assert upstream_log(fake_upstream, tag, wait="closed_by_peer")[0]["closed_by_peer"]
+
+
+def test_previous_response_id_carries_input_and_output(pair, fake_upstream, tag) -> None:
+    a, b = pair
+    model = f"openai/normal?tokens=2&tag={tag}"
+    with sdk(a) as client:
+        first = client.responses.create(model=model, input="first question", instructions="be brief")
+    with sdk(b) as client:
+        second = client.responses.create(model=model, input="second question", previous_response_id=first.id)
+    assert second.previous_response_id == first.id
+    sent = upstream_log(fake_upstream, tag)[-1]["messages"]
+    assert sent == [{"role": "user", "content": "first question"},
+                    {"role": "assistant", "content": first.output_text},
+                    {"role": "user", "content": "second question"}]
+
+
+def test_store_false_cannot_be_referenced_and_unknown_ids_are_404(pair) -> None:
+    a, _ = pair
+    with sdk(a) as client:
+        unkept = client.responses.create(model="demo", input="hi", store=False)
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.responses.create(model="demo", input="again", previous_response_id=unkept.id)
+        assert caught.value.body["param"] == "previous_response_id"
+        with pytest.raises(openai.NotFoundError):
+            client.responses.create(model="demo", input="again", previous_response_id="resp_gone")
