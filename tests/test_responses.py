@@ -177,3 +177,30 @@ def test_errors_before_the_stream_are_openai_shaped(client, srv, stream) -> None
     resp = requests.post(f"{srv.url}/v1/responses", json={"model": "demo", "input": "x" * 1001}, timeout=10)
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "input.0"
     assert "STREAMAPP_MAX_MESSAGE_CHARS" in resp.json()["error"]["message"]
+
+
+def test_a_failure_mid_stream_is_response_failed_with_the_error(client) -> None:
+    with client.responses.create(model="openai/drop?at=2", input="hi", stream=True) as stream:
+        events = list(stream)
+    check_sequence(events)
+    end = events[-1]
+    assert end.type == "response.failed" and end.response.status == "failed"
+    assert end.response.error.code == "upstream_disconnected"
+    assert [item.status for item in end.response.output] == ["incomplete"]
+    assert end.response.output[0].content[0].text == "".join(token_list(2))
+
+
+def test_interleaved_tool_call_fragments_stay_apart() -> None:
+    """Pure: fragments of two calls arriving interleaved are two items, arguments never merged."""
+    from streamapp.events import Done, Opened, ToolCall
+    from streamapp.responses.objects import ResponseBuilder
+
+    builder = ResponseBuilder("s1", {"model": "m"})
+    log = [Opened(), ToolCall(0, "c0", "f", '{"a"'), ToolCall(1, "c1", "g", '{"b"'),
+           ToolCall(0, None, None, ":1}"), ToolCall(1, None, None, ":2}"), Done("tool_calls")]
+    events = [e for event in log for e in builder.feed(event)]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    output = builder.response()["output"]
+    assert [(i["call_id"], i["name"], i["arguments"], i["id"]) for i in output] == \
+        [("c0", "f", '{"a":1}', "fc_s1_0"), ("c1", "g", '{"b":2}', "fc_s1_1")]
+    assert events[-1]["type"] == "response.completed"

@@ -96,3 +96,28 @@ def test_store_false_cannot_be_referenced_and_unknown_ids_are_404(pair) -> None:
         assert caught.value.body["param"] == "previous_response_id"
         with pytest.raises(openai.NotFoundError):
             client.responses.create(model="demo", input="again", previous_response_id="resp_gone")
+
+
+def test_only_its_client_sees_a_response_and_it_is_gone_after_its_retention(start_server) -> None:
+    server = start_server(API_KEYS="alice:sk-alice-1,bob:sk-bob-2", RESUME_TTL_S=1, DEMO_DELAY_MS=0,
+                          RESUME_GRACE_S=0)
+
+    def as_(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=20)
+
+    with as_("sk-alice-1") as alice, as_("sk-bob-2") as bob:
+        resp = alice.responses.create(model="demo", input="hi")
+        assert alice.responses.retrieve(resp.id).status == "completed"
+        for call in (lambda: bob.responses.retrieve(resp.id), lambda: bob.responses.cancel(resp.id),
+                     lambda: bob.responses.create(model="demo", input="x", previous_response_id=resp.id),
+                     lambda: list(bob.responses.retrieve(resp.id, stream=True))):
+            with pytest.raises(openai.PermissionDeniedError):
+                call()
+
+        def gone() -> bool:
+            try:
+                alice.responses.retrieve(resp.id)
+            except openai.NotFoundError:
+                return True
+            return False
+        poll_until(gone, 10, "the response expired with its stream")
