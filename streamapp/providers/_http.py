@@ -16,6 +16,9 @@ Of an upstream's error, clients see only its own message, read from its JSON
 error (OpenAI's ``{"error": {"message"}}``, Ollama's ``{"error": "..."}``), at most
 ``MESSAGE_CHARS`` characters; any other body (a proxy's HTML page, say) only as
 its status. The raw body's start goes to ``UpstreamError.detail``, for the log.
+
+A whole JSON answer (embeddings: not streamed) is read by :func:`post_json`, through the
+same choke point, at most ``MAX_ANSWER_BYTES``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .base import has_surrogate_escape, well_formed
 
 READ_SIZE = 65536
 MESSAGE_CHARS = 500  # the longest upstream error message relayed to clients
+MAX_ANSWER_BYTES = 256 << 20  # a whole JSON answer larger than this is refused
 
 
 def new_session(base_url: str, pool_size: int = 10000) -> requests.Session:
@@ -107,6 +111,31 @@ def post_stream(session: requests.Session, what: str, url: str, payload: dict[st
     code = "upstream_auth" if status in (401, 403) else "upstream_http_error"
     raise UpstreamError(message, code=code, upstream_status=status,
                         detail=f"{message} (POST {url}: {body[:500]!r})")
+
+
+def post_json(session: requests.Session, what: str, url: str, payload: dict[str, Any],
+              headers: dict[str, str], timeouts: tuple[float, float],
+              limit: int = MAX_ANSWER_BYTES) -> tuple[dict[str, Any], str]:
+    """POST and return the upstream's whole JSON object and its text, or raise ``UpstreamError``
+    (as :func:`post_stream` for a failed request; as :func:`parse_object` for an answer that is
+    not a JSON object or holds an ``error``; ``upstream_bad_response`` over ``limit`` bytes).
+
+    Read to its end, the response's connection goes back to the pool.
+    """
+    resp = post_stream(session, what, url, payload, {"Accept": "application/json", **headers}, timeouts)
+    parts: list[bytes] = []
+    size = 0
+    try:
+        for chunk in iter_chunks(resp, what):
+            size += len(chunk)
+            if size > limit:
+                message = f"{what} sent an answer larger than {limit} bytes"
+                raise UpstreamError(message, code="upstream_bad_response", detail=f"{message} (POST {url})")
+            parts.append(chunk)
+    finally:
+        resp.close()
+    text = b"".join(parts).decode("utf-8", "replace")
+    return parse_object(text, what), text
 
 
 def status_message(what: str, status: int, body: bytes) -> str:

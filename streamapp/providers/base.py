@@ -1,4 +1,5 @@
-"""The provider interface: a chat request in, an iterator of events out.
+"""The provider interface: a chat request in, an iterator of events out; an embedding
+request in, OpenAI's embedding list out (:class:`EmbedRequest`, not streamed).
 
 Every provider yields ``Opened`` once the upstream accepted the request, then
 ``Delta``, ``Reasoning`` and ``ToolCall`` events as the upstream sends them, then
@@ -40,6 +41,30 @@ class ChatRequest:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    """What a provider needs to embed: the input, a model, OpenAI's other request fields.
+
+    ``input`` is OpenAI's, as the client sent it: a string, a list of strings, a list of
+    token ids or a list of token-id lists (``inputs`` has it as a list, one entry per vector).
+    ``params`` are the OpenAI request fields the client sent (``encoding_format``,
+    ``dimensions``, ``user``), each provider passing or translating them.
+    """
+
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> list[str] | list[list[int]]:
+        """One entry per vector asked for: a string, or one token-id list."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if self.input and isinstance(self.input[0], int):
+            return [self.input]  # type: ignore[list-item]  # one text as token ids
+        return self.input  # type: ignore[return-value]
+
+
 def content_text(content: Any) -> str:
     """The text of a message's ``content``: a string as is, the ``text`` parts of
     a list of content parts joined by newlines, ``""`` for ``None`` or anything else."""
@@ -72,12 +97,17 @@ def well_formed(value: Any) -> Any:
 
 
 class Provider(Protocol):
-    """Anything with a ``stream`` method of this shape."""
+    """Anything with ``stream``, ``embed`` and ``check`` methods of these shapes."""
 
     name: str
 
     def stream(self, request: ChatRequest) -> Iterator[Event]:
         """Yield ``Opened``, the answer's events and a final ``Done``; raise ``UpstreamError``."""
+        ...
+
+    def embed(self, request: EmbedRequest) -> dict[str, Any]:
+        """OpenAI's embedding list (``object``, ``data``, ``model``, ``usage`` when known) for
+        ``request``; raise ``UpstreamError``, or ``ApiError`` for input it cannot take."""
         ...
 
     def check(self) -> str | None:

@@ -13,6 +13,11 @@ Requests come in OpenAI's shape and are translated (:func:`ollama_messages`,
 does; answers go out in OpenAI's: each tool call becomes one ``ToolCall`` with
 its own ``index``, an id and its arguments as a JSON string, and the answer
 finishes with ``tool_calls`` (LiteLLM #37792, #35711 passed them on as is).
+
+Embeddings: ``POST {OLLAMA_HOST}/api/embed`` (``{"model", "input"}``, and ``dimensions``
+when asked; text only: token ids are refused before any request) answers
+``{"embeddings": [[...]], "prompt_eval_count"}``, rendered as OpenAI's embedding list
+(usage from ``prompt_eval_count``, none without it). ``user`` has no Ollama equivalent.
 """
 
 from __future__ import annotations
@@ -25,10 +30,20 @@ from typing import Any
 import requests
 
 from .. import sse
-from ..errors import UpstreamError
+from ..errors import ApiError, UpstreamError
 from ..events import Delta, Done, Event, Reasoning, ToolCall
-from ._http import bad_shape, new_session, parse_object, post_stream, probe, stream_response, token_count
-from .base import ChatRequest, content_text
+from ._http import (
+    bad_shape,
+    new_session,
+    parse_object,
+    post_json,
+    post_stream,
+    probe,
+    stream_response,
+    token_count,
+)
+from .base import ChatRequest, EmbedRequest, content_text
+from .embedding import check_vector, embedding_list
 
 # OpenAI request fields that are Ollama ``options`` under the same name.
 _OPTIONS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
@@ -138,6 +153,7 @@ class OllamaProvider:
     def __init__(self, host: str, default_model: str, timeouts: tuple[float, float],
                  session: requests.Session | None = None) -> None:
         self.url = f"{host.rstrip('/')}/api/chat"
+        self.embed_url = f"{host.rstrip('/')}/api/embed"
         self.default_model = default_model
         self.timeouts = timeouts
         self.session = session or new_session(self.url)
@@ -154,6 +170,30 @@ class OllamaProvider:
         resp = post_stream(self.session, self.what, self.url, payload,
                            {"Accept": "application/x-ndjson"}, self.timeouts)
         yield from stream_response(resp, self.what, lambda chunks: self._events(sse.iter_lines(chunks)))
+
+    def embed(self, request: EmbedRequest) -> dict[str, Any]:
+        """``/api/embed``'s vectors as OpenAI's embedding list; raise ``UpstreamError``, or
+        ``ApiError`` for token ids (Ollama embeds text only)."""
+        inputs = request.inputs
+        if not isinstance(inputs[0], str):
+            raise ApiError("Ollama embeds text only: send input as a string or a list of strings, "
+                           "not token ids", field="input", code="unsupported_input")
+        payload: dict[str, Any] = {"model": request.model, "input": request.input}
+        if request.params.get("dimensions") is not None:
+            payload["dimensions"] = request.params["dimensions"]
+        obj, text = post_json(self.session, self.what, self.embed_url, payload, {}, self.timeouts)
+        vectors = obj.get("embeddings")
+        if not isinstance(vectors, list):
+            raise bad_shape(self.what, "embeddings is not a list", text)
+        if len(vectors) != len(inputs):
+            raise bad_shape(self.what, f"{len(vectors)} embeddings for {len(inputs)} inputs", text)
+        for vector in vectors:
+            check_vector(vector, self.what, text)
+        count = token_count(obj, "prompt_eval_count", self.what, text)
+        usage = None if count is None else {"prompt_tokens": count, "total_tokens": count}
+        model = obj.get("model")
+        return embedding_list(vectors, model if isinstance(model, str) else request.model, usage,
+                              request.params.get("encoding_format"))
 
     def _events(self, lines: Iterator[str]) -> Iterator[Event]:
         index = 0

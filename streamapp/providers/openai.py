@@ -12,6 +12,10 @@ A chunk's ``delta`` becomes events: ``content`` a ``Delta``;
 Ollama's compatibility layer) a ``Reasoning``; each ``tool_calls[]`` entry a
 ``ToolCall`` fragment as given (``index``, ``id``/``name`` on a call's first
 fragment, a piece of ``arguments``).
+
+Embeddings: ``POST {base}/embeddings`` with the client's fields as they are (``input`` a
+string, strings or token ids; ``encoding_format``, ``dimensions``, ``user``); of the answer
+only the vectors (floats or base64), their indexes and the counts are kept, each checked.
 """
 
 from __future__ import annotations
@@ -24,8 +28,18 @@ import requests
 from .. import sse
 from ..errors import UpstreamError
 from ..events import Delta, Done, Event, Reasoning, ToolCall
-from ._http import bad_shape, new_session, parse_object, post_stream, probe, stream_response, token_count
-from .base import ChatRequest
+from ._http import (
+    bad_shape,
+    new_session,
+    parse_object,
+    post_json,
+    post_stream,
+    probe,
+    stream_response,
+    token_count,
+)
+from .base import ChatRequest, EmbedRequest
+from .embedding import check_vector
 
 _COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _DETAILS = ("prompt_tokens_details", "completion_tokens_details")
@@ -40,6 +54,7 @@ class OpenAIProvider:
     def __init__(self, base_url: str, api_key: str, default_model: str,
                  timeouts: tuple[float, float], session: requests.Session | None = None) -> None:
         self.url = f"{base_url.rstrip('/')}/chat/completions"
+        self.embed_url = f"{base_url.rstrip('/')}/embeddings"
         self.api_key = api_key
         self.default_model = default_model
         self.timeouts = timeouts
@@ -63,14 +78,45 @@ class OpenAIProvider:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream", **self._auth()}
+        resp = post_stream(self.session, self.what, self.url, payload, headers, self.timeouts)
+        yield from stream_response(resp, self.what, lambda chunks: self._events(sse.iter_events(chunks)))
+
+    def _auth(self) -> dict[str, str]:
+        """The ``Authorization`` header, if we have a key (api.openai.com without one: ``UpstreamError``)."""
         if not self.api_key and "api.openai.com" in self.url:
             raise UpstreamError("OPENAI_API_KEY is not set, so api.openai.com will refuse the request",
                                 code="upstream_auth")
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        resp = post_stream(self.session, self.what, self.url, payload, headers, self.timeouts)
-        yield from stream_response(resp, self.what, lambda chunks: self._events(sse.iter_events(chunks)))
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def embed(self, request: EmbedRequest) -> dict[str, Any]:
+        """The upstream's embedding list for ``request``, passed on as is; raise ``UpstreamError``."""
+        payload = {**request.params, "model": request.model, "input": request.input}
+        obj, text = post_json(self.session, self.what, self.embed_url, payload, self._auth(), self.timeouts)
+        data = obj.get("data")
+        if not isinstance(data, list):
+            raise bad_shape(self.what, "data is not a list", text)
+        out = []
+        for item in data:
+            if not isinstance(item, dict):
+                raise bad_shape(self.what, "an embedding is not an object", text)
+            index, vector = item.get("index"), item.get("embedding")
+            if type(index) is not int or index < 0:  # not isinstance: a bool is an int too
+                raise bad_shape(self.what, "an embedding's index is not an integer", text)
+            check_vector(vector, self.what, text, encoded=True)
+            out.append({"object": "embedding", "index": index, "embedding": vector})
+        model = obj.get("model")
+        answer: dict[str, Any] = {"object": "list", "data": out,
+                                  "model": model if isinstance(model, str) else request.model}
+        counts = obj.get("usage")
+        if counts is not None:
+            if not isinstance(counts, dict):
+                raise bad_shape(self.what, "usage is not an object", text)
+            usage = {key: value for key in ("prompt_tokens", "total_tokens")
+                     if (value := token_count(counts, key, self.what, text)) is not None}
+            if len(usage) == 2:  # OpenAI's usage has both; part of it is passed on as none
+                answer["usage"] = usage
+        return answer
 
     def _events(self, events: Iterator[sse.ServerSentEvent]) -> Iterator[Event]:
         index = 0
