@@ -40,13 +40,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     auth.init_app(app)  # then every request is authenticated
     metrics.init_app(app)  # GET /metrics, fed by the streams' observer and the limits' refusals
 
-    from .routes import chat, pages, responses, session, sse, v1, ws
+    from .routes import chat, embeddings, pages, responses, session, sse, v1, ws
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(sse.bp)
     app.register_blueprint(chat.bp)
     app.register_blueprint(v1.bp)
     app.register_blueprint(responses.bp)
+    app.register_blueprint(embeddings.bp)
     app.register_blueprint(session.bp)
     ws.init_app(app)
     limits.init_app(app)  # rate limits and stream caps, on the views registered above

@@ -56,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_MESSAGES": 500,               # messages of one request (history and the new message)
     "MAX_INPUT_CHARS": 400_000,        # characters of all the messages of one request
     "MAX_TOKENS_CEILING": 65_536,      # max_tokens / max_completion_tokens above this: 400
+    "MAX_EMBED_INPUTS": 2048,          # inputs of one POST /v1/embeddings (OpenAI's own cap)
+    "MAX_EMBED_CHARS": 400_000,        # characters of all of them (a token id counts as one)
     "ALLOWED_MODELS": "",              # "openai:gpt-4o-mini,gpt-4o;ollama:llama3.2"; "" = any
     "READY_PROVIDERS": "",             # providers /readyz checks; "": the default one (+ openai with a key)
     "READY_CACHE_S": 2.0,              # GET /readyz reuses its last answer this long
@@ -76,7 +78,8 @@ _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
          "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES",
          "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE", "TRUSTED_PROXIES", "MAX_STREAMS_PER_KEY",
          "MAX_STREAMS_PER_PROCESS", "MAX_DETACHED_PER_CLIENT", "MAX_MESSAGE_CHARS", "MAX_MESSAGES",
-         "MAX_INPUT_CHARS", "MAX_TOKENS_CEILING", "WS_MAX_FRAME_BYTES", "REDIS_COMMIT_MS")
+         "MAX_INPUT_CHARS", "MAX_TOKENS_CEILING", "WS_MAX_FRAME_BYTES", "REDIS_COMMIT_MS",
+         "MAX_EMBED_INPUTS", "MAX_EMBED_CHARS")
 PROVIDERS = ("demo", "openai", "ollama")
 
 

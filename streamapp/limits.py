@@ -41,9 +41,9 @@ from .slots import Slot, StreamSlots
 
 logger = logging.getLogger(__name__)
 
-# The views that start a generation: one shared rate-limit count across them.
+# The views that start a generation (embeddings too): one shared rate-limit count across them.
 STREAM_ENDPOINTS = ("sse.stream", "sse.ai_stream", "sse.local_ai", "chat.chat", "v1.chat_completions",
-                    "responses.create")
+                    "responses.create", "embeddings.embeddings")
 
 
 def client_identity() -> str:
