@@ -68,14 +68,21 @@ what the request carried (``messages``, ``stream``, ``stream_options``, ``author
 and ``body``: the whole parsed request body).
 ``GET /_log?tag=T&wait=FIELD&timeout=S`` is a long-poll: it answers once a record of
 ``T`` has ``FIELD`` set (``opened``: once there is a record), or after ``S`` seconds.
+
+Embeddings (``POST /v1/embeddings``, ``POST /api/embed``) are answered by
+``tests/fake_embed.py``, with its own modes, and recorded the same way.
 """
 
 from __future__ import annotations
 
 if __name__ == "__main__":  # imported by tests only for its constants: no patching then
+    import sys
+    from pathlib import Path
+
     from gevent import monkey
 
     monkey.patch_all()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: `tests` importable
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -86,6 +93,8 @@ from urllib.parse import parse_qs, urlsplit  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 from gevent.server import StreamServer  # noqa: E402
+
+from tests import fake_embed  # noqa: E402
 
 TOKENS = ["Hello", ",", " world", "!", " 你好", "，", "世界", "。", " Streaming", " works", "."]
 APIS = {"/v1/chat/completions": "openai", "/api/chat": "ollama", "/api/generate": "generate"}
@@ -544,7 +553,8 @@ def handle(sock: socket.socket, addr) -> None:
                 out = json.dumps(PROBES[url.path]).encode()
                 sock.sendall(head(200, "application/json", length=len(out)) + out)
                 return
-            api = APIS.get(url.path)
+            api = APIS.get(url.path) or fake_embed.APIS.get(url.path)
+            answer = fake_embed.serve if url.path in fake_embed.APIS else serve
             if method != "POST" or api is None:
                 sock.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 return
@@ -562,7 +572,7 @@ def handle(sock: socket.socket, addr) -> None:
                                 body=request)
             watcher = gevent.spawn(watch, sock, record, gevent.getcurrent())
             try:
-                serve(sock, record, api, mode, params, keep)
+                answer(sock, record, api, mode, params, keep)
             except PeerGone:
                 return
             except OSError:  # a write failed: the peer is gone
