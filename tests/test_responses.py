@@ -204,3 +204,23 @@ def test_interleaved_tool_call_fragments_stay_apart() -> None:
     assert [(i["call_id"], i["name"], i["arguments"], i["id"]) for i in output] == \
         [("c0", "f", '{"a":1}', "fc_s1_0"), ("c1", "g", '{"b":2}', "fc_s1_1")]
     assert events[-1]["type"] == "response.completed"
+
+
+def test_the_stream_api_replays_a_responses_stream_in_its_format(client, srv) -> None:
+    with client.responses.create(model="demo", input="hi", stream=True) as stream:
+        events = list(stream)
+    sid = events[0].response.id.removeprefix("resp_")
+    with SSEClient(f"{srv.url}/api/streams/{sid}") as again:
+        replayed = [json.loads(e.data) for e in again.read_all()]
+    assert replayed == [e.model_dump(exclude_unset=True) for e in events]
+
+
+def test_creates_share_the_rate_limit_and_retrieves_are_not_counted(start_server) -> None:
+    limited = start_server(RATE_LIMIT="2/minute", DEMO_DELAY_MS=0, RESUME_GRACE_S=0)
+    with openai.OpenAI(base_url=f"{limited.url}/v1", api_key="x", max_retries=0, timeout=20) as c:
+        first = c.responses.create(model="demo", input="hi")
+        for _ in range(3):
+            assert c.responses.retrieve(first.id).status == "completed"
+        c.responses.create(model="demo", input="hi")
+        with pytest.raises(openai.RateLimitError):
+            c.responses.create(model="demo", input="hi", stream=True)

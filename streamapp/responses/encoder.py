@@ -49,5 +49,7 @@ class ResponsesSSE:
         if builder is None:
             builder = self.builder = ResponseBuilder(sid, self.meta)
         skip = self.starting_after
-        return b"".join(sse.encode(_json(item), event=item["type"])
-                        for item in builder.feed(event) if item["sequence_number"] > skip)
+        # Framed here: the JSON has no raw line breaks (json.dumps escapes them), and the
+        # event names are the builder's constants.
+        return "".join(f"event: {item['type']}\ndata: {_json(item)}\n\n"
+                       for item in builder.feed(event) if item["sequence_number"] > skip).encode()

@@ -53,7 +53,8 @@ class ResponsesRequest(BaseModel):
     list of items: messages (``role``, and a string or ``input_text`` / ``output_text``
     parts), ``function_call`` and ``function_call_output`` items, ``reasoning`` items (not
     passed on). ``include``, ``truncation``, ``service_tier``, ``stream_options``,
-    ``prompt_cache_key`` and ``safety_identifier`` are accepted and change nothing.
+    ``prompt_cache_key``, ``prompt_cache_retention`` and ``safety_identifier`` are accepted and
+    change nothing.
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -83,6 +84,7 @@ class ResponsesRequest(BaseModel):
     service_tier: Literal["auto", "default", "flex", "priority", "scale"] | None = None
     stream_options: dict[str, Any] | None = None
     prompt_cache_key: Short | None = None
+    prompt_cache_retention: Short | None = None
     safety_identifier: Short | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=0)] | None = None
 
