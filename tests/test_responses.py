@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.fake_upstream import REASONING, TOOL_CALLS, token_list
-from tests.helpers import SSEClient, upstream_log
+from tests.helpers import SSEClient, poll_until, upstream_log
 
 PROVIDERS = ["openai/{}", "ollama/{}"]
 TOOL = {"type": "function", "name": "get_weather", "description": "the weather in a city",
@@ -224,3 +224,18 @@ def test_creates_share_the_rate_limit_and_retrieves_are_not_counted(start_server
         c.responses.create(model="demo", input="hi")
         with pytest.raises(openai.RateLimitError):
             c.responses.create(model="demo", input="hi", stream=True)
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_dropped_stream_stops_unless_it_runs_in_the_background(client, background) -> None:
+    """RESUME_GRACE_S=0: a client that leaves stops its response; a background one generates on."""
+    with client.responses.create(model="openai/slow?tokens=10&delay_ms=50", input="hi", stream=True,
+                                 background=background) as stream:
+        first = [event for _, event in zip(range(4), stream, strict=False)]
+    rid = first[0].response.id
+    done = poll_until(lambda: (r := client.responses.retrieve(rid)).status != "in_progress" and r, 20,
+                      "the response ended")
+    if background:
+        assert done.status == "completed" and done.output_text == "".join(token_list(10))
+    else:
+        assert done.status == "incomplete" and len(done.output_text) < len("".join(token_list(10)))
