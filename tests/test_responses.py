@@ -239,3 +239,13 @@ def test_a_dropped_stream_stops_unless_it_runs_in_the_background(client, backgro
         assert done.status == "completed" and done.output_text == "".join(token_list(10))
     else:
         assert done.status == "incomplete" and len(done.output_text) < len("".join(token_list(10)))
+
+
+def test_a_create_with_last_event_id_never_starts_a_generation(srv, fake_upstream, tag) -> None:
+    """Rate limits do not count a request carrying Last-Event-ID (the resume rule): such a create
+    resumes or answers 204, and starts nothing."""
+    body = {"model": f"openai/normal?tokens=2&tag={tag}", "input": "hi", "stream": True}
+    for headers, params in (({"Last-Event-ID": "nosuchstream-3"}, {}), ({}, {"last_event_id": "x"})):
+        resp = requests.post(f"{srv.url}/v1/responses", params=params, headers=headers, timeout=10, json=body)
+        assert resp.status_code == 204, resp.text[:200]
+    assert upstream_log(fake_upstream, tag) == []

@@ -27,7 +27,7 @@ from ..errors import ApiError, error_response
 from ..events import Event, Failed, Opened
 from ..limits import check_chat_input
 from ..openapi import describe
-from ..openapi.parts import errors, json_body, path_param, response
+from ..openapi.parts import LAST_EVENT_ID, NO_CONTENT, errors, json_body, path_param, response
 from ..providers import ChatRequest
 from ..responses.encoder import ResponsesSSE
 from ..responses.mapper import chat_params, echo, input_messages, items_to_messages
@@ -38,7 +38,7 @@ from ..streams import get_lifecycle
 from .body import read_json_body
 from .door import find, launch
 from .model import request_model
-from .streaming import SSE_TYPE, collect_stream, start_stream, stream_response
+from .streaming import SSE_TYPE, collect_stream, resume_if_asked, start_stream, stream_response
 
 bp = Blueprint("responses", __name__, url_prefix="/v1")
 ROUTE = "responses"
@@ -109,14 +109,19 @@ def _previous(rid: str) -> list[dict[str, Any]]:
                            "Otherwise the `response` object (with `background: true`, at once: `queued`).",
                            {SSE_TYPE.split(";")[0]: {"schema": STREAM_EVENT},
                             "application/json": {"schema": ResponseObject}}),
+           "204": NO_CONTENT,
            **errors("400", "403", "404", "408", "413", "415", "429", "502", "503", "504", openai=True)},
           description="`model` picks the provider as on `/v1/chat/completions`. Built-in tools, images and "
-                      "files are refused (400 naming the field).",
-          body=ResponsesRequest,
+                      "files are refused (400 naming the field). A request with `Last-Event-ID` starts "
+                      "nothing: it resumes a stream of this route after that event, or is a 204.",
+          body=ResponsesRequest, headers=(LAST_EVENT_ID,),
           example={"model": "demo", "input": "Hi there", "stream": True})
 @bp.post("/responses")
 def create() -> Response:
     """A model response, streamed (``stream: true``), whole, or in the background."""
+    resumed = resume_if_asked(ROUTE)  # the resume rule: a request with Last-Event-ID starts nothing
+    if resumed is not None:
+        return resumed
     data = read_json_body()
     if not isinstance(data, dict):
         raise ApiError("the body must be a JSON object", code="invalid_body")
