@@ -249,3 +249,24 @@ def test_a_create_with_last_event_id_never_starts_a_generation(srv, fake_upstrea
         resp = requests.post(f"{srv.url}/v1/responses", params=params, headers=headers, timeout=10, json=body)
         assert resp.status_code == 204, resp.text[:200]
     assert upstream_log(fake_upstream, tag) == []
+
+
+def test_request_fields_reach_the_upstream_under_chat_names(client, fake_upstream, tag) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    resp = client.responses.create(
+        model=f"openai/normal?tokens=2&tag={tag}", input="x", instructions="be brief", max_output_tokens=50,
+        temperature=0.5, top_p=0.9, reasoning={"effort": "low"}, parallel_tool_calls=False, user="u1",
+        metadata={"k": "v"}, tools=[TOOL], tool_choice={"type": "function", "name": "get_weather"},
+        text={"format": {"type": "json_schema", "name": "out", "schema": schema, "strict": True}})
+    body = upstream_log(fake_upstream, tag)[-1]["body"]
+    assert body["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "x"}]
+    expected = {"max_tokens": 50, "temperature": 0.5, "top_p": 0.9, "reasoning_effort": "low",
+                "parallel_tool_calls": False, "user": "u1"}
+    assert {k: body[k] for k in expected} == expected
+    assert body["response_format"] == {"type": "json_schema",
+                                       "json_schema": {"name": "out", "schema": schema, "strict": True}}
+    function = {k: TOOL[k] for k in ("name", "description", "parameters")}
+    assert body["tools"] == [{"type": "function", "function": function}]
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert resp.metadata == {"k": "v"} and resp.instructions == "be brief" and resp.max_output_tokens == 50
+    assert resp.text.format.type == "json_schema" and resp.parallel_tool_calls is False
