@@ -40,7 +40,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     auth.init_app(app)  # then every request is authenticated
     metrics.init_app(app)  # GET /metrics, fed by the streams' observer and the limits' refusals
 
-    from .routes import chat, embeddings, pages, responses, session, sse, v1, ws
+    from .routes import chat, embeddings, messages, pages, responses, session, sse, v1, ws
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(sse.bp)
@@ -48,6 +48,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(v1.bp)
     app.register_blueprint(responses.bp)
     app.register_blueprint(embeddings.bp)
+    app.register_blueprint(messages.bp)
     app.register_blueprint(session.bp)
     ws.init_app(app)
     limits.init_app(app)  # rate limits and stream caps, on the views registered above

@@ -19,7 +19,7 @@ Three extensions, bound to the app by :func:`init_app` and applied in one place 
   ``too_many_detached_streams``, naming the setting.
 - **Input limits** (:func:`check_chat_input`): message length, number of messages, total
   characters, the ``max_tokens`` ceiling and the model allow-list, the same for
-  ``POST /api/chat`` and ``POST /v1/chat/completions``.
+  ``POST /api/chat``, ``POST /v1/chat/completions`` and ``POST /v1/messages``.
 
 A value of 0 (or an empty string) switches a limit off.
 """
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 # The views that start a generation (embeddings too): one shared rate-limit count across them.
 STREAM_ENDPOINTS = ("sse.stream", "sse.ai_stream", "sse.local_ai", "chat.chat", "v1.chat_completions",
-                    "responses.create", "embeddings.embeddings")
+                    "responses.create", "embeddings.embeddings", "messages.messages")
 
 
 def client_identity() -> str:
