@@ -316,7 +316,8 @@ def init_app(app: Flask) -> None:
     if origins:
         # Preflights are answered by flask-cors before our hook (which lets OPTIONS pass).
         CORS(app, origins=origins, supports_credentials="*" not in origins,
-             allow_headers=["Content-Type", "Authorization", "X-API-Key", "Last-Event-ID"],
+             allow_headers=["Content-Type", "Authorization", "X-API-Key", "Last-Event-ID",
+                            "anthropic-version", "anthropic-beta"],
              expose_headers=["X-Stream-Id", "Retry-After"], max_age=600)
     app.before_request(authenticate)
 

@@ -16,7 +16,8 @@
 :func:`init_app` registers the app's handlers in one place: every ``StreamappError`` raised in a
 view, Werkzeug's HTTP errors (404, 405...) and Flask-Limiter's ``RateLimitExceeded`` (429
 ``rate_limited``) all answer :func:`error_response`: ``{"error": {"code", "message", "field"}}``,
-OpenAI's shape under ``/v1/``. A message a client sees names no host, port, key or exception.
+OpenAI's shape under ``/v1/``, Anthropic's under ``/v1/messages``. A message a client sees names
+no host, port, key or exception.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from flask import Flask, Response, g, jsonify, request
 from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
+from .messages.objects import anthropic_error
 from .wire import openai_error
 
 logger = logging.getLogger(__name__)
@@ -171,13 +173,16 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     """The one JSON error response every route and handler uses.
 
     Under ``/v1/`` the body has OpenAI's shape, ``{"error": {"message", "type",
-    "code", "param"}}`` (``param`` is our ``field``), which its SDKs turn into
-    their error classes. With ``close``, the connection ends once the response is written: gunicorn
-    drops a ``Connection: close`` header from the app, so its socket is shut
+    "code", "param"}}`` (``param`` is our ``field``), and under ``/v1/messages``
+    Anthropic's, ``{"type": "error", "error": {"type", "message"}}``: their SDKs
+    turn each into their error classes. With ``close``, the connection ends once
+    the response is written: gunicorn drops a ``Connection: close`` header from the app, so its socket is shut
     for writing (the client reads the answer, then the end) and gunicorn closes
     it when the client does or its keep-alive wait runs out.
     """
-    if request.path.startswith("/v1/"):
+    if request.path == "/v1/messages" or request.path.startswith("/v1/messages/"):
+        resp = jsonify(anthropic_error(status, message))
+    elif request.path.startswith("/v1/"):
         resp = jsonify(openai_error(status, code, message, field))
     else:
         resp = jsonify({"error": {"code": code, "message": message, "field": field}})
