@@ -78,6 +78,14 @@ class MessagesSSE:
                                                         "content_block": block}), eid))
         return index
 
+    def _text(self, parts: list[bytes], index: int, kind: str, text: str, eid: str) -> bytes:
+        """A ``text_delta`` or ``thinking_delta`` (the hot path: one JSON string encoded);
+        ``eid`` is letters, digits and a dash, so it is written as is."""
+        field = "text" if kind == "text_delta" else "thinking"
+        parts.append((f'id: {eid}\nevent: content_block_delta\ndata: {{"type":"content_block_delta",'
+                      f'"index":{index},"delta":{{"type":"{kind}","{field}":{_json(text)}}}}}\n\n').encode())
+        return b"".join(parts)
+
     def _delta(self, parts: list[bytes], index: int, delta: dict[str, Any], eid: str) -> bytes:
         parts.append(_sse("content_block_delta", _json({"type": "content_block_delta", "index": index,
                                                         "delta": delta}), eid))
@@ -95,17 +103,15 @@ class MessagesSSE:
         eid = event_id(sid, seq)
         parts: list[bytes] = []
         if isinstance(event, Delta):
-            if self.open_kind == "text":  # the hot path: more text in the open block
-                return self._delta(parts, self.blocks - 1, {"type": "text_delta", "text": event.text}, eid)
-            self._begin(sid, parts)
-            index = self._start(parts, "text", {"type": "text", "text": ""})
-            return self._delta(parts, index, {"type": "text_delta", "text": event.text}, eid)
+            if self.open_kind != "text":
+                self._begin(sid, parts)
+                self._start(parts, "text", {"type": "text", "text": ""})
+            return self._text(parts, self.blocks - 1, "text_delta", event.text, eid)
         if isinstance(event, Reasoning):
-            self._begin(sid, parts)
-            index = self.blocks - 1
             if self.open_kind != "thinking":
-                index = self._start(parts, "thinking", {"type": "thinking", "thinking": "", "signature": ""})
-            return self._delta(parts, index, {"type": "thinking_delta", "thinking": event.text}, eid)
+                self._begin(sid, parts)
+                self._start(parts, "thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            return self._text(parts, self.blocks - 1, "thinking_delta", event.text, eid)
         if isinstance(event, ToolCall):
             return self._tool_call(sid, event, parts, eid)
         if isinstance(event, Opened):
