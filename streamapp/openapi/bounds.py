@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from ..config import PROVIDERS
 from ..limits import parse_allowed_models
+from ..messages.schemas import MessagesRequest
 from ..schemas import ChatBody, Message, StreamQuery, V1ChatRequest, V1Message
 
 _TYPE_OF = {"maxLength": "string", "maxItems": "array", "maximum": "integer"}
@@ -32,6 +33,7 @@ FIELD_LIMITS: tuple[tuple[type[BaseModel], str, str, str, int], ...] = (
     (V1ChatRequest, "messages", "maxItems", "MAX_MESSAGES", 0),
     (V1ChatRequest, "max_tokens", "maximum", "MAX_TOKENS_CEILING", 0),
     (V1ChatRequest, "max_completion_tokens", "maximum", "MAX_TOKENS_CEILING", 0),
+    (MessagesRequest, "max_tokens", "maximum", "MAX_TOKENS_CEILING", 0),
     (StreamQuery, "text", "maxLength", "STREAM_MAX_TEXT", 0),
 )
 # Settings that are a limit even at 0 (the others switch off at 0).
