@@ -378,3 +378,31 @@ def test_a_failure_is_anthropics_error_event():
     (error,) = encode([Failed("upstream_timeout", "too slow", 504)])
     assert error.event == "error" and json.loads(error.data) == {
         "type": "error", "error": {"type": "timeout_error", "message": "too slow"}}
+
+
+def test_the_encoder_and_the_message_match_the_document():
+    """Every kind of event, as the encoder writes it, and a whole message match what
+    ``/api.json`` says ``POST /v1/messages`` answers."""
+    from jsonschema import Draft202012Validator
+
+    from streamapp import create_app, openapi
+    from streamapp.messages.objects import message
+
+    doc = openapi.build(create_app({"RATE_LIMIT": ""}))
+    content = doc["paths"]["/v1/messages"]["post"]["responses"]["200"]["content"]
+
+    def validator(schema: dict) -> Draft202012Validator:
+        return Draft202012Validator({**schema, "components": doc["components"]})
+
+    event_schema = content["text/event-stream"]["schema"]
+    data_schema = validator(event_schema["properties"]["data"]["contentSchema"])
+    events = [Opened(), Reasoning("a"), Delta("b"), ToolCall(0, "c", "f", '{"x": 1}'),
+              Done("tool_calls", {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}),
+              Failed("x", "it broke")]
+    out = encode(events) + list(iter_events([MessagesSSE().heartbeat()]))
+    assert {e.event for e in out} == set(event_schema["properties"]["event"]["enum"])
+    for event in out:
+        validator(event_schema).validate({"event": event.event, "data": event.data,
+                                          **({"id": event.id} if event.id else {})})
+        data_schema.validate(json.loads(event.data))
+    validator(content["application/json"]["schema"]).validate(message("s1", "m", events[:-1]))
