@@ -230,6 +230,7 @@ def test_simple_requests_stay_simple_for_ollama(fake_upstream, tag) -> None:
     ({"max_tokens": 10}, {"options": {"num_predict": 10}}),
     ({"stop": "END"}, {"options": {"stop": ["END"]}}),
     ({"temperature": 0}, {"options": {"temperature": 0}}),
+    ({"top_k": 40}, {"options": {"top_k": 40}}),
     ({"response_format": {"type": "json_object"}}, {"format": "json"}),
     ({"response_format": {"type": "text"}}, {}),
     ({"reasoning_effort": "minimal"}, {"think": "low"}),

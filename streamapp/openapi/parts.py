@@ -114,7 +114,8 @@ OPENAI_ANSWER = _answer(stream(
     "objects as `data:` lines, then `data: [DONE]`.", **{"application/json": {"schema": ChatCompletion}}))
 RESUMED = stream(("chat", "plain", "openai"),
                  "The events after `Last-Event-ID` (or all), then the live tail, in the stream's own format; "
-                 "a chunked-text stream is replayed whole.", **TEXT)
+                 "a chunked-text stream is replayed whole. A stream of `/v1/responses` or `/v1/messages` "
+                 "comes back in its own events, described on its route.", **TEXT)
 
 
 def _event(name: str, data: Any, description: str) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from .base import ChatRequest, EmbedRequest, content_text
 from .embedding import check_vector, embedding_list
 
 # OpenAI request fields that are Ollama ``options`` under the same name.
-_OPTIONS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
+_OPTIONS = ("temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty")
 # reasoning_effort -> think: Ollama takes a level (low, medium, high) or a bool; "minimal"
 # is below its lowest level, as in Ollama's own translation.
 _THINK: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
@@ -56,10 +56,10 @@ _THINK: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", 
 def ollama_params(params: dict[str, Any]) -> dict[str, Any]:
     """The members of an Ollama ``/api/chat`` request that OpenAI's ``params`` stand for.
 
-    ``options``: temperature, top_p, seed, presence_penalty, frequency_penalty,
-    ``stop`` (always a list), ``num_predict`` (``max_completion_tokens``, else
-    ``max_tokens``); ``format``: ``"json"`` for a ``json_object`` response format,
-    the schema of a ``json_schema`` one; ``tools`` as they are (Ollama takes
+    ``options``: temperature, top_p, top_k (Anthropic's, from ``/v1/messages``), seed,
+    presence_penalty, frequency_penalty, ``stop`` (always a list), ``num_predict``
+    (``max_completion_tokens``, else ``max_tokens``); ``format``: ``"json"`` for a
+    ``json_object`` response format, the schema of a ``json_schema`` one; ``tools`` as they are (Ollama takes
     OpenAI's function tools); ``think``: the ``reasoning_effort`` level (``none``
     is ``false``, ``minimal`` is ``low``, any other ``true``). ``tool_choice`` and
     ``user`` have no Ollama equivalent and are dropped. Absent options keep the
