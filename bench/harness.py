@@ -398,7 +398,7 @@ class WSConn:
         from websockets.sync.client import connect  # requirements-dev.txt, like the tests
 
         self.ws = connect(f"ws://127.0.0.1:{port}/ws", open_timeout=timeout, close_timeout=2, proxy=None,
-                          ping_interval=None, compression=None, legacy=True)
+                          ping_interval=None, compression=None)
 
     def send(self, **message: object) -> None:
         self.ws.send(json.dumps(message))

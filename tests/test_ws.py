@@ -97,7 +97,7 @@ def ws_connect(server, headers: dict[str, str] | None = None, origin: str | None
                **options) -> ClientConnection:
     """A WebSocket on ``server``'s ``/ws``: no proxy, no pings of ours, bounded open and close."""
     return connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers, origin=origin,
-                   open_timeout=5, close_timeout=2, proxy=None, ping_interval=None, legacy=True,
+                   open_timeout=5, close_timeout=2, proxy=None, ping_interval=None,
                    **options)
 
 
