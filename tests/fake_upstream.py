@@ -41,7 +41,10 @@ Modes:
                   ``TOOL_FRAGMENTS`` pieces), ``finish_reason: "tool_calls"``, the usage
                   chunk, ``[DONE]``. Ollama: one line whose ``message.tool_calls`` holds
                   both calls whole (arguments as objects; with ``ids=1`` also the ``id``
-                  and ``function.index`` newer Ollama sends), then the done line
+                  and ``function.index`` newer Ollama sends), then the done line. With
+                  ``calls=N`` only the first N calls; with ``then=N``, a request whose last
+                  message is a tool result is answered as ``normal`` with N tokens (an
+                  agent's loop: call, result, answer)
 - ``reasoning``   200, the pieces of ``REASONING`` as reasoning, then ``tokens`` tokens
                   (default 5) of content. OpenAI: ``delta.reasoning_content`` (with
                   ``field=reasoning``: ``delta.reasoning``), ``content: null`` beside it,
@@ -306,9 +309,10 @@ def pieces(text: str, n: int) -> list[str]:
 
 def tools_frames(api: str, p: dict) -> bytes:
     """The whole ``tools`` answer after the head, up to the last HTTP chunk."""
+    chosen = TOOL_CALLS[:int(p.get("calls", len(TOOL_CALLS)))]
     if api != "openai":
         calls = []
-        for i, call in enumerate(TOOL_CALLS):
+        for i, call in enumerate(chosen):
             function: dict = {"name": call["name"], "arguments": call["arguments"]}
             calls.append({"id": call["id"], "function": {"index": i, **function}} if p.get("ids")
                          else {"function": function})
@@ -316,7 +320,7 @@ def tools_frames(api: str, p: dict) -> bytes:
                 + http_chunk(ollama_message({}, done=True, done_reason="stop", prompt_eval_count=12,
                                             eval_count=30)) + END)
     frames = [openai_delta({"role": "assistant", "content": None})]
-    for i, call in enumerate(TOOL_CALLS):
+    for i, call in enumerate(chosen):
         frames.append(openai_delta({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
                                                     "function": {"name": call["name"], "arguments": ""}}]}))
         for piece in pieces(json.dumps(call["arguments"], ensure_ascii=False), TOOL_FRAGMENTS):
@@ -562,6 +566,9 @@ def handle(sock: socket.socket, addr) -> None:
             mode, _, query = str(request.get("model", "normal")).partition("?")
             params = {k: v[0] for k, v in parse_qs(query).items()}
             params["_path"] = url.path
+            messages = request.get("messages") or [{}]
+            if mode == "tools" and "then" in params and messages[-1].get("role") == "tool":
+                mode, params["tokens"] = "normal", params["then"]  # the tool's result came back: answer
             followed = "followed=1" in url.query  # a client that followed our redirect
             if followed:
                 mode = "normal"
