@@ -13,6 +13,7 @@ import gevent.event
 import pytest
 
 from streamapp.events import Delta, Done, Event, Failed, Opened, Reasoning, ToolCall
+from streamapp.streams.lifecycle import Lifecycle, Timing
 from streamapp.streams.manager import StreamManager
 from streamapp.streams.reader import StreamReader
 from streamapp.streams.store import MemoryStore
@@ -274,6 +275,42 @@ def test_reader_of_a_stream_whose_end_was_lost_ends_with_an_error(clock) -> None
     reader.close()
     assert [seq for seq, _ in got] == [4, 5, 5]
     assert isinstance(got[-1][1], Failed) and got[-1][1].code == "stream_gap"
+
+
+def test_a_forgotten_stream_is_unknown_and_its_readers_end_with_a_gap(clock) -> None:
+    manager, sid = filled(clock, 10)
+    store = manager.store
+    replaying = StreamReader(manager, sid, 0, page=4)
+    batches = iter(replaying)
+    assert [seq for seq, _ in next(batches)] == [1, 2, 3, 4]
+    live, live_sid = filled(clock, 5, final=False)
+    waiting = StreamReader(live, live_sid, 5)
+    follow = gevent.spawn(lambda: [item for batch in waiting for item in batch])
+    settle()
+    assert not follow.ready()  # it waits for event 6
+    store.forget(sid)
+    live.store.forget(live_sid)
+    rest = [item for batch in batches for item in batch]
+    replaying.close()
+    assert rest == [(4, Failed("stream_gap", rest[0][1].message, 502))]
+    assert follow.get(timeout=5) == [(5, Failed("stream_gap", rest[0][1].message, 502))]
+    waiting.close()
+    assert store.meta(sid) is None and store.read(sid, 0) == [] and store.count(sid) == 0
+
+
+def test_forget_refuses_a_running_stream_and_forgets_it_once_it_ended(clock) -> None:
+    manager = manager_for(clock)
+    lifecycle = Lifecycle(manager, Timing(header_wait=1, first_limit=1, heartbeat=15))
+    sid = manager.start(Upstream(tokens=2).events(), {})
+    settle()
+    assert lifecycle.forget(sid) == "running"
+    assert manager.store.meta(sid)["state"] == "running"
+    assert lifecycle.cancel(sid) == "cancelling"
+    settle()
+    assert finish_of(manager, sid) == Done("cancelled")
+    assert lifecycle.forget(sid) == "forgotten"
+    assert manager.store.meta(sid) is None
+    assert lifecycle.forget(sid) is None and lifecycle.cancel(sid) is None
 
 
 def test_reader_renews_its_lease_while_busy_writing(clock) -> None:

@@ -55,6 +55,7 @@ def scenario_every_operation_raises_store_error() -> None:
         "cancel_requested": lambda: reader.cancel_requested("remote"),
         "request_cancel": lambda: reader.request_cancel("remote"),
         "owner_alive": lambda: reader.owner_alive({"owner": "owner-p"}),
+        "forget": lambda: reader.forget("remote"),
     }
     for name, operation in operations.items():
         began = time.monotonic()
@@ -246,3 +247,56 @@ def test_readers_in_the_producing_process_hold_their_leases_there(redis_url, pre
     run_patched("test_redis_store", "scenario_local_leases", url=redis_url, prefix=prefix)
 
 
+# -- 6. forget: the keys, the owner's mirror, what the writer still held --------------------
+
+KINDS = ("log", "meta", "readers", "cancel")
+
+
+def scenario_forget(url: str, prefix: str) -> None:
+    import gevent.event
+    import redis
+
+    client = redis.Redis.from_url(url)
+    owner, other = make_store(url, prefix), make_store(url, prefix)
+    owner.start("owner-f")
+    other.start("owner-o")
+    # Forgotten by another process: every key goes, and the owner drops its mirror.
+    owner.create("f1", META)
+    append_all(owner, "f1", deltas("a", "b"), final_done=False)
+    owner.request_cancel("f1")
+    owner.flush()
+    other.attach("f1", "there")
+    keys = [f"{prefix}:{kind}:f1" for kind in KINDS]
+    assert client.exists(*keys) == 4
+    assert owner.mirror.holds("f1")
+    wake = gevent.event.Event()
+    owner.watch("f1", wake)
+    other.forget("f1")
+    assert client.exists(*keys) == 0
+    poll_until(lambda: not owner.mirror.holds("f1"), 10, "the owner dropped its mirror")
+    assert wake.is_set()  # its readers there woke, to find it gone
+    assert owner.meta("f1") is None and other.meta("f1") is None
+    assert owner.read("f1", 0) == [] and other.read("f1", 0) == []
+    # Forgotten by its owner before the writer sent its end: nothing of it reaches Redis after.
+    owner.create("f2", META)
+    owner.flush()  # the metadata is in
+    append_all(owner, "f2", deltas("c", "d"))
+    assert owner.writer.busy()
+    owner.forget("f2")
+    owner.flush()
+    assert client.exists(*(f"{prefix}:{kind}:f2" for kind in KINDS)) == 0
+    assert owner.meta("f2") is None and other.meta("f2") is None
+    # A stream Redis never saw (created while it was down) is forgotten here alone.
+    owner.health.down = True  # as after a failed command: the new stream stays here
+    owner.create("f3", META)
+    owner.health.down = False
+    append_all(owner, "f3", deltas("e"))
+    owner.forget("f3")
+    owner.flush()
+    assert client.exists(*(f"{prefix}:{kind}:f3" for kind in KINDS)) == 0
+    assert owner.meta("f3") is None, owner.meta("f3")
+    assert "f3" not in owner.mirror.local_only
+
+
+def test_forget_deletes_every_key_and_the_owners_mirror(redis_url, prefix) -> None:
+    run_patched("test_redis_store", "scenario_forget", url=redis_url, prefix=prefix)

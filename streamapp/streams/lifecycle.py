@@ -19,6 +19,9 @@ an encoder and a socket edge. Everything between "a provider's events" and
   format and has events after the position.
 - **tear down**: the edge closes its reader when it is done, and calls
   ``reader.leave()`` when its client goes; the manager stops what nobody reads.
+- **forget** (:meth:`Lifecycle.forget`): an ended stream removed for every
+  process before its retention ends (a deleted response); a running one is
+  cancelled first (:meth:`cancel`) by the door.
 
 No Flask here: who the client is and how a refusal looks belong to the door.
 """
@@ -155,3 +158,17 @@ class Lifecycle:
     def cancel(self, sid: str) -> str | None:
         """Stop ``sid`` wherever it runs: ``"cancelling"``, ``"finished"``, or ``None`` if unknown."""
         return self.manager.cancel(sid)
+
+    # -- forget ----------------------------------------------------------------------------
+    def forget(self, sid: str) -> str | None:
+        """Remove ``sid`` for every process if it ended (or its producer's process died):
+        ``"forgotten"``; ``"running"`` (cancel it, and forget it once it ended), or ``None``
+        if unknown. Readers still attached end with ``stream_gap``."""
+        store = self.manager.store
+        meta = store.meta(sid)
+        if meta is None:
+            return None
+        if meta.get("state") != "finished" and store.owner_alive(meta):
+            return "running"
+        store.forget(sid)
+        return "forgotten"

@@ -4,7 +4,7 @@ A store keeps, per stream id, its metadata, its event log (sequence numbers
 from 1), the set of readers attached to it, and a cancel flag. ``MemoryStore``
 serves one process; ``streamapp.streams.redis_store.RedisStore`` serves every
 worker and host sharing a Redis. A finished stream's log expires ``ttl``
-seconds after it ends.
+seconds after it ends, or goes at once when forgotten (a deleted response).
 """
 
 from __future__ import annotations
@@ -134,6 +134,12 @@ class Store:
         """Whether a cancel was requested."""
         raise NotImplementedError
 
+    def forget(self, sid: str) -> None:
+        """Remove an ended stream for every process at once (its log, metadata, readers and
+        cancel flag): it is then unknown, as if expired, and a reader still attached ends with
+        ``stream_gap``. Not for a running stream: its producer would append to nothing."""
+        raise NotImplementedError
+
 
 @dataclass
 class _Log:
@@ -188,6 +194,9 @@ class MemoryStore(Store):
         if log is not None:
             for wake in log.watchers:
                 wake.set()  # its readers go and read where the log lives now
+
+    def forget(self, sid: str) -> None:
+        self.drop(sid)  # its readers wake and find it gone
 
     def meta(self, sid: str) -> dict[str, Any] | None:
         log = self._get(sid)

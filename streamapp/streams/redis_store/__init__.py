@@ -44,6 +44,10 @@ notices Redis coming back on its own (the heartbeat). When Redis comes back
 empty (no persistence: this process's liveness key, or a stream's metadata,
 is gone), every stream still mirrored here is published again, metadata then
 its whole log, so a resume anywhere keeps working.
+
+Forgetting an ended stream (a deleted response) deletes its keys and sends
+"forget" to the process that produced it, which drops its mirror and whatever
+of it the writer still holds; readers anywhere then find it gone.
 """
 
 from .facade import RedisStore

@@ -75,6 +75,9 @@ class RedisStore(Store):
 
     def _deliver(self, kind: str, sid: str) -> None:
         """A control message addressed to this process."""
+        if kind == "forget":
+            self._forget_here(sid)
+            return
         if kind == "cancel":
             self.mirror.flag(sid)  # for cancel_requested()
         self.control_handler(kind, sid)
@@ -254,3 +257,19 @@ class RedisStore(Store):
 
     def cancel_requested(self, sid: str) -> bool:
         return self._side(sid).cancel_requested(sid)
+
+    def forget(self, sid: str) -> None:
+        """Drop ``sid`` here, then (unless Redis never saw it) its keys in Redis and the
+        mirror of the process that produced it (its readers there go to Redis and find it
+        gone). A Redis failure is a ``StoreError``."""
+        local_only = sid in self._local_only
+        self._forget_here(sid)
+        if not local_only:
+            self.remote.forget(sid)
+
+    def _forget_here(self, sid: str) -> None:
+        # The writer first: an event of it still pending would find no metadata in Redis,
+        # and a stream Redis lost is sent again only while its mirror holds it.
+        self.writer.discard(sid)
+        self.mirror.drop(sid)
+        self._local_only.discard(sid)

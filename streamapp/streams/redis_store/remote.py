@@ -82,3 +82,10 @@ class Remote:
     def cancel_requested(self, sid: str) -> bool:
         with self.health.failing():
             return self.control.cancel_flagged(sid)
+
+    def forget(self, sid: str) -> None:
+        """Delete ``sid``'s keys, first telling the process that produced it to drop its
+        mirror (its metadata names that process)."""
+        with self.health.failing():
+            self.control.tell_owner(sid, "forget")
+            self.client.delete(*(self.keys(kind, sid) for kind in ("log", "meta", "readers", "cancel")))

@@ -85,6 +85,11 @@ class Writer:
         self._resend.update(sids)
         self._kick.set()
 
+    def discard(self, sid: str) -> None:
+        """Send nothing more of ``sid`` (forgotten): its pending events and its end go."""
+        self.pending = [item for item in self.pending if item[0] != sid]
+        self._ends.pop(sid, None)
+
     def forget_end(self, sid: str) -> None:
         """Stop trying to record ``sid``'s end."""
         self._ends.pop(sid, None)
