@@ -107,17 +107,23 @@ def test_websocket_example_runs(user_server):
 
 def test_curl_examples_run(user_server):
     """Every curl example answers 2xx (``STREAM_ID`` is a finished stream's id, ``resp_STREAM_ID``
-    a finished response's)."""
+    a finished response's; a ``DELETE`` example gets a response of its own, so the order of the
+    examples does not matter)."""
     made = requests.post(f"{user_server.url}/api/chat", json={"uid": 1, "message": "Hi"}, timeout=30)
     sid = made.headers["X-Stream-Id"]
-    response = requests.post(f"{user_server.url}/v1/responses", json={"model": "demo", "input": "Hi"},
+
+    def new_response() -> str:
+        return requests.post(f"{user_server.url}/v1/responses", json={"model": "demo", "input": "Hi"},
                              timeout=30).json()["id"]
+    response = new_response()
     commands = curl_commands()
     assert len(commands) >= 15
+    assert any("-X DELETE" in command for command in commands)
     failed = []
     for command in commands:
+        rid = new_response() if "-X DELETE" in command else response
         args = shlex.split(command.replace(EXAMPLE_URL, user_server.url)
-                           .replace("resp_STREAM_ID", response).replace("STREAM_ID", sid))
+                           .replace("resp_STREAM_ID", rid).replace("STREAM_ID", sid))
         args[1:1] = ["-sS", "--fail", "--max-time", "30", "-o", os.devnull]
         done = subprocess.run(args, capture_output=True, text=True, timeout=40)
         if done.returncode != 0:

@@ -1,10 +1,11 @@
 """A response's life after its create call, with the official ``openai`` SDK: retrieve, resume on
-another instance sharing Redis (``starting_after``), background, cancel, previous_response_id."""
+another instance sharing Redis (``starting_after``), background, cancel, previous_response_id, delete."""
 
 from __future__ import annotations
 
 import openai
 import pytest
+import requests
 
 from tests.fake_upstream import token_list
 from tests.helpers import poll_until, upstream_log
@@ -98,6 +99,52 @@ def test_store_false_cannot_be_referenced_and_unknown_ids_are_404(pair) -> None:
             client.responses.create(model="demo", input="again", previous_response_id="resp_gone")
 
 
+def gone_everywhere(rid: str, *servers) -> None:
+    """Retrieving ``rid`` (whole or streamed), continuing it and deleting it are 404s on each server."""
+    for server in servers:
+        with sdk(server) as client:
+            for call in (lambda: client.responses.retrieve(rid),
+                         lambda: list(client.responses.retrieve(rid, stream=True)),
+                         lambda: client.responses.delete(rid)):
+                with pytest.raises(openai.NotFoundError):
+                    call()
+            with pytest.raises(openai.NotFoundError) as caught:
+                client.responses.create(model="demo", input="again", previous_response_id=rid)
+            assert caught.value.body["param"] == "previous_response_id"  # as for an expired one
+
+
+@pytest.mark.parametrize("deleter", [0, 1], ids=["same-instance", "other-instance"])
+def test_a_deleted_response_is_gone_on_every_instance(pair, deleter) -> None:
+    a, _ = pair
+    with sdk(a) as client:
+        resp = client.responses.create(model="demo", input="hi")
+        assert client.responses.retrieve(resp.id).status == "completed"
+    with sdk(pair[deleter]) as client:
+        assert client.responses.delete(resp.id) is None  # the SDK returns nothing
+    gone_everywhere(resp.id, *pair)
+
+
+def test_delete_answers_openais_deletion_object(pair) -> None:
+    a, b = pair
+    with sdk(a) as client:
+        rid = client.responses.create(model="demo", input="hi").id
+    deleted = requests.delete(f"{b.url}/v1/responses/{rid}", timeout=20)
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {"id": rid, "object": "response.deleted", "deleted": True}
+
+
+def test_deleting_a_running_background_response_cancels_it_first(pair, fake_upstream, tag) -> None:
+    a, b = pair
+    with sdk(a) as client:
+        resp = client.responses.create(model=f"openai/slow?tokens=200&delay_ms=100&tag={tag}", input="hi",
+                                       background=True)
+    upstream_log(fake_upstream, tag, wait="opened")
+    with sdk(b) as client:
+        client.responses.delete(resp.id)
+    assert upstream_log(fake_upstream, tag, wait="closed_by_peer")[0]["closed_by_peer"]
+    gone_everywhere(resp.id, *pair)
+
+
 def test_only_its_client_sees_a_response_and_it_is_gone_after_its_retention(start_server) -> None:
     server = start_server(API_KEYS="alice:sk-alice-1,bob:sk-bob-2", RESUME_TTL_S=1, DEMO_DELAY_MS=0,
                           RESUME_GRACE_S=0)
@@ -110,9 +157,14 @@ def test_only_its_client_sees_a_response_and_it_is_gone_after_its_retention(star
         assert alice.responses.retrieve(resp.id).status == "completed"
         for call in (lambda: bob.responses.retrieve(resp.id), lambda: bob.responses.cancel(resp.id),
                      lambda: bob.responses.create(model="demo", input="x", previous_response_id=resp.id),
-                     lambda: list(bob.responses.retrieve(resp.id, stream=True))):
+                     lambda: list(bob.responses.retrieve(resp.id, stream=True)),
+                     lambda: bob.responses.delete(resp.id)):
             with pytest.raises(openai.PermissionDeniedError):
                 call()
+        deleted = alice.responses.create(model="demo", input="bye")  # the memory store forgets it too
+        alice.responses.delete(deleted.id)
+        with pytest.raises(openai.NotFoundError):
+            alice.responses.retrieve(deleted.id)
 
         def gone() -> bool:
             try:

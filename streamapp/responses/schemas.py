@@ -106,6 +106,14 @@ class ResponseObject(BaseModel):
     incomplete_details: dict[str, Any] | None
 
 
+class ResponseDeleted(BaseModel):
+    """What ``DELETE /v1/responses/<id>`` answers."""
+
+    id: str  # noqa: A003 - OpenAI's field name
+    object: Literal["response.deleted"]  # noqa: A003
+    deleted: Literal[True]
+
+
 class ResponseStreamEvent(BaseModel):
     """One Responses streaming event (the SSE ``data``; its ``event`` is the same ``type``)."""
 

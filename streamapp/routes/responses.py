@@ -1,4 +1,4 @@
-"""OpenAI's Responses API: ``POST /v1/responses``, ``GET /v1/responses/<id>``, ``POST .../cancel``.
+"""OpenAI's Responses API: ``POST /v1/responses``, ``GET|DELETE /v1/responses/<id>``, ``POST .../cancel``.
 
 One more front door on the stream lifecycle: the request is mapped onto the one
 ``ChatRequest`` (``responses.mapper``), the model resolved, the input checked and the
@@ -7,7 +7,8 @@ written as Responses events (``responses.encoder``) or collected into the ``resp
 object (``responses.objects``). A response id is ``resp_<stream id>``: retrieving,
 resuming (``?stream=true&starting_after=N``, on any worker or host sharing Redis) and
 cancelling it are the stream API's, owner checked first, until the stream's retention
-(RESUME_TTL_S) ends. ``background: true`` generates to the end with nobody reading
+(RESUME_TTL_S) ends or it is deleted (a running one is cancelled first, then forgotten
+on every instance: ``Lifecycle.forget``). ``background: true`` generates to the end with nobody reading
 (``on_disconnect: finish``); ``previous_response_id`` puts an earlier response's input
 and output before the new input, while that response is kept (not with ``store: false``).
 Errors are OpenAI's shape (``errors.error_response`` under ``/v1/``).
@@ -27,12 +28,13 @@ from ..errors import ApiError, error_response
 from ..events import Event, Failed, Opened
 from ..limits import check_chat_input
 from ..openapi import describe
+from ..openapi.models import OpenAIError
 from ..openapi.parts import LAST_EVENT_ID, NO_CONTENT, errors, json_body, path_param, response
 from ..providers import ChatRequest
 from ..responses.encoder import ResponsesSSE
 from ..responses.mapper import chat_params, echo, input_messages, items_to_messages
 from ..responses.objects import build_response, stream_of
-from ..responses.schemas import ResponseObject, ResponsesRequest, ResponseStreamEvent
+from ..responses.schemas import ResponseDeleted, ResponseObject, ResponsesRequest, ResponseStreamEvent
 from ..schemas import MAX_UID, parse
 from ..streams import get_lifecycle
 from .body import read_json_body
@@ -196,6 +198,12 @@ def retrieve(response_id: str) -> Response:
 def cancel(response_id: str) -> Response:
     """Stop a response's generation wherever it runs; the response object after it stopped."""
     sid, meta = _kept(response_id)
+    _stop(sid)
+    return _answer(sid, build_response(sid, get_lifecycle().manager.store.meta(sid) or meta, _log(sid)))
+
+
+def _stop(sid: str) -> None:
+    """Cancel stream ``sid`` and wait until it ended, at most ``CANCEL_WAIT_S``."""
     lifecycle = get_lifecycle()
     if lifecycle.cancel(sid) == "cancelling":
         reader = lifecycle.follow(sid, 0, resumable=False)
@@ -205,5 +213,29 @@ def cancel(response_id: str) -> Response:
                     pass  # the reader ends with the stream
         finally:
             reader.close()
-    return _answer(sid, build_response(sid, lifecycle.manager.store.meta(sid) or meta, _log(sid)))
+
+
+@describe("Delete a response", "openai",
+          {"200": json_body(ResponseDeleted, "The response is gone on every instance: retrieving, "
+                                             "resuming, cancelling or continuing it (`previous_response_id`) "
+                                             "is a 404."),
+           "409": json_body(OpenAIError, "It was still running, was cancelled, and had not stopped within "
+                                         f"{CANCEL_WAIT_S:g} s (`response_running`): try again."),
+           **errors("403", "404", "503", openai=True)}, path_params=RID,
+          description="A response still in progress is cancelled first (as `POST .../cancel`), then deleted.")
+@bp.delete("/responses/<response_id>")
+def delete(response_id: str) -> Response:
+    """Remove a response (cancelled first if it runs) for every instance; OpenAI's deletion object."""
+    sid, _ = _kept(response_id)
+    lifecycle = get_lifecycle()
+    outcome = lifecycle.forget(sid)
+    if outcome == "running":
+        _stop(sid)
+        outcome = lifecycle.forget(sid)
+    if outcome is None:
+        raise _not_found(response_id)
+    if outcome == "running":
+        raise ApiError(f"response '{response_id}' is still stopping; try again", code="response_running",
+                       status=409)
+    return jsonify({"id": response_id, "object": "response.deleted", "deleted": True})
 
