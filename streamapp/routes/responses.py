@@ -8,9 +8,10 @@ object (``responses.objects``). A response id is ``resp_<stream id>``: retrievin
 resuming (``?stream=true&starting_after=N``, on any worker or host sharing Redis) and
 cancelling it are the stream API's, owner checked first, until the stream's retention
 (RESUME_TTL_S) ends or it is deleted (a running one is cancelled first, then forgotten
-on every instance: ``Lifecycle.forget``). ``background: true`` generates to the end with nobody reading
-(``on_disconnect: finish``); ``previous_response_id`` puts an earlier response's input
-and output before the new input, while that response is kept (not with ``store: false``).
+on every instance: ``Lifecycle.forget``). ``background: true`` generates to the end
+with nobody reading (``on_disconnect: finish``); ``previous_response_id`` puts an
+earlier response's input and output before the new input, while that response is kept
+(not with ``store: false``).
 Errors are OpenAI's shape (``errors.error_response`` under ``/v1/``).
 """
 

@@ -2,8 +2,8 @@
 
 Control messages ("cancel <sid>", "idle <sid>", "forget <sid>") go by pub/sub to
 ``P:ctl:<owner>``, the channel of the process that runs (or ran) the stream's producer;
-a cancel also sets
-``P:cancel:<sid>``, which the producer's process polls in case the message was lost.
+a cancel also sets ``P:cancel:<sid>``, which the producer's process polls in case the
+message was lost.
 Each process renews ``P:owner:<owner>`` on every manager tick: a process unheard of
 for ``OWNER_TTL_S`` is taken for dead, and the key vanishing while this process is
 alive tells it that Redis lost its data (a restart without persistence).
