@@ -155,7 +155,6 @@ def test_a_length_limit_is_incomplete_with_its_reason(start_server) -> None:
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
      "input.0.content.0.type"),
     ({"conversation": "conv_1"}, "conversation"),
-    ({"input": [{"type": "item_reference", "id": "x"}]}, "input.0.type"),
 ])
 def test_a_field_we_cannot_honour_is_a_400_naming_it(client, body, field) -> None:
     with pytest.raises(openai.BadRequestError) as exc:

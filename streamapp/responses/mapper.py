@@ -7,17 +7,19 @@ context).
   ``input_text`` / ``output_text`` parts joined into the text; consecutive ``function_call``
   items are one assistant message's ``tool_calls`` (joined to the assistant text just
   before them); a ``function_call_output`` is a ``tool`` message; ``reasoning`` items are
-  not passed on (chat upstreams take no reasoning input);
+  not passed on (chat upstreams take no reasoning input); an ``item_reference`` is the
+  output item it names (found by the caller's ``resolve``), mapped as that item;
 - ``tools`` (``function`` only) and ``tool_choice`` in chat's shape; ``max_output_tokens``
   is ``max_tokens``; ``reasoning.effort`` is ``reasoning_effort``; ``text.format`` is
   ``response_format``; ``temperature``, ``top_p``, ``parallel_tool_calls``, ``user`` as they are.
 
-Anything we cannot honour (built-in tools such as ``web_search``, images, files, item
-references) is an ``ApiError`` (400) naming its field.
+Anything we cannot honour (built-in tools such as ``web_search``, images, files) is an
+``ApiError`` (400) naming its field.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ApiError
@@ -58,14 +60,22 @@ def _string(item: dict[str, Any], key: str, field: str) -> str:
     return value
 
 
-def items_to_messages(items: list[Any], field: str = "input") -> list[dict[str, Any]]:
-    """Responses input (or output) items as OpenAI chat messages."""
+# Finds the output item an ``item_reference`` names: (its id, the field naming it) -> the item.
+Resolver = Callable[[str, str], dict[str, Any]]
+
+
+def items_to_messages(items: list[Any], field: str = "input",
+                      resolve: Resolver | None = None) -> list[dict[str, Any]]:
+    """Responses input (or output) items as OpenAI chat messages; ``resolve`` finds referenced items."""
     messages: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         where = f"{field}.{i}"
         if not isinstance(item, dict):
             raise ApiError(f"{where} must be an object", code="invalid_field", field=where)
         kind = item.get("type", "message")
+        if kind == "item_reference" and resolve is not None:
+            item = resolve(_string(item, "id", where), f"{where}.id")
+            kind = item["type"]
         if kind == "message":
             role = item.get("role")
             if role not in _ROLES:
@@ -161,11 +171,11 @@ def chat_params(body: ResponsesRequest) -> dict[str, Any]:
     return params
 
 
-def input_messages(body: ResponsesRequest) -> list[dict[str, Any]]:
+def input_messages(body: ResponsesRequest, resolve: Resolver | None = None) -> list[dict[str, Any]]:
     """The request's ``input`` as chat messages (without ``instructions``)."""
     if isinstance(body.input, str):
         return [{"role": "user", "content": body.input}]
-    return items_to_messages(body.input)
+    return items_to_messages(body.input, resolve=resolve)
 
 
 def echo(body: ResponsesRequest) -> dict[str, Any]:

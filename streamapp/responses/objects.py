@@ -25,6 +25,7 @@ from ..events import Delta, Done, Event, Failed, Reasoning, ToolCall
 from ..wire import is_stream_id
 
 RESPONSE_PREFIX = "resp_"
+_ITEM_PREFIXES = ("msg", "rs", "fc")  # output item ids: ``<prefix>_<sid>_<output_index>``
 # Our finish reasons that end a response without completing it: its status and incomplete_details.
 _UNFINISHED: dict[str, tuple[str, dict[str, str] | None]] = {
     "length": ("incomplete", {"reason": "max_output_tokens"}),
@@ -44,6 +45,15 @@ def stream_of(rid: str) -> str | None:
     """The stream id inside response id ``rid``, or ``None`` when ``rid`` is not one of ours."""
     sid = rid[len(RESPONSE_PREFIX):] if rid.startswith(RESPONSE_PREFIX) else ""
     return sid if is_stream_id(sid) else None
+
+
+def item_stream(item_id: str) -> str | None:
+    """The stream id in output item id ``item_id`` (``msg_`` / ``rs_`` / ``fc_<sid>_<n>``), or ``None``."""
+    prefix, _, rest = item_id.partition("_")
+    sid, _, index = rest.rpartition("_")
+    if prefix not in _ITEM_PREFIXES or not index.isdigit() or not is_stream_id(sid):
+        return None
+    return sid
 
 
 def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:

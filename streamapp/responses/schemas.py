@@ -51,10 +51,10 @@ class ResponsesRequest(BaseModel):
     ``model`` picks the provider as on ``/v1/chat/completions`` (``demo``, ``openai/<model>``,
     ``ollama/<model>``, or a bare name for the default provider). ``input`` is a string or a
     list of items: messages (``role``, and a string or ``input_text`` / ``output_text``
-    parts), ``function_call`` and ``function_call_output`` items, ``reasoning`` items (not
-    passed on). ``include``, ``truncation``, ``service_tier``, ``stream_options``,
-    ``prompt_cache_key``, ``prompt_cache_retention`` and ``safety_identifier`` are accepted and
-    change nothing.
+    parts), ``function_call`` and ``function_call_output`` items, ``item_reference`` items
+    (an output item of a kept response), ``reasoning`` items (not passed on). ``include``,
+    ``truncation``, ``service_tier``, ``stream_options``, ``prompt_cache_key``,
+    ``prompt_cache_retention`` and ``safety_identifier`` are accepted and change nothing.
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

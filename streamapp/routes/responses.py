@@ -10,8 +10,9 @@ cancelling it are the stream API's, owner checked first, until the stream's rete
 (RESUME_TTL_S) ends or it is deleted (a running one is cancelled first, then forgotten
 on every instance: ``Lifecycle.forget``). ``background: true`` generates to the end
 with nobody reading (``on_disconnect: finish``); ``previous_response_id`` puts an
-earlier response's input and output before the new input, while that response is kept
-(not with ``store: false``).
+earlier response's input and output before the new input, and an ``item_reference``
+input item stands for the output item it names, while that response is kept (not with
+``store: false``).
 Errors are OpenAI's shape (``errors.error_response`` under ``/v1/``).
 """
 
@@ -33,8 +34,8 @@ from ..openapi.models import OpenAIError
 from ..openapi.parts import LAST_EVENT_ID, NO_CONTENT, errors, json_body, path_param, response
 from ..providers import ChatRequest
 from ..responses.encoder import ResponsesSSE
-from ..responses.mapper import chat_params, echo, input_messages, items_to_messages
-from ..responses.objects import build_response, stream_of
+from ..responses.mapper import Resolver, chat_params, echo, input_messages, items_to_messages
+from ..responses.objects import build_response, item_stream, response_id, stream_of
 from ..responses.schemas import ResponseDeleted, ResponseObject, ResponsesRequest, ResponseStreamEvent
 from ..schemas import MAX_UID, parse
 from ..streams import get_lifecycle
@@ -72,19 +73,23 @@ def _fail(failed: Failed, headers: dict[str, str]) -> Response:
     return error_response(failed.status, failed.code, failed.message, headers=headers)
 
 
-def _not_found(rid: str, field: str | None = None) -> ApiError:
-    return ApiError(f"no response with id '{rid}'", code="not_found", status=404, field=field)
+def _not_found(rid: str, field: str | None = None, kind: str = "response") -> ApiError:
+    return ApiError(f"no {kind} with id '{rid}'", code="not_found", status=404, field=field)
 
 
-def _kept(rid: str, field: str | None = None) -> tuple[str, dict[str, Any]]:
-    """The stream id and metadata of response ``rid`` of the current client, or 404 (403: another's)."""
+def _kept(rid: str, field: str | None = None,
+          shown: tuple[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+    """The stream id and metadata of response ``rid`` of the current client, or 404 (403: another's).
+
+    ``shown``: the kind and id a 404 names (an item of ``rid``), instead of the response."""
     sid = stream_of(rid)
     meta = get_lifecycle().manager.store.meta(sid) if sid else None
+    kind, name = shown or ("response", rid)
     if meta is None:
-        raise _not_found(rid, field)
+        raise _not_found(name, field, kind)
     require_owner(meta)
     if meta.get("route") != ROUTE:
-        raise _not_found(rid, field)
+        raise _not_found(name, field, kind)
     return sid, meta
 
 
@@ -92,18 +97,39 @@ def _log(sid: str) -> list[Event]:
     return [event for _, event in get_lifecycle().manager.store.read(sid, 0)]
 
 
+def _stored(rid: str, field: str, shown: tuple[str, str] | None = None) -> tuple[dict[str, Any], list[Any]]:
+    """The metadata and output items of response ``rid``, ended and stored (``store: true``), or an error."""
+    sid, meta = _kept(rid, field, shown)
+    if meta.get("context") is None:
+        raise ApiError(f"response '{rid}' was created with store: false and cannot be referenced",
+                       code="invalid_field", field=field)
+    if meta.get("state") != "finished":
+        raise ApiError(f"response '{rid}' is still in progress", code="invalid_field", field=field)
+    return meta, build_response(sid, meta, _log(sid))["output"]
+
+
 def _previous(rid: str) -> list[dict[str, Any]]:
     """The context a response continuing ``rid`` starts with: its input and its output."""
-    sid, meta = _kept(rid, "previous_response_id")
-    context = meta.get("context")
-    if context is None:
-        raise ApiError(f"response '{rid}' was created with store: false and cannot be referenced",
-                       code="invalid_field", field="previous_response_id")
-    if meta.get("state") != "finished":
-        raise ApiError(f"response '{rid}' is still in progress", code="invalid_field",
-                       field="previous_response_id")
-    output = build_response(sid, meta, _log(sid))["output"]
-    return [*context, *items_to_messages(output, "previous_response_id")]
+    meta, output = _stored(rid, "previous_response_id")
+    return [*meta["context"], *items_to_messages(output, "previous_response_id")]
+
+
+def _references() -> Resolver:
+    """Finds the output items ``item_reference`` input items name (each response read once)."""
+    outputs: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def resolve(item_id: str, field: str) -> dict[str, Any]:
+        sid = item_stream(item_id)
+        if sid is None:
+            raise _not_found(item_id, field, "item")
+        if sid not in outputs:
+            _, output = _stored(response_id(sid), field, ("item", item_id))
+            outputs[sid] = {item["id"]: item for item in output}
+        item = outputs[sid].get(item_id)
+        if item is None:
+            raise _not_found(item_id, field, "item")
+        return item
+    return resolve
 
 
 @describe("Create a model response (OpenAI Responses API)", "openai",
@@ -132,7 +158,7 @@ def create() -> Response:
     resolved = request_model(body.model)
     name, model = resolved.provider, resolved.model
     context = _previous(body.previous_response_id) if body.previous_response_id else []
-    new = input_messages(body)
+    new = input_messages(body, _references())
     head = [{"role": "system", "content": body.instructions}] if body.instructions else []
     check_chat_input("input", [*(("instructions", m["content"]) for m in head),
                                *(("previous_response_id", m.get("content")) for m in context),
