@@ -333,8 +333,25 @@ def test_reader_blocked_in_a_write_keeps_its_lease(clock) -> None:
     next(iter(reader))  # the first batch is being written ... and the write blocks
     for _ in range(8):
         clock.now += store.lease / 2
-        manager.renew_leases(clock.now)
+        renewing = manager.renew_leases(clock.now)
+        assert renewing is not None, "nobody renews the lease of a reader blocked in a write"
+        renewing.join(5)
         assert store.readers(sid) == 1, "a reader blocked in a write lost its lease"
+    reader.close()
+
+
+def test_the_tick_renews_no_lease_of_an_idle_reader(clock) -> None:
+    """A reader waiting for events is woken by the tick and renews its own lease; the tick does
+    no store call for it (one per reader would hold up the tick on a slow store)."""
+    manager, sid = filled(clock, 3, final=False)
+    reader = StreamReader(manager, sid, 3)  # at the end of the log: it will wait
+    follow = gevent.spawn(lambda: next(iter(reader)))
+    gevent.idle()
+    clock.now += manager.store.lease / 2
+    assert manager.renew_leases(clock.now) is None
+    gevent.idle()
+    assert manager.store.readers(sid) == 1  # renewed by the reader itself, once woken
+    follow.kill()
     reader.close()
 
 
@@ -441,3 +458,15 @@ def test_an_encoder_that_replays_learns_from_the_log_but_writes_only_after_the_r
     reader = StreamReader(manager, sid, 0, page=2)  # the catch-up spans several batches
     body = b"".join(http_body(reader, Counting(), write_timeout=5, quiet_until=4))
     assert body == b"5:5;6:6;7:7;"  # numbered as if it had written all along; nothing up to 4
+
+
+def test_a_resume_through_a_replaying_encoder_still_gets_the_failure_the_reader_makes_up(clock) -> None:
+    """The log stops at 5 though the stream ended at 7 (events lost): a client resuming after 6
+    gets the reader's stream_gap, not a clean end with nothing."""
+    from streamapp.routes.edge import http_body
+
+    manager, sid = filled(clock, 5, final=False)
+    manager.store.meta(sid).update(state="finished", last=7)
+    reader = StreamReader(manager, sid, 0)
+    body = b"".join(http_body(reader, Counting(), write_timeout=5, quiet_until=6))
+    assert body == b"6:5;"  # the made-up end, at the reader's cursor (5)

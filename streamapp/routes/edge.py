@@ -21,6 +21,7 @@ from typing import Any
 import gevent
 import gevent.exceptions
 
+from ..events import is_terminal
 from ..streams.reader import StreamReader
 from ..wire import Encoder
 
@@ -64,7 +65,8 @@ def http_body(reader: StreamReader, encoder: Encoder, *, write_timeout: float, s
     """Yield the encoded stream until the reader ends; always detaches the reader.
 
     Events up to ``quiet_until`` are encoded (a stateful encoder learns from them) but not
-    written: a resume through an encoder that replays the log."""
+    written: a resume through an encoder that replays the log. A final event is written
+    whatever its number (the reader's own failure when the rest cannot come)."""
     sid = reader.sid
     watcher = None
     old_timeout = None
@@ -85,11 +87,16 @@ def http_body(reader: StreamReader, encoder: Encoder, *, write_timeout: float, s
                     yield beat
                 continue
             if quiet_until and batch[0][0] <= quiet_until:
+                kept = []
                 for seq, event in batch:
-                    if seq <= quiet_until:
+                    # A final event is always written: one the reader made up (the rest cannot
+                    # come) carries its cursor, which may lie before the resume point.
+                    if seq > quiet_until or is_terminal(event):
+                        kept.append((seq, event))
+                    else:
                         encoder.event(sid, seq, event, first)
                         first = False
-                batch = [item for item in batch if item[0] > quiet_until]
+                batch = kept
                 if not batch:
                     continue
             if coalesce:  # events read together share a chunk, up to chunk_bytes

@@ -55,6 +55,7 @@ class StreamManager:
         self._held: dict[str, int] = {}  # streams whose starting request still holds its headers
         self._grace_timers: dict[str, gevent.Greenlet] = {}
         self._on_exit: dict[str, Callable[[], None]] = {}  # sid -> called when its producer exits
+        self._renewing: gevent.Greenlet | None = None  # the tick's lease renewals under way
         self.observers: list[StreamObserver] = []  # the log's summary line, metrics
         store.control_handler = self._on_control
         self._started = False
@@ -81,12 +82,19 @@ class StreamManager:
                 logger.warning("could not poll for cancels: %s", exc)
             self.check(self.clock())
 
-    def renew_leases(self, now: float) -> None:
-        """Wake every reader of this process (heartbeats, checks) and renew the leases that are
-        due, those of readers whose transport is blocked in a write too."""
+    def renew_leases(self, now: float) -> gevent.Greenlet | None:
+        """Wake every reader of this process (heartbeats, checks), then renew the leases of those
+        whose transport is blocked in a write (they do not renew by themselves), in a greenlet of
+        its own so a slow store never holds up the tick; that greenlet, if one was started."""
+        due = []
         for reader in list(self.readers):
-            reader.renew_if_due(now)
             reader.wake.set()
+            if reader.lease_due(now):
+                due.append(reader)
+        if not due or (self._renewing is not None and not self._renewing.dead):
+            return None
+        self._renewing = gevent.spawn(lambda: [reader.renew(now) for reader in due])
+        return self._renewing
 
     def check(self, now: float) -> None:
         """The producer side's backstop: stop streams unread for the grace, or past their duration."""

@@ -19,7 +19,7 @@ resumes with its id loses nothing it had not already lost.
 While it reads, the reader holds a lease in the store. It renews the lease
 itself each time it is iterated once a third of the lease has passed; while
 its transport is blocked in a write (a slow client, up to ``WRITE_TIMEOUT_S``)
-the host's tick renews it instead (:meth:`renew_if_due`), so a live reader
+the host's tick renews it instead (:meth:`lease_due`, :meth:`renew`), so a live reader
 never counts as gone. Transports (the HTTP edge, WebSocket) wrap it: they own
 their sockets, call :meth:`leave` when their client goes, and :meth:`close`
 when they are done.
@@ -71,6 +71,7 @@ class StreamReader:
         self.wake = gevent.event.Event()  # set: new events, the tick, client gone, shutdown
         self.gone = False  # the client left
         self.ended = False  # the stream's final event (its own or one made up here) was handed over
+        self.writing = False  # a batch is out with the transport (which may be blocked writing it)
         self.closed = False
         self.delivered = 0  # events handed to the transport
         self._attached = False
@@ -85,10 +86,15 @@ class StreamReader:
         store.watch(self.sid, self.wake)
         self._renew(self.manager.clock())
 
-    def renew_if_due(self, now: float) -> None:
-        """Renew the lease if a third of it has passed (the host's tick, for a reader whose
-        transport is blocked in a write and so does not iterate)."""
-        if self._attached and not self.closed and now - self._renewed_at >= self.manager.store.lease / 3:
+    def lease_due(self, now: float) -> bool:
+        """Whether the host must renew this reader's lease: its transport is blocked in a write
+        (so the reader does not iterate and renew it itself) and a third of the lease passed."""
+        return self.writing and self._attached and not self.closed and \
+            now - self._renewed_at >= self.manager.store.lease / 3
+
+    def renew(self, now: float) -> None:
+        """Renew this reader's lease now (the host, for a reader blocked in a write)."""
+        if self._attached and not self.closed:
             self._renew(now)
 
     def _renew(self, now: float) -> None:
@@ -167,7 +173,9 @@ class StreamReader:
                 out, ended = self._take(batch)
                 self.delivered += len(out)
                 last_yield = clock()
+                self.writing = True  # until the transport has written it and asks for more
                 yield out
+                self.writing = False
                 if ended:
                     return
                 continue
@@ -185,7 +193,9 @@ class StreamReader:
                     return
             if now - last_yield >= self.idle:
                 last_yield = now
+                self.writing = True
                 yield []
+                self.writing = False
                 continue
             # The manager's tick wakes us for leases, heartbeats and the checks above.
             try:
