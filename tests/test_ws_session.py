@@ -15,10 +15,13 @@ import gevent
 import gevent.event
 import gevent.queue
 import pytest
+from simple_websocket import ConnectionClosed
 
 from streamapp import create_app
 from streamapp.routes.ws_session import GOING_AWAY, WsSession
 from streamapp.streams import get_manager
+
+HANGUP = object()
 
 
 class Connection:
@@ -39,9 +42,16 @@ class Connection:
 
     def receive(self, timeout: float | None = None) -> str | None:
         try:
-            return self.incoming.get(timeout=timeout)
+            message = self.incoming.get(timeout=timeout)
         except gevent.queue.Empty:
             return None
+        if message is HANGUP:
+            raise ConnectionClosed()
+        return message
+
+    def hangup(self) -> None:
+        """The client closes the socket."""
+        self.incoming.put(HANGUP)
 
     def send(self, text: str) -> None:
         message = json.loads(text)
@@ -113,8 +123,8 @@ def test_a_chat_sent_while_the_last_end_is_being_written_waits_for_that_relay(ap
     types = conn.types()
     assert types.index("end") < types.index("start", 1)  # one relay at a time
     assert "error" not in types  # the second chat was not refused as busy
-    conn.incoming.put(None)
-    session.kill()
+    conn.hangup()
+    session.join(5)
 
 
 def test_a_resume_being_started_is_not_closed_under_by_a_shutdown(app) -> None:
@@ -125,7 +135,7 @@ def test_a_resume_being_started_is_not_closed_under_by_a_shutdown(app) -> None:
     owner.feed(type="chat", uid=1, message="a b c d e f g h")
     wait_for(lambda: "end" in owner.types(), "the first stream's end")
     sid = owner.sent[0]["stream_id"]
-    owner.incoming.put(None)
+    owner.hangup()
     session.join(5)
 
     conn = Connection(hold_type="start")
@@ -141,3 +151,55 @@ def test_a_resume_being_started_is_not_closed_under_by_a_shutdown(app) -> None:
     assert types[0] == "start" and types[-2:] == ["end", "close"], types  # closed once it ended
     assert conn.closed == [GOING_AWAY]
     session.join(5)
+
+
+class GatedUpstream:
+    """A provider stand-in (the upstream is the one part tests replace): a first token, then
+    the end once the test opens ``gate``."""
+
+    name = "demo"
+
+    def __init__(self) -> None:
+        self.gate = gevent.event.Event()
+
+    def stream(self, request):
+        from streamapp.events import Delta, Done, Opened
+
+        yield Opened()
+        yield Delta("first")
+        self.gate.wait(10)
+        yield Done("stop")
+
+    def check(self):
+        return None
+
+
+def test_a_chat_sent_while_a_resume_past_the_end_is_refused_waits_for_that_relay(app) -> None:
+    """A resume past the end of a running stream ends with a not_found error when the stream
+    ends; a chat sent while that error is being written waits for the relay instead of being
+    refused as busy."""
+    upstream = GatedUpstream()
+    demo = app.extensions["providers"]["demo"]
+    app.extensions["providers"]["demo"] = upstream
+    owner = Connection()
+    session = run_session(app, owner)
+    owner.feed(type="chat", uid=1, message="hi")
+    wait_for(lambda: "delta" in owner.types(), "the first stream's first token")
+    sid = owner.sent[0]["stream_id"]
+
+    conn = Connection(hold_type="error")
+    other = run_session(app, conn)
+    conn.feed(type="resume", stream_id=sid, last_seq=10_000)
+    wait_for(lambda: conn.types() == ["start"], "the resume's start")
+    app.extensions["providers"]["demo"] = demo
+    upstream.gate.set()  # the stream ends before the point asked for
+    assert conn.holding.wait(10), "the resume past the end was never refused"
+    conn.feed(type="chat", uid=2, message="d e")
+    gevent.idle()
+    conn.release.set()
+    wait_for(lambda: "end" in conn.types(), "the second chat's end")
+    errors = [m for m in conn.sent if m["type"] == "error"]
+    assert [m["code"] for m in errors] == ["not_found"], errors  # and no "busy"
+    for c, g in ((conn, other), (owner, session)):
+        c.hangup()
+        g.join(5)

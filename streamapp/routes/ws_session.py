@@ -72,6 +72,7 @@ class WsSession:
         self.tick = config["WS_PING_S"]
         self.reader: StreamReader | None = None  # the stream being relayed, until its end is sent
         self.relay: gevent.Greenlet | None = None
+        self.finishing = False  # the relay's stream is over: it sends its last message and detaches
         self.closing = False
         self.starting = False  # a chat or resume is being started (its stream not followed yet)
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -135,11 +136,11 @@ class WsSession:
     def _free(self) -> None:
         """Refuse a new stream while one runs; wait for a relay that is sending its end."""
         reader = self.reader
-        if reader is not None and not reader.ended:
+        if reader is not None and not (reader.ended or self.finishing):
             raise ApiError("a stream is running on this socket: send stop, or wait for its end",
                            code="busy", status=409)
         if self.relay is not None:
-            self.relay.join()  # its end is being sent: bounded by the socket's write timeout
+            self.relay.join()  # its last message is being sent: bounded by the socket's write timeout
 
     def _starting(self, start: Callable[[dict[str, Any]], None], message: dict[str, Any]) -> None:
         """Run ``start`` (a chat or a resume) protected from a shutdown meanwhile."""
@@ -182,7 +183,7 @@ class WsSession:
 
     def _stop(self, message: dict[str, Any]) -> None:
         reader = self.reader
-        if reader is None or reader.ended:
+        if reader is None or reader.ended or self.finishing:
             raise ApiError("no stream is running on this socket", code="no_active_stream", status=409)
         self.lifecycle.cancel(reader.sid)  # its end ("cancelled") reaches the client through the relay
 
@@ -192,7 +193,7 @@ class WsSession:
     # -- the stream's greenlet ---------------------------------------------------------
     def _follow(self, sid: str, after: int) -> None:
         reader = self.lifecycle.follow(sid, after, held=True)  # read from now on, by this relay
-        self.reader = reader
+        self.reader, self.finishing = reader, False
         self.relay = gevent.spawn(self._relay, reader)
 
     def _relay(self, reader: StreamReader) -> None:
@@ -203,6 +204,7 @@ class WsSession:
                     message = ws_message(reader.sid, seq, event)
                     if message is not None:
                         self.send(message)
+            self.finishing = True  # a chat or resume from now on waits for this relay, not "busy"
             if not reader.ended and not reader.gone and not stopping.is_set():
                 # The stream ended before the point asked for (a resume past its end).
                 self.send({"type": "error", "code": "not_found", "stream_id": reader.sid,
