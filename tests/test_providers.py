@@ -140,6 +140,14 @@ def test_demo_is_deterministic_and_tokens_rebuild_the_text() -> None:
     assert "".join(tokenize(text)) == text
 
 
+@pytest.mark.parametrize("params", [{"max_tokens": 3}, {"max_completion_tokens": 3, "max_tokens": 50}])
+def test_demo_stops_at_the_requested_token_limit_with_length(params) -> None:
+    events = list(DemoProvider(delay_ms=0).stream(ChatRequest(MESSAGES, params=params)))
+    deltas = [e for e in events if isinstance(e, Delta)]
+    assert len(deltas) == 3
+    assert events[-1].finish_reason == "length" and events[-1].usage["completion_tokens"] == 3
+
+
 def test_text_that_is_not_unicode_is_repaired(provider) -> None:
     events = run(provider, "badtext")
     text = text_of(events)

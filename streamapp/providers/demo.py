@@ -66,17 +66,24 @@ class DemoProvider:
         self.delay_ms = delay_ms
 
     def stream(self, request: ChatRequest) -> Iterator[Event]:
-        """Yield the tokens with ``delay_ms`` between them (a cooperative sleep)."""
+        """Yield the tokens with ``delay_ms`` between them (a cooperative sleep); at most the
+        request's ``max_completion_tokens`` (else ``max_tokens``) of them, then ``length``."""
         text = request.options.get("text") or answer_for(request.messages)
         delay = request.options.get("delay_ms", self.delay_ms) / 1000
         tokens = tokenize(text)
+        limit = request.params.get("max_completion_tokens")
+        if limit is None:
+            limit = request.params.get("max_tokens")
+        reason = "stop"
+        if limit is not None and len(tokens) > limit:
+            tokens, reason = tokens[:limit], "length"
         yield Opened()
         for index, token in enumerate(tokens):
             if delay and index:  # the pace is between tokens; the first comes at once
                 time.sleep(delay)  # gevent-patched in the server: yields to the hub
             yield Delta(token, index)
         prompt = sum(len(tokenize(content_text(m.get("content")))) for m in request.messages)
-        yield Done("stop", {"prompt_tokens": prompt, "completion_tokens": len(tokens),
+        yield Done(reason, {"prompt_tokens": prompt, "completion_tokens": len(tokens),
                             "total_tokens": prompt + len(tokens)})
 
     def embed(self, request: EmbedRequest) -> dict[str, Any]:
