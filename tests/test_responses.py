@@ -269,3 +269,51 @@ def test_request_fields_reach_the_upstream_under_chat_names(client, fake_upstrea
     assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
     assert resp.metadata == {"k": "v"} and resp.instructions == "be brief" and resp.max_output_tokens == 50
     assert resp.text.format.type == "json_schema" and resp.parallel_tool_calls is False
+
+
+def split_call_log() -> list:
+    """A call whose fragments have text and reasoning between them."""
+    from streamapp.events import Delta, Done, Opened, Reasoning, ToolCall
+
+    return [Opened(), Delta("a"), ToolCall(0, "c0", "f", '{"a"'), Delta("b"), Reasoning("r"),
+            ToolCall(0, None, None, ":1}"), Done("tool_calls")]
+
+
+def test_a_call_split_by_text_and_reasoning_stays_one_item() -> None:
+    """Pure: the call stays open (several items are in progress at once) until the end."""
+    from streamapp.responses.objects import ResponseBuilder
+
+    builder = ResponseBuilder("s1", {"model": "m"})
+    events = [e for event in split_call_log() for e in builder.feed(event)]
+    output = builder.response()["output"]
+    assert [(i["type"], i["id"], i["status"]) for i in output] == [
+        ("message", "msg_s1_0", "completed"), ("function_call", "fc_s1_1", "completed"),
+        ("message", "msg_s1_2", "completed"), ("reasoning", "rs_s1_3", "completed")]
+    assert (output[1]["call_id"], output[1]["name"], output[1]["arguments"]) == ("c0", "f", '{"a":1}')
+    added = [e["item"]["id"] for e in events if e["type"] == "response.output_item.added"]
+    finished = [e["item"]["id"] for e in events if e["type"] == "response.output_item.done"]
+    assert added == [i["id"] for i in output] and sorted(finished) == sorted(added)
+    assert events[-1]["response"]["output"] == output
+
+
+def test_a_split_call_through_the_encoder_is_one_item_the_sdk_parses() -> None:
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    from streamapp.responses.encoder import ResponsesSSE
+
+    encoder = ResponsesSSE(meta={"model": "m", "created": 1})
+    body = b"".join(encoder.event("s1", seq, event, seq == 1) for seq, event in enumerate(split_call_log()))
+    frames = [frame for frame in body.decode().split("\n\n") if frame]
+    adapter = TypeAdapter(ResponseStreamEvent)
+    events = [adapter.validate_python(json.loads(frame.split("data: ", 1)[1])) for frame in frames]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    added = [e.item.type for e in events if e.type == "response.output_item.added"]
+    assert added.count("function_call") == 1
+    args = [e for e in events if e.type == "response.function_call_arguments.delta"]
+    assert [(e.item_id, e.output_index, e.delta) for e in args] == \
+        [("fc_s1_1", 1, '{"a"'), ("fc_s1_1", 1, ":1}")]
+    end = events[-1]
+    assert end.type == "response.completed"
+    assert [(i.type, getattr(i, "arguments", None)) for i in end.response.output] == [
+        ("message", None), ("function_call", '{"a":1}'), ("message", None), ("reasoning", None)]

@@ -12,9 +12,11 @@ indexes and sequence numbers: ``resp_<sid>``, and per output item ``msg_`` / ``r
 Output items follow the log: a run of ``Reasoning`` is one ``reasoning`` item (its text as
 one ``reasoning_text`` part), a run of ``Delta`` one assistant ``message`` (one
 ``output_text`` part), each tool call (``ToolCall.index``) one ``function_call`` item,
-open until an event of another kind or the end (fragments of several calls may
-interleave). Usage is the upstream's, renamed (``input_tokens``, ``output_tokens``,
-``total_tokens`` and the details it gave); absent usage stays ``null``.
+open until the end (``Done`` / ``Failed``): its fragments may interleave with other
+calls, text or reasoning, so several items may be in progress at once (each addressed by
+its ``output_index``; the ``output`` list is in that order). Usage is the upstream's,
+renamed (``input_tokens``, ``output_tokens``, ``total_tokens`` and the details it gave);
+absent usage stays ``null``.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ class ResponseBuilder:
         self.sid, self.meta = sid, meta
         self.rid = response_id(sid)
         self.seq = -1
-        self.done: list[dict[str, Any]] = []  # finished output items, in output order
+        self.done: dict[int, dict[str, Any]] = {}  # finished output items, by output_index
         self.open: _Item | None = None  # the message or reasoning item being written
         self.calls: dict[int, _Item] = {}  # function calls being written, by ToolCall.index
         self.count = 0  # output items so far
@@ -167,7 +169,8 @@ class ResponseBuilder:
         item = self.open
         if item is not None and item.kind == kind:
             return item
-        self._close_all("completed", out)
+        if item is not None:
+            self._close(item, "completed", out)
         item = self.open = self._new(kind, "msg" if kind == "message" else "rs")
         out.append(self._ev("response.output_item.added", output_index=item.index,
                             item=item.as_dict("in_progress", empty=True)))
@@ -206,11 +209,11 @@ class ResponseBuilder:
             out.append(self._ev("response.content_part.done", item_id=item.id, output_index=item.index,
                                 content_index=0, part=item.part()))
         final = item.as_dict(status)
-        self.done.append(final)
+        self.done[item.index] = final
         out.append(self._ev("response.output_item.done", output_index=item.index, item=final))
 
     def _close_all(self, status: str, out: list[dict[str, Any]]) -> None:
-        """Close the open message or reasoning item and every open function call, in output order."""
+        """At the end: close the open message or reasoning item and every function call, in output order."""
         items = sorted([*self.calls.values(), *([self.open] if self.open else [])], key=lambda i: i.index)
         self.open = None
         self.calls.clear()
@@ -227,9 +230,11 @@ class ResponseBuilder:
 
     # -- the object -----------------------------------------------------------------------
     def output(self) -> list[dict[str, Any]]:
-        """The output items as they stand: finished ones, then those being written."""
-        items = sorted([*self.calls.values(), *([self.open] if self.open else [])], key=lambda i: i.index)
-        return self.done + [item.as_dict("in_progress") for item in items]
+        """The output items as they stand (finished, or being written), in output order."""
+        items = dict(self.done)
+        for item in [*self.calls.values(), *([self.open] if self.open else [])]:
+            items[item.index] = item.as_dict("in_progress")
+        return [items[index] for index in sorted(items)]
 
     def response(self) -> dict[str, Any]:
         """The ``response`` object as it stands."""
