@@ -184,9 +184,38 @@ def test_a_failure_mid_stream_is_response_failed_with_the_error(client) -> None:
     check_sequence(events)
     end = events[-1]
     assert end.type == "response.failed" and end.response.status == "failed"
-    assert end.response.error.code == "upstream_disconnected"
+    # OpenAI's closed list of codes; ours leads the message.
+    assert end.response.error.code == "server_error"
+    assert end.response.error.message.startswith("upstream_disconnected: ")
     assert [item.status for item in end.response.output] == ["incomplete"]
     assert end.response.output[0].content[0].text == "".join(token_list(2))
+
+
+def test_a_response_failed_event_is_the_sdks_own_type() -> None:
+    """Pure: the event validates as openai's ``ResponseFailedEvent``; an upstream 429 is
+    ``rate_limit_exceeded``, any other failure ``server_error``, our code in the message."""
+    from openai.types.responses import ResponseFailedEvent
+
+    from streamapp.events import Delta, Failed, Opened
+    from streamapp.responses.objects import ResponseBuilder
+
+    cases = [(Failed("upstream_timeout", "the upstream did not answer in time", 504), "server_error"),
+             (Failed("upstream_http_error", "Rate limit reached", 502, upstream_status=429),
+              "rate_limit_exceeded")]
+    for failed, code in cases:
+        builder = ResponseBuilder("s1", {"model": "m", "created": 1})
+        events = [e for event in (Opened(), Delta("a"), failed) for e in builder.feed(event)]
+        end = ResponseFailedEvent.model_validate(events[-1])
+        assert end.response.status == "failed" and end.response.error.code == code
+        assert end.response.error.message == f"{failed.code}: {failed.message}"
+
+
+def test_a_background_response_the_upstream_rate_limits_fails_with_rate_limit_exceeded(client) -> None:
+    resp = client.responses.create(model="openai/status?status=429", input="hi", background=True)
+    done = poll_until(lambda: (r := client.responses.retrieve(resp.id)).status == "failed" and r, 20,
+                      "the response failed")
+    assert done.error.code == "rate_limit_exceeded"
+    assert done.error.message.startswith("upstream_http_error: ")
 
 
 def test_interleaved_tool_call_fragments_stay_apart() -> None:

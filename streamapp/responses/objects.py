@@ -58,6 +58,13 @@ def item_stream(item_id: str) -> str | None:
     return sid
 
 
+def response_error(failed: Failed) -> dict[str, str]:
+    """A failure as OpenAI's ``ResponseError``: its closed list of codes (an upstream 429 is
+    ``rate_limit_exceeded``, the rest ``server_error``), our own code leading the message."""
+    code = "rate_limit_exceeded" if failed.upstream_status == 429 else "server_error"
+    return {"code": code, "message": f"{failed.code}: {failed.message}"}
+
+
 def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     """Chat usage in the Responses API's names; details only where the upstream gave them."""
     if not usage:
@@ -156,7 +163,7 @@ class ResponseBuilder:
         elif isinstance(event, Failed):
             self._close_all("incomplete", out)
             self.status = "failed"
-            self.error = {"code": event.code, "message": event.message}
+            self.error = response_error(event)
             out.append(self._ev("response.failed", response=self.response()))
         return out
 
