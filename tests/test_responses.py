@@ -346,3 +346,34 @@ def test_a_split_call_through_the_encoder_is_one_item_the_sdk_parses() -> None:
     assert end.type == "response.completed"
     assert [(i.type, getattr(i, "arguments", None)) for i in end.response.output] == [
         ("message", None), ("function_call", '{"a":1}'), ("message", None), ("reasoning", None)]
+
+
+@pytest.mark.parametrize(("path", "method"),
+                         [("/v1/responses", "post"), ("/v1/responses/{response_id}", "get")])
+def test_the_document_describes_each_event_the_builder_writes(srv, path, method) -> None:
+    """/api.json: one branch per Responses event (its ``event`` name, its ``data`` schema); every
+    event the encoder writes (text, reasoning, calls, each end) matches exactly one, data included."""
+    from jsonschema import Draft202012Validator
+
+    from streamapp.events import Delta, Done, Failed, Opened, Reasoning, ToolCall
+    from streamapp.responses.encoder import ResponsesSSE
+
+    doc = requests.get(f"{srv.url}/api.json", timeout=10).json()
+    schema = doc["paths"][path][method]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    branches = {b["properties"]["event"]["const"]: b for b in schema["oneOf"]}
+    body = [Opened(), Reasoning("r"), Delta("a"), ToolCall(0, "c0", "f", '{"a"'), Delta("b"),
+            ToolCall(0, None, None, ":1}")]
+    ends = [Done("stop", {"prompt_tokens": 1, "completion_tokens": 2}), Done("length"), Done("cancelled"),
+            Failed("upstream_timeout", "the upstream did not answer in time", 504)]
+    seen = set()
+    for end in ends:
+        encoder = ResponsesSSE(meta={"model": "m", "created": 1})
+        raw = b"".join(encoder.event("s1", seq, event, seq == 1) for seq, event in enumerate([*body, end]))
+        for frame in filter(None, raw.decode().split("\n\n")):
+            name, data = (line.split(": ", 1)[1] for line in frame.split("\n"))
+            event = {"event": name, "data": data}
+            Draft202012Validator({**schema, "components": doc["components"]}).validate(event)
+            content = branches[name]["properties"]["data"]["contentSchema"]
+            Draft202012Validator({**content, "components": doc["components"]}).validate(json.loads(data))
+            seen.add(name)
+    assert seen == set(branches)

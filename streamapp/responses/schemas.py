@@ -113,10 +113,3 @@ class ResponseDeleted(BaseModel):
     object: Literal["response.deleted"]  # noqa: A003
     deleted: Literal[True]
 
-
-class ResponseStreamEvent(BaseModel):
-    """One Responses streaming event (the SSE ``data``; its ``event`` is the same ``type``)."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str  # noqa: A003 - OpenAI's field name
-    sequence_number: int

@@ -33,10 +33,11 @@ from ..openapi import describe
 from ..openapi.models import OpenAIError
 from ..openapi.parts import LAST_EVENT_ID, NO_CONTENT, errors, json_body, path_param, response
 from ..providers import ChatRequest
+from ..responses.docs import STREAM_EVENT
 from ..responses.encoder import ResponsesSSE
 from ..responses.mapper import Resolver, chat_params, echo, input_messages, items_to_messages
 from ..responses.objects import build_response, item_stream, response_id, stream_of
-from ..responses.schemas import ResponseDeleted, ResponseObject, ResponsesRequest, ResponseStreamEvent
+from ..responses.schemas import ResponseDeleted, ResponseObject, ResponsesRequest
 from ..schemas import MAX_UID, parse
 from ..streams import get_lifecycle
 from .body import read_json_body
@@ -56,14 +57,6 @@ class RetrieveQuery(BaseModel):
     stream: bool = False
     starting_after: Annotated[int, Field(ge=0, le=MAX_UID, description=(
         "with `stream=true`: the events after this sequence number"))] | None = None
-
-
-# One event of a Responses stream: its ``event`` is the ``type`` of its JSON ``data``; no SSE id.
-STREAM_EVENT = {"type": "object", "required": ["event", "data"],
-                "description": "One Responses event: `event` is the `type` of its JSON `data`; no SSE id.",
-                "properties": {"event": {"type": "string", "pattern": "^response[.]"},
-                               "data": {"type": "string", "contentMediaType": "application/json",
-                                        "contentSchema": ResponseStreamEvent}}}
 
 
 def _fail(failed: Failed, headers: dict[str, str]) -> Response:
