@@ -377,3 +377,17 @@ def test_the_document_describes_each_event_the_builder_writes(srv, path, method)
             Draft202012Validator({**content, "components": doc["components"]}).validate(json.loads(data))
             seen.add(name)
     assert seen == set(branches)
+
+
+def test_a_resume_past_where_the_log_stops_still_gets_the_failure() -> None:
+    """The log lost its tail (its producer died): a client resuming after sequence number 20
+    gets the reader's made-up failure as response.failed, numbered after its resume point,
+    instead of a clean end with nothing."""
+    from streamapp.events import Delta, Failed, Opened
+    from streamapp.responses.encoder import ResponsesSSE
+
+    encoder = ResponsesSSE(meta={"model": "m", "created": 1}, starting_after=20)
+    log = [Opened(), Delta("a", 0), Delta("b", 1), Failed("producer_lost", "gone", 502)]
+    body = b"".join(encoder.event("s1", seq, event, seq == 1) for seq, event in enumerate(log, 1))
+    frames = [json.loads(f.split("data: ", 1)[1]) for f in body.decode().split("\n\n") if f]
+    assert [(f["type"], f["sequence_number"]) for f in frames] == [("response.failed", 21)]

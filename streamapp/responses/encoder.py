@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from .. import sse
-from ..events import Event
+from ..events import Event, is_terminal
 from ..wire import SSE_TYPE, register
 from .objects import ResponseBuilder
 
@@ -49,7 +49,12 @@ class ResponsesSSE:
         if builder is None:
             builder = self.builder = ResponseBuilder(sid, self.meta)
         skip = self.starting_after
+        items = builder.feed(event)
+        if is_terminal(event) and items and items[-1]["sequence_number"] <= skip:
+            # The stream's end always reaches the client: a failure the reader made up when the
+            # rest of the log cannot come may fall before the point it resumes from.
+            items[-1] = {**items[-1], "sequence_number": skip + 1}
         # Framed here: the JSON has no raw line breaks (json.dumps escapes them), and the
         # event names are the builder's constants.
         return "".join(f"event: {item['type']}\ndata: {_json(item)}\n\n"
-                       for item in builder.feed(event) if item["sequence_number"] > skip).encode()
+                       for item in items if item["sequence_number"] > skip).encode()
