@@ -21,8 +21,10 @@ cancel) and :func:`require_allowed_origin` (the WebSocket handshake, from any pa
 
 Session cookies are signed with :func:`session_secret`: ``STREAMAPP_SECRET_KEY`` when set; else,
 with keys and Redis, one secret every instance shares, kept in Redis at
-``<REDIS_PREFIX>:session-secret`` (the first process to start puts it there); else the
-instance's, made by gunicorn's master for all its workers; else one for this process (a warning).
+``<REDIS_PREFIX>:session-secret`` (the first process puts its instance's secret there; every
+process puts back what it holds and adopts what Redis holds every few seconds:
+:class:`SharedSecret`); else the instance's, made by gunicorn's master for all its workers; else
+one for this process (a warning).
 
 Keys (``API_KEYS``, comma-separated, or ``API_KEYS_FILE``, one a line, ``#`` comments)::
 
@@ -43,6 +45,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -54,7 +57,8 @@ from flask_cors import CORS
 
 from .errors import Forbidden, Unauthorized
 
-__all__ = ["Client", "Forbidden", "Keys", "Unauthorized", "init_app", "require_owner", "session_secret"]
+__all__ = ["Client", "Forbidden", "Keys", "Unauthorized", "init_app", "require_owner", "SharedSecret",
+           "session_secret", "shared_secret"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,8 @@ COOKIE_NAME = "streamapp_session"
 # (conf/gunicorn.conf.py) puts in this variable before its workers fork.
 SECRET_REDIS_KEY = "session-secret"
 INSTANCE_SECRET_ENV = "_STREAMAPP_INSTANCE_SECRET"
+# Seconds between a process's syncs of the shared secret with Redis (SharedSecret).
+SECRET_SYNC_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -243,35 +249,84 @@ def require_owner(meta: dict[str, Any]) -> None:
         raise Forbidden("this stream was started by another client", code="not_stream_owner")
 
 
-def _shared_secret(url: str, key: str) -> str:
-    """The secret kept in Redis at ``key``: the first process to ask puts one there (SET NX)."""
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        for _ in range(3):  # the key may be deleted (a rotation) between the two commands
-            client.set(key, secrets.token_hex(32), nx=True)
-            value = client.get(key)
-            if value:
-                return value.decode()
-        raise redis.RedisError(f"{key} keeps disappearing")
-    finally:
-        client.close()
+class SharedSecret:
+    """The session secret every process of every instance keeps in Redis at ``key``.
+
+    A process holds one value. :meth:`sync` puts it with ``SET NX`` and reads what Redis holds,
+    which it then holds: the first process puts its own there and every other adopts it. Each
+    process syncs every ``SECRET_SYNC_S`` (:meth:`keep`), so a Redis that restarted empty gets the
+    held value back before a worker started later reads it; a process that could not reach Redis
+    adopts the shared value once it can; and a value set in Redis by hand (a rotation) reaches
+    every process.
+    """
+
+    def __init__(self, url: str, key: str, held: str) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.key, self.held = key, held
+        self.synced = False  # True once a sync has reached Redis
+
+    def sync(self) -> str:
+        """Put the held value unless Redis has one (``SET NX``), then hold and return Redis's."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.key, self.held, nx=True)
+        pipe.get(self.key)
+        _, value = pipe.execute()
+        if value:  # None: deleted between the two commands; the next sync puts it back
+            self.held = value.decode()
+        self.synced = True
+        return self.held
+
+    def keep(self, config: dict[str, Any], every: float) -> None:
+        """Sync every ``every`` seconds in a daemon thread (a greenlet in a gevent worker, which
+        makes the app after the fork), signing cookies with what Redis holds."""
+        threading.Thread(target=self._run, args=(config, every), name="session-secret",
+                         daemon=True).start()
+
+    def _run(self, config: dict[str, Any], every: float) -> None:
+        reachable = self.synced  # an outage at start is warned about once, by session_secret
+        ticks = threading.Event()  # never set: its timed wait paces the loop
+        while not ticks.wait(every):
+            try:
+                value = self.sync()
+            except redis.RedisError as exc:
+                if reachable:
+                    logger.warning("could not sync the shared session secret %s with Redis (%s): "
+                                   "retried every %s s", self.key, exc, every)
+                reachable = False
+                continue
+            reachable = True
+            if config["SECRET_KEY"] != value:
+                logger.warning("session cookies are now signed with the shared secret in Redis at "
+                               "%s: those signed with this process's previous one are refused", self.key)
+                config["SECRET_KEY"] = value
 
 
-def session_secret(config: dict[str, Any], sessions: bool) -> str:
-    """What signs session cookies: ``SECRET_KEY``; else, when ``sessions`` are in use and Redis
-    is configured, the secret every instance shares there; else this instance's (made by
-    gunicorn's master for its workers); else one for this process, with a warning."""
+def shared_secret(config: dict[str, Any], sessions: bool) -> SharedSecret | None:
+    """The keeper of the secret in Redis when it signs cookies: ``sessions`` in use, ``REDIS_URL``
+    set, no ``SECRET_KEY``."""
+    if not sessions or config.get("SECRET_KEY") or not config.get("REDIS_URL"):
+        return None
+    # This instance's secret is what it puts in an empty Redis: a worker of the instance that put
+    # it there, started after Redis lost it, puts back the same.
+    return SharedSecret(config["REDIS_URL"], f"{config['REDIS_PREFIX']}:{SECRET_REDIS_KEY}",
+                        os.environ.get(INSTANCE_SECRET_ENV) or secrets.token_hex(32))
+
+
+def session_secret(config: dict[str, Any], sessions: bool, shared: SharedSecret | None = None) -> str:
+    """What signs session cookies: ``SECRET_KEY``; else the one every instance shares in Redis
+    (``shared``), or while Redis cannot be read the value ``shared`` holds; else this instance's
+    (made by gunicorn's master for its workers); else one for this process, with a warning."""
     if config.get("SECRET_KEY"):
         return str(config["SECRET_KEY"])
     instance = os.environ.get(INSTANCE_SECRET_ENV)
-    if sessions and config.get("REDIS_URL"):
-        key = f"{config['REDIS_PREFIX']}:{SECRET_REDIS_KEY}"
+    if shared is not None:
         try:
-            return _shared_secret(config["REDIS_URL"], key)
+            return shared.sync()
         except redis.RedisError as exc:
             logger.warning("could not read the shared session secret %s from Redis (%s): session "
-                           "cookies are signed with this %s's own until it restarts", key, exc,
-                           "instance" if instance else "process")
+                           "cookies are signed with this %s's own until it can (retried every %s s)",
+                           shared.key, exc, "instance" if instance else "process", SECRET_SYNC_S)
+            return shared.held
     if instance:
         return instance
     if sessions:
@@ -302,7 +357,10 @@ def init_app(app: Flask) -> None:
         raise ValueError("STREAMAPP_CORS_ORIGINS=* is allowed only when no API key is configured")
     app.extensions["auth"] = keys
     app.extensions["auth_origins"] = frozenset(origins)
-    config["SECRET_KEY"] = session_secret(config, bool(keys))
+    shared = shared_secret(config, bool(keys))
+    config["SECRET_KEY"] = session_secret(config, bool(keys), shared)
+    if shared is not None:
+        shared.keep(config, SECRET_SYNC_S)
     config.update(SESSION_COOKIE_NAME=COOKIE_NAME, SESSION_COOKIE_HTTPONLY=True,
                   SESSION_COOKIE_SAMESITE="Strict", SESSION_REFRESH_EACH_REQUEST=False,
                   PERMANENT_SESSION_LIFETIME=timedelta(seconds=config["SESSION_TTL_S"]))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
+from pathlib import Path
 from unittest import mock
 
 import openai
@@ -11,7 +14,8 @@ import pytest
 import redis
 import requests
 
-from tests.helpers import poll_until
+from tests.conftest import start_redis
+from tests.helpers import free_port, poll_until
 
 ALICE, BOB, PLAIN = "sk-alice-3f9a7c1e", "sk-bob-88d0b2aa", "sk-plain-51c4e0d9"
 SECRET = "test-secret-7d1c"
@@ -248,17 +252,18 @@ def test_workers_of_one_instance_share_the_session_secret(start_server) -> None:
     server = start_server(WORKERS=2, API_KEYS=f"alice:{ALICE}", DEMO_DELAY_MS=0)
     jar = session_cookie(server)  # signed by one of the two workers
     pids: set[int] = set()
-    for _ in range(60):
-        # A stream started with the cookie on whichever worker takes it (memory store: the
-        # stream lives there), then its info, by the same worker or (a 404) the other one.
+
+    def both_answered() -> bool:
+        # A stream started with the cookie on whichever worker takes it (memory store: the stream
+        # lives there), then its info, by the same worker or (a 404) the other one. Until a deadline,
+        # not a count of tries: the second worker may still be booting.
         started = call(server, "GET", "/stream?text=a&delay_ms=0", headers=SAME_SITE, cookies=jar)
         assert started.status_code == 200, started.text
         pid = _answering_worker(server, jar, started.headers["X-Stream-Id"])
         if pid is not None:
             pids.add(pid)
-        if len(pids) == 2:
-            break
-    assert len(pids) == 2, f"only worker {pids} answered"
+        return len(pids) == 2
+    poll_until(both_answered, 20, "both workers to answer", interval=0.01)
 
 
 @pytest.fixture
@@ -293,3 +298,108 @@ def test_the_configured_secret_wins_over_the_shared_one(start_server, redis_url,
     assert call(configured, "GET", "/v1/models", cookies=cookie, headers=SAME_SITE).status_code == 401
     assert call(configured, "GET", "/v1/models", cookies=_forged(SECRET, "alice"),
                 headers=SAME_SITE).status_code == 200
+
+
+def _workers(server) -> set[int]:
+    """The pids of ``server``'s workers: its gunicorn master's children."""
+    master, pids = server.process.proc.pid, set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended meanwhile
+        if ppid == master:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+def _every_worker_accepts(servers, jar: dict[str, str], sid: str, what: str) -> None:
+    """Poll until each worker of ``servers`` has answered a cookie-authenticated request (a 401
+    from any fails at once)."""
+    for server in servers:
+        answered: set[int | None] = set()
+
+        def all_answered(server=server, answered=answered) -> bool:
+            answered.add(_answering_worker(server, jar, sid))
+            return _workers(server) <= answered
+        poll_until(all_answered, 20, f"every worker of {server.url} to answer {what}")
+
+
+def _shared_stream(a, b) -> str:
+    """A stream started on ``a`` that ``b`` sees: in Redis (a worker that has not yet seen Redis
+    come back keeps the streams it starts to itself), so any worker of either answers its info."""
+    def started() -> str | None:
+        sid = _stream_of(a, ALICE)
+        return sid if call(b, "GET", f"/api/streams/{sid}/info", headers={"X-API-Key": ALICE}).ok else None
+    return poll_until(started, 10, "a stream in Redis")
+
+
+def test_the_shared_secret_survives_a_redis_that_restarts_empty(start_server, tmp_path,
+                                                               redis_prefix) -> None:
+    """Every process puts the secret it holds back into an emptied Redis, so a worker started
+    afterwards (one more by SIGTTIN, a replaced one) on either instance reads the same."""
+    port = free_port()
+    redis_proc = start_redis(port, tmp_path / "redis-1.log")
+    try:
+        settings = dict(REDIS_URL=f"redis://127.0.0.1:{port}/0", REDIS_PREFIX=redis_prefix,
+                        API_KEYS=f"alice:{ALICE}", DEMO_DELAY_MS=0)
+        a, b = start_server(WORKERS=2, **settings), start_server(**settings)
+        jar = session_cookie(a)
+        key = f"{redis_prefix}:session-secret"
+        shared = redis.Redis(port=port).get(key)
+
+        redis_proc.stop(signal.SIGKILL)
+        redis_proc = start_redis(port, tmp_path / "redis-2.log")  # empty: no persistence
+        poll_until(lambda: redis.Redis(port=port).get(key) == shared, 10, "the secret back in Redis")
+        os.kill(b.process.proc.pid, signal.SIGTTIN)  # b (not the instance that made it) adds a worker
+        poll_until(lambda: len(_workers(b)) == 2, 20, "b's second worker")
+        _every_worker_accepts([a, b], jar, _shared_stream(a, b), "after b added a worker")
+
+        redis_proc.stop(signal.SIGKILL)
+        redis_proc = start_redis(port, tmp_path / "redis-3.log")
+        replaced = min(_workers(a))
+        os.kill(replaced, signal.SIGKILL)  # at once: gunicorn starts another worker
+        poll_until(lambda: len(_workers(a) - {replaced}) == 2, 20, "a's replacement worker")
+        _every_worker_accepts([a, b], jar, _shared_stream(a, b), "after a worker was replaced")
+    finally:
+        redis_proc.stop()
+
+
+def test_a_worker_started_without_redis_adopts_the_shared_secret_later(start_server, tmp_path,
+                                                                       redis_prefix) -> None:
+    """A worker that could not read Redis at start signs with its instance's secret until it
+    can, then uses the shared one: another instance's cookie works on it."""
+    port = free_port()
+    settings = dict(REDIS_URL=f"redis://127.0.0.1:{port}/0", REDIS_PREFIX=redis_prefix,
+                    API_KEYS=f"alice:{ALICE}", DEMO_DELAY_MS=0)
+    early = start_server(**settings)  # nothing listens on the port yet
+    redis_proc = start_redis(port, tmp_path / "redis.log")
+    try:
+        later = start_server(**settings)
+        jar = session_cookie(later)
+
+        def accepted() -> bool:
+            return call(early, "GET", "/v1/models", cookies=jar, headers=SAME_SITE).status_code == 200
+        poll_until(accepted, 10, "the early instance to accept the later one's cookie")
+    finally:
+        redis_proc.stop()
+
+
+def test_a_secret_set_in_redis_reaches_every_worker(start_server, redis_url, redis_prefix,
+                                                    shared_secret) -> None:
+    """The documented rotation: a new value SET in Redis signs cookies everywhere; old ones fail."""
+    server = start_server(WORKERS=2, REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix,
+                          API_KEYS=f"alice:{ALICE}")
+    old = session_cookie(server)
+    sid = _stream_of(server, ALICE)  # in Redis: either worker answers its info, with its pid
+    redis.Redis.from_url(redis_url).set(shared_secret, "rotated-secret-0c4e")
+    new, adopted = _forged("rotated-secret-0c4e", "alice"), set()
+
+    def everywhere() -> bool:
+        resp = call(server, "GET", f"/api/streams/{sid}/info", headers=SAME_SITE, cookies=new)
+        if resp.status_code == 200:  # a 401: that worker has not synced yet
+            adopted.add(resp.json()["pid"])
+        return _workers(server) <= adopted
+    poll_until(everywhere, 10, "every worker to sign with the new secret")
+    for _ in range(4):
+        assert call(server, "GET", "/v1/models", cookies=old, headers=SAME_SITE).status_code == 401
