@@ -7,10 +7,14 @@ instance gets the rest of the stream, every event once, in order.
 
 from __future__ import annotations
 
+import os
 import signal
 
+import redis
 import requests
 
+from streamapp import sse
+from streamapp.sse import EventParser, LineSplitter
 from tests.conftest import start_redis
 from tests.fake_upstream import token_list
 from tests.helpers import SSEClient, data_events, first_deltas, free_port, poll_until, q
@@ -94,3 +98,87 @@ def test_the_store_publishes_its_streams_again_after_an_empty_restart() -> None:
     from tests.redis_helpers import run_patched
 
     run_patched("test_redis_restart", "scenario_republished_after_an_empty_restart")
+
+
+def _two_instances_on_a_stream(start_server, redis_port: int, tag: str, tokens: int):
+    """Two instances on the test's Redis; a slow stream of ``tokens`` started on the first
+    and left after 3 deltas (it goes on for the resume grace): (a, b, sid, deltas read)."""
+    settings = dict(REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", REDIS_PREFIX=f"streamapp-test-{tag}",
+                    RESUME_GRACE_S=30, HEARTBEAT_S=0.5, HEADER_WAIT_S=0.2)
+    a, b = start_server(**settings), start_server(**settings)
+    model = q(f"slow?tokens={tokens}&delay_ms=50&tag={tag}")
+    client = SSEClient(f"{a.url}/ai-stream?prompt=hi&model={model}")
+    sid = client.headers["X-Stream-Id"]
+    got = first_deltas(client, 3)
+    client.close()
+    assert requests.get(f"{b.url}/api/streams/{sid}/info", timeout=5).status_code == 200
+    return a, b, sid, got
+
+
+def _assert_the_rest(got, rest, tokens: int) -> None:
+    """``rest`` follows ``got`` to the stream's end: every event once, in order, no error."""
+    assert rest[-1].event == "end", rest[-3:]
+    assert not [e for e in rest if e.event == "error"], [e for e in rest if e.event == "error"]
+    seqs = [int(e.id.rsplit("-", 1)[1]) for e in rest if e.id]
+    first = int(got[-1].id.rsplit("-", 1)[1])
+    assert seqs == list(range(first + 1, first + 1 + len(seqs))), seqs
+    assert "".join(e.data for e in data_events(got + rest)) == "".join(token_list(tokens))
+
+
+def test_a_resume_on_another_instance_right_after_an_empty_restart_waits_for_the_stream(
+        start_server, tmp_path, tag):
+    # Before the owner's heartbeat has published it again, the other instance finds no
+    # metadata: it must wait for it (it knows Redis lost its state), not answer 204.
+    port = free_port()
+    redis_proc = start_redis(port, tmp_path / "redis-1.log")
+    try:
+        tokens = 200
+        a, b, sid, got = _two_instances_on_a_stream(start_server, port, tag, tokens)
+        redis_proc.stop(signal.SIGKILL)
+        redis_proc = start_redis(port, tmp_path / "redis-2.log")  # empty: no persistence
+        with SSEClient(f"{b.url}/api/streams/{sid}", headers={"Last-Event-ID": got[-1].id},
+                       timeout=30) as other:
+            assert other.status == 200
+            rest = other.read_all()
+        _assert_the_rest(got, rest, tokens)
+    finally:
+        redis_proc.stop()
+
+
+def test_a_reader_on_another_instance_goes_on_through_an_empty_restart(start_server, tmp_path, tag):
+    # The owner instance is stopped (SIGSTOP) while Redis loses its data, so Redis stays
+    # without the stream's metadata while the reader on the other instance makes its checks
+    # (its keep-alives show it looping): it must keep waiting, not end with stream_gap.
+    port = free_port()
+    redis_proc = start_redis(port, tmp_path / "redis-1.log")
+    try:
+        tokens = 200
+        a, b, sid, got = _two_instances_on_a_stream(start_server, port, tag, tokens)
+        splitter, parser, rest = LineSplitter(), EventParser(), []
+        keep_alive = sse.comment("keep-alive")
+        with SSEClient(f"{b.url}/api/streams/{sid}", headers={"Last-Event-ID": got[-1].id},
+                       timeout=30) as other:
+            assert other.status == 200
+            chunks = other.iter_chunks()
+            while len(rest) < 2:  # following it
+                rest += [e for line in splitter.feed(next(chunks)) if (e := parser.feed_line(line))]
+            os.killpg(a.process.proc.pid, signal.SIGSTOP)
+            try:
+                # Redis loses every key and script, as an empty restart does (without the
+                # dropped connections, whose store_unavailable a client resumes from).
+                with redis.Redis(port=port) as client:
+                    client.flushall()
+                    client.script_flush()
+                idle = 0
+                while idle < 6:  # three seconds of its loop: past a check with no metadata
+                    chunk = next(chunks)
+                    idle += chunk.count(keep_alive)
+                    rest += [e for line in splitter.feed(chunk) if (e := parser.feed_line(line))]
+                    assert not [e for e in rest if e.event == "error"], rest[-1]
+            finally:
+                os.killpg(a.process.proc.pid, signal.SIGCONT)
+            for chunk in chunks:
+                rest += [e for line in splitter.feed(chunk) if (e := parser.feed_line(line))]
+        _assert_the_rest(got, rest, tokens)
+    finally:
+        redis_proc.stop()

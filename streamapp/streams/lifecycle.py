@@ -28,16 +28,20 @@ No Flask here: who the client is and how a refusal looks belong to the door.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 import gevent.event
 
 from ..events import Event, Failed
 from ..wire import is_resumable, is_stream_id
-from .manager import StreamManager
+from .manager import PUBLISH_WAIT_S, StreamManager
 from .reader import StreamReader
+
+RECOVERY_POLL_S = 0.1  # how often a resume looks for a stream Redis lost and is getting back
 
 
 @dataclass(frozen=True)
@@ -121,17 +125,23 @@ class Lifecycle:
 
     # -- resume ----------------------------------------------------------------------------
     def find(self, sid: str, after: int, *, check_owner: Callable[[dict[str, Any]], None],
-             route: str | None = None) -> Resumable | None:
+             route: str | None = None, recovery_wait: float = PUBLISH_WAIT_S) -> Resumable | None:
         """The stream to resume after event ``after``, or ``None`` when there is nothing to
         resume (unknown or expired, another door's stream, nothing after ``after``).
 
         ``check_owner(meta)`` raises when the caller may not see the stream; it runs before
         anything else about the stream is looked at. With ``route``, only a stream that door
         made, and only in a format whose client resumes by id; without it (the stream API),
-        a stream whose format has no ids is replayed whole.
+        a stream whose format has no ids is replayed whole. While the store is recovering
+        (Redis lost its data), a missing stream is waited for up to ``recovery_wait``: its
+        producer's process sends it again.
         """
         manager = self.manager
-        meta = manager.store.meta(sid) if is_stream_id(sid) else None
+        if not is_stream_id(sid):
+            return None
+        meta = manager.store.meta(sid)
+        if meta is None and manager.store.recovering():
+            meta = self._sent_again(sid, recovery_wait)
         if meta is None:
             return None
         check_owner(meta)
@@ -146,6 +156,17 @@ class Lifecycle:
             return None
         manager.resumed(sid, meta)
         return Resumable(sid, after, meta, fmt)
+
+    def _sent_again(self, sid: str, timeout: float) -> dict[str, Any] | None:
+        """``sid``'s metadata once its producer's process sent it again, or ``None`` after
+        ``timeout`` (a poll: nothing announces it to this process)."""
+        store, deadline = self.manager.store, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            gevent.sleep(min(RECOVERY_POLL_S, max(0.0, deadline - time.monotonic())))
+            meta = store.meta(sid)
+            if meta is not None:
+                return meta
+        return None
 
     def has_more(self, sid: str, meta: dict[str, Any], after: int) -> bool:
         """Whether stream ``sid`` (metadata ``meta``) has, or will have, events after ``after``."""

@@ -224,8 +224,8 @@ class StreamReader:
         store, sid = self.manager.store, self.sid
         meta = store.meta(sid)
         if meta is None:  # expired or gone before we saw its end
-            if store.read(sid, self.cursor, 1):
-                return None
+            if store.read(sid, self.cursor, 1) or store.recovering():
+                return None  # more to read, or Redis lost it and its producer sends it again
             return self._fail("stream_gap", "the rest of this stream expired before it was read")
         if meta.get("state") == "finished":
             if store.read(sid, self.cursor, 1):

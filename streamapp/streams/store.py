@@ -65,6 +65,11 @@ class Store:
     def heartbeat(self) -> None:
         """Tell other processes this one is alive (called on every manager tick)."""
 
+    def recovering(self) -> bool:
+        """Whether the shared backend lost its data lately (an empty restart) and the processes
+        producing streams may still be sending theirs again: a missing stream may come back."""
+        return False
+
     def check(self) -> str | None:
         """``None`` when the store works, else why not (for ``/readyz``; names no host)."""
         return None

@@ -9,6 +9,8 @@ without bound:
 - ``P:readers:<sid>``  a sorted set: reader id -> lease expiry (unix time)
 - ``P:cancel:<sid>``   set when a cancel was requested
 - ``P:owner:<owner>``  a process's liveness key, renewed on every manager tick
+- ``P:up``             kept by the heartbeats (no TTL): missing, Redis lost its data
+- ``P:recovering``     set for a while by the first process that notices the loss
 - ``P:bell:<id>``      a doorbell that interrupts a dispatcher's blocking read
 
 A stream's meta, readers and cancel keys get its log's TTL with every write,
@@ -43,7 +45,8 @@ stream created during an outage is served by this process only. The store
 notices Redis coming back on its own (the heartbeat). When Redis comes back
 empty (no persistence: this process's liveness key, or a stream's metadata,
 is gone), every stream still mirrored here is published again, metadata then
-its whole log, so a resume anywhere keeps working.
+its whole log, so a resume anywhere keeps working; until then the store says it
+is ``recovering``, and a missing stream is waited for rather than taken for gone.
 
 Forgetting an ended stream (a deleted response) deletes its keys and sends
 "forget" to the process that produced it, which drops its mirror and whatever

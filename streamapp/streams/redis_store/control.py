@@ -6,7 +6,10 @@ a cancel also sets ``P:cancel:<sid>``, which the producer's process polls in cas
 message was lost.
 Each process renews ``P:owner:<owner>`` on every manager tick: a process unheard of
 for ``OWNER_TTL_S`` is taken for dead, and the key vanishing while this process is
-alive tells it that Redis lost its data (a restart without persistence).
+alive tells it that Redis lost its data (a restart without persistence). So does
+``P:up`` missing, a key with no TTL that the heartbeats keep: a process that notices
+the loss sets ``P:recovering`` for ``RECOVERY_S`` first, then ``P:up`` again, so every
+process can tell, from Redis alone, that a missing stream may still come back.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .health import Health
 
 logger = logging.getLogger(__name__)
 OWNER_TTL_S = 10  # a process unheard of this long is taken for dead
+RECOVERY_S = OWNER_TTL_S  # after Redis lost its data, this long a missing stream may come back
 ALIVE_CACHE_S = 1.0  # how long an answer about another process's liveness is reused
 
 
@@ -105,15 +109,29 @@ class Liveness:
         self.client, self.keys = client, keys
         self.owner = ""
         self._renewed = False  # the key was set at least once
+        self._up, self._recovering = f"{keys.prefix}:up", f"{keys.prefix}:recovering"
         self._alive: dict[str, tuple[float, bool]] = {}  # owner -> (asked at, alive)
 
     def renew(self) -> bool:
-        """Renew this process's key; whether Redis had lost it since the last renewal (a
-        restart that emptied it, or an outage longer than the key's TTL)."""
-        before = self.client.set(self.keys("owner", self.owner), 1, ex=OWNER_TTL_S, get=True)
-        lost = self._renewed and before is None
+        """Renew this process's key; whether Redis lost its data since the last renewal (a
+        restart that emptied it, or an outage longer than the key's TTL): then
+        ``P:recovering`` is set, and ``P:up`` after it."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys("owner", self.owner), 1, ex=OWNER_TTL_S, get=True)
+            pipe.exists(self._up)
+            before, up = pipe.execute()
+        lost = (self._renewed and before is None) or not up
         self._renewed = True
+        if lost:
+            self.client.set(self._recovering, 1, ex=RECOVERY_S)
+            self.client.set(self._up, 1)
         return lost
+
+    def recovering(self) -> bool:
+        """Whether Redis lost its data lately, as any process noticed it, or not noticed
+        by anyone yet (``P:up`` missing)."""
+        up, recovering = self.client.mget(self._up, self._recovering)
+        return up is None or recovering is not None
 
     def alive(self, owner: str) -> bool:
         """Whether process ``owner`` renewed its key within ``OWNER_TTL_S``."""

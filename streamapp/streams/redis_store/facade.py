@@ -14,7 +14,7 @@ from ...events import Event
 from ..store import Store
 from .clients import Clients
 from .codec import Keys, meta_fields
-from .control import ControlChannel, Liveness
+from .control import RECOVERY_S, ControlChannel, Liveness
 from .dispatcher import Dispatchers
 from .health import Health
 from .mirror import Mirror
@@ -63,6 +63,8 @@ class RedisStore(Store):
         self._write = self.writer.append
         self._greenlets: list[gevent.Greenlet] = []
         self._beat: gevent.Greenlet | None = None
+        self._lost = False  # Redis lost this process's keys: its streams are still to be sent again
+        self._lost_at = -RECOVERY_S  # monotonic time the loss was last noticed
         self.closed = False
 
     def _side(self, sid: str) -> Mirror | Remote:
@@ -123,21 +125,42 @@ class RedisStore(Store):
     def _renew(self) -> None:
         self.mirror.tidy()
         try:
-            lost = self.liveness.renew()
+            if self.liveness.renew():
+                self._noticed_loss()
             self.publisher.forget_strays()
         except redis.RedisError as exc:
             self.health.lost(exc)
             return
         self.health.back()
-        if lost:
+        if self._lost:
+            self._lost = False
             sids = self.mirror.shared_streams()
             logger.warning("Redis lost this process's keys (restarted empty?); publishing its %d "
                            "running streams again", len(sids))
             self.writer.resend(sids)
 
+    def _noticed_loss(self) -> None:
+        """Redis lost this process's keys: others' streams may be missing for a while, and
+        ours are to be sent again (by the next heartbeat that reaches Redis)."""
+        self._lost = True
+        self._lost_at = time.monotonic()
+
+    def recovering(self) -> bool:
+        if time.monotonic() - self._lost_at < RECOVERY_S:
+            return True
+        try:  # asked when a stream is missing: maybe Redis lost it since our last tick
+            recovering = self.liveness.recovering()
+        except redis.RedisError as exc:
+            self.health.lost(exc)
+            return False
+        if recovering and self.liveness.owner:  # started: ours go out now, if lost too
+            self.heartbeat()
+        return recovering
+
     def _republish(self, sids: list[str]) -> None:
         """Redis has no metadata for these streams of ours (it lost them): send it and
         each log so far again, the log held back until the metadata is in."""
+        self._lost_at = time.monotonic()
         for sid in sids:
             if sid in self.publisher.publishing:
                 continue  # its metadata is on its way; its events wait for it
