@@ -181,3 +181,32 @@ def scenario_write_script(url: str, prefix: str) -> None:
 
 def test_the_write_script_is_safe_to_repeat_and_needs_the_metadata(redis_url, redis_prefix) -> None:
     run_patched("test_redis_writer", "scenario_write_script", url=redis_url, prefix=redis_prefix)
+
+
+def test_a_long_log_is_written_a_bounded_number_of_events_a_call() -> None:
+    # A stream's whole log sent again (Redis lost it) must not become one script call that
+    # holds Redis up for all its events: the write is split, and every event lands once.
+    import redis
+
+    from streamapp.events import Delta
+    from streamapp.streams.redis_store.codec import encode
+    from streamapp.streams.redis_store.scripts import WRITE_EVENTS
+
+    server = RedisServer().start()
+    try:
+        store = make_store(server.url, "long")
+        client = redis.Redis.from_url(server.url)
+        for sid in ("warm", "long"):
+            client.hset(f"long:meta:{sid}", "format", '"plain"')  # its metadata is in
+        store.scripts.write(client, [("warm", 0, [1, encode(Delta("w", 0))])])  # the script loaded
+
+        def calls() -> int:
+            return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+        before, n = calls(), 2 * WRITE_EVENTS + 100
+        events = [x for seq in range(1, n + 1) for x in (seq, encode(Delta(str(seq), seq - 1)))]
+        assert store.scripts.write(client, [("long", n, events)]) == []
+        assert calls() - before == 3  # n events, WRITE_EVENTS at most a call
+        assert texts(store.read("long", 0)) == [str(seq) for seq in range(1, n + 1)]
+        assert store.meta("long")["last"] == n  # the end went with the last part
+    finally:
+        server.stop()

@@ -6,6 +6,7 @@ Each is safe to repeat: a batch retried after a lost reply changes nothing twice
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -13,6 +14,7 @@ import redis
 from .codec import Keys
 
 WRITE_CHUNK = 256  # streams per script call (a long script holds Redis up)
+WRITE_EVENTS = 512  # events per write call at most: a long log is split over several calls
 
 # The writer's one command per batch, for every stream in it: KEYS are each stream's log, meta,
 # readers and cancel keys; ARGV[1] and ARGV[2] the TTLs of a running and of an ended stream; then
@@ -86,22 +88,24 @@ class Scripts:
         self._count = client.register_script(COUNT)
 
     def write(self, client: redis.Redis, writes: list[Write]) -> list[str]:
-        """Append and end streams, ``WRITE_CHUNK`` a call; the sids left untouched because
-        Redis has no metadata for them."""
+        """Append and end streams, at most ``WRITE_CHUNK`` streams and ``WRITE_EVENTS``
+        events a call (a long log goes in parts, its end with the last); the sids left
+        untouched because Redis has no metadata for them (and none of their later parts)."""
         p = self.keys.prefix
-        lost: list[str] = []
-        for start in range(0, len(writes), WRITE_CHUNK):
-            chunk = writes[start:start + WRITE_CHUNK]
+        lost: dict[str, None] = {}
+        for chunk in _calls(writes):
+            if lost:
+                chunk = [write for write in chunk if write[0] not in lost]
             keys: list = []
             args: list = [self.running_ttl, self.ttl]
             for sid, last, events in chunk:
                 keys += (f"{p}:log:{sid}", f"{p}:meta:{sid}", f"{p}:readers:{sid}", f"{p}:cancel:{sid}")
                 args += (len(events) // 2, last)
                 args += events
-            missing = self._write(keys, args, client=client)
+            missing = self._write(keys, args, client=client) if chunk else None
             if missing:
-                lost += (chunk[int(i) - 1][0] for i in missing)
-        return lost
+                lost.update((chunk[int(i) - 1][0], None) for i in missing)
+        return list(lost)
 
     def publish(self, client: redis.Redis, batch: list[tuple[str, list[str]]]) -> None:
         """Write ``(sid, meta fields and values)``, ``WRITE_CHUNK`` streams a call."""
@@ -116,3 +120,25 @@ class Scripts:
     def count(self, sids: list[str], now: float) -> list[int]:
         """Live leases in each stream's readers key, in one command."""
         return self._count([self.keys("readers", sid) for sid in sids], [now])
+
+
+def _calls(writes: list[Write]) -> Iterator[list[Write]]:
+    """``writes`` in calls of at most ``WRITE_CHUNK`` streams and ``WRITE_EVENTS`` events,
+    a stream with more events than fit split into parts (only the last carries its end)."""
+    call: list[Write] = []
+    room = WRITE_EVENTS
+    for sid, last, events in writes:
+        while True:
+            if len(events) <= 2 * room:
+                part, events = events, []
+            else:
+                part, events = events[:2 * room], events[2 * room:]
+            call.append((sid, 0 if events else last, part))
+            room -= len(part) // 2
+            if room <= 0 or len(call) >= WRITE_CHUNK:
+                yield call
+                call, room = [], WRITE_EVENTS
+            if not events:
+                break
+    if call:
+        yield call
