@@ -300,3 +300,34 @@ def scenario_forget(url: str, prefix: str) -> None:
 
 def test_forget_deletes_every_key_and_the_owners_mirror(redis_url, prefix) -> None:
     run_patched("test_redis_store", "scenario_forget", url=redis_url, prefix=prefix)
+
+
+def scenario_late_renewal(url: str, prefix: str) -> None:
+    """A lease renewal sent before its reader's detach and landing after it does not bring
+    the reader back; a new reader attaches, and a reader whose lease Redis lost (an empty
+    restart) is counted again at its next renewal."""
+    import redis
+
+    store = make_store(url, prefix)
+    store.attach("late", "r1")
+    assert store.readers("late") == 1
+    store.detach("late", "r1")
+    store.attach("late", "r1")  # the renewal that was in flight
+    assert store.readers("late") == 0
+    store.attach("late", "r2")
+    assert store.readers("late") == 1
+    redis.Redis.from_url(url).delete(f"{prefix}:readers:late")  # Redis lost it
+    store.attach("late", "r2")
+    assert store.readers("late") == 1
+    store.detach_quietly("late", "r2")  # leaving for another process: not back either
+    store.attach("late", "r2")
+    assert store.readers("late") == 0
+    assert redis.Redis.from_url(url).ttl(f"{prefix}:readers:late") > 0
+    store.detach("gone", "r3")  # its lease lost (Redis lost it) while its renewal was on its way
+    store.attach("gone", "r3")
+    assert store.readers("gone") == 0
+    assert redis.Redis.from_url(url).ttl(f"{prefix}:readers:gone") > 0
+
+
+def test_a_late_lease_renewal_does_not_bring_a_departed_reader_back(redis_url, prefix) -> None:
+    run_patched("test_redis_store", "scenario_late_renewal", url=redis_url, prefix=prefix)

@@ -50,7 +50,8 @@ class RedisStore(Store):
         self.dispatchers = Dispatchers(self._blocking, self.redis, keys, self.health,
                                        blocking_pool_size, bell_ttl=ended_ttl)
         self.mirror = Mirror(ttl, lease, self.health, self.control, self._notify)
-        self.remote = Remote(self.redis, keys, self.health, self.control, self.dispatchers, lease)
+        self.remote = Remote(self.redis, keys, self.health, self.control, self.dispatchers,
+                             self.scripts, lease)
         self._progress = gevent.event.Event()  # set after each round of the writer or the publisher
         self.publisher = Publisher(lambda: clients.own("publish"), self.scripts, self.redis, keys,
                                    self.health, give_up=self.mirror.keep_local, done=self._published_round)

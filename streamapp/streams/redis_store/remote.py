@@ -13,6 +13,7 @@ from .codec import Keys, decode, decode_meta
 from .control import ControlChannel
 from .dispatcher import Dispatchers
 from .health import Health
+from .scripts import Scripts
 
 
 class Remote:
@@ -20,8 +21,8 @@ class Remote:
     ``StoreError`` (a 503, the reader's ``store_unavailable``)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, health: Health, control: ControlChannel,
-                 dispatchers: Dispatchers, lease: float) -> None:
-        self.client, self.keys, self.health = client, keys, health
+                 dispatchers: Dispatchers, scripts: Scripts, lease: float) -> None:
+        self.client, self.keys, self.health, self.scripts = client, keys, health, scripts
         self.control, self.dispatchers = control, dispatchers
         self.lease = lease
         self.lease_ttl = int(lease) + 1  # a readers key outlives every lease in it
@@ -51,28 +52,32 @@ class Remote:
             self.dispatchers.wait(self.keys("log", sid), after, timeout, wake)
 
     def attach(self, sid: str, reader: str) -> None:
+        with self.health.failing():
+            self.scripts.attach(self.keys("readers", sid), reader, time.time(), self.lease, self.lease_ttl)
+
+    def _leave(self, pipe: redis.client.Pipeline, sid: str, reader: str, now: float) -> None:
+        """Queue ``reader``'s departure: kept with a negative score (no live lease), so that
+        a renewal still on its way does not bring it back (see ``scripts.ATTACH``)."""
         key = self.keys("readers", sid)
-        with self.health.failing(), self.client.pipeline(transaction=False) as pipe:
-            pipe.zadd(key, {reader: time.time() + self.lease})
-            # TTL: at least the lease, never shorter than it was (the log's).
-            pipe.expire(key, self.lease_ttl, nx=True)
-            pipe.expire(key, self.lease_ttl, gt=True)
-            pipe.execute()
+        pipe.zadd(key, {reader: -now})
+        pipe.expire(key, self.lease_ttl, nx=True)  # a key made here expires too
 
     def detach(self, sid: str, reader: str) -> int:
-        key = self.keys("readers", sid)
+        key, now = self.keys("readers", sid), time.time()
         with self.health.failing():
             with self.client.pipeline() as pipe:
-                pipe.zrem(key, reader)
-                pipe.zcount(key, time.time(), "+inf")
-                gone, left = pipe.execute()
-            if gone and not left:
+                pipe.zscore(key, reader)
+                self._leave(pipe, sid, reader, now)
+                pipe.zcount(key, now, "+inf")
+                score, _, _, left = pipe.execute()
+            if score is not None and score > 0 and not left:
                 self.control.tell_owner(sid, "idle")
         return left
 
     def detach_quietly(self, sid: str, reader: str) -> None:
-        with self.health.failing():
-            self.client.zrem(self.keys("readers", sid), reader)
+        with self.health.failing(), self.client.pipeline() as pipe:
+            self._leave(pipe, sid, reader, time.time())
+            pipe.execute()
 
     def request_cancel(self, sid: str) -> None:
         with self.health.failing():

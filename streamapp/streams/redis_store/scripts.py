@@ -65,6 +65,23 @@ for k = 1, #KEYS do
   redis.call('EXPIRE', KEYS[k], ARGV[1], 'NX')
 end
 """
+# A reader's lease (KEYS[1]: the readers key; ARGV: reader, lease expiry, the key's least TTL,
+# and minus the time one lease ago). A reader that left is kept with a negative score (minus when
+# it left) for a lease, and is not brought back by a renewal that was on its way; a reader missing
+# altogether (its first attach, or Redis lost it) is added. The key's TTL: at least the lease,
+# never shorter than it was (the log's).
+ATTACH = b"""
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) < 0 then
+  return 0
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. ARGV[4], '(0')
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+"""
 # Live leases of each stream (KEYS: readers keys; ARGV[1]: now), in one command.
 COUNT = b"""
 local out = {}
@@ -78,7 +95,7 @@ Write = tuple[str, int, list]  # (sid, final seq or 0, [seq, event JSON, seq, ev
 
 
 class Scripts:
-    """The three scripts, registered on ``client``; ``write`` and ``publish`` run on the
+    """The four scripts, registered on ``client``; ``write`` and ``publish`` run on the
     connection they are given (the writer's, the publisher's)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, ttl: int, running_ttl: int) -> None:
@@ -86,6 +103,7 @@ class Scripts:
         self._write = client.register_script(WRITE)
         self._publish = client.register_script(PUBLISH)
         self._count = client.register_script(COUNT)
+        self._attach = client.register_script(ATTACH)
 
     def write(self, client: redis.Redis, writes: list[Write]) -> list[str]:
         """Append and end streams, at most ``WRITE_CHUNK`` streams and ``WRITE_EVENTS``
@@ -116,6 +134,10 @@ class Scripts:
                 args.append(len(fields) // 2)
                 args += fields
             self._publish([self.keys("meta", sid) for sid, _ in chunk], args, client=client)
+
+    def attach(self, key: str, reader: str, now: float, lease: float, ttl: int) -> None:
+        """Record or renew ``reader``'s lease in readers key ``key``, unless it left."""
+        self._attach([key], [reader, now + lease, ttl, lease - now])
 
     def count(self, sids: list[str], now: float) -> list[int]:
         """Live leases in each stream's readers key, in one command."""
