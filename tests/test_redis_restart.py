@@ -182,3 +182,48 @@ def test_a_reader_on_another_instance_goes_on_through_an_empty_restart(start_ser
         _assert_the_rest(got, rest, tokens)
     finally:
         redis_proc.stop()
+
+
+def scenario_the_loss_is_kept_until_the_streams_are_sent_again() -> None:
+    """The heartbeat that notices the loss fails right after (deleting a given-up stream's
+    keys is refused): the next heartbeat still sends the running streams again, though
+    this process's key is back in Redis by then."""
+    import redis
+
+    from tests.redis_helpers import META, Records, RedisServer, append_all, deltas, make_store, texts
+
+    server = RedisServer().start()
+    client = redis.Redis.from_url(server.url)
+    records = Records()
+    producer, remote = make_store(server.url, "kl"), make_store(server.url, "kl")
+    producer.start("owner-k")
+    producer.create("kept", {**META, "route": "sse"})
+    append_all(producer, "kept", deltas("a", "b"), final_done=False)
+    producer.flush()
+    assert texts(remote.read("kept", 0)) == ["a", "b"]
+    client.execute_command("ACL", "SETUSER", "default", "-hsetnx")  # a new stream's meta refused
+    producer.create("stray", META)
+    poll_until(lambda: records.count("served by this process only"), 10, "the stream given up")
+    client.execute_command("ACL", "SETUSER", "default", "+hsetnx", "-del")  # its keys' delete refused
+
+    def refused() -> int:
+        return int(client.info("errorstats").get("errorstat_NOPERM", {}).get("count", 0))
+    before = refused()
+    client.flushall()  # Redis lost its data
+    producer.heartbeat()  # notices the loss, then fails deleting the stray's keys
+    poll_until(lambda: refused() > before, 10, "the heartbeat's refused delete")
+    client.execute_command("ACL", "SETUSER", "default", "+del")
+
+    def beat_and_find() -> bool:
+        producer.heartbeat()
+        return remote.meta("kept") is not None
+    poll_until(beat_and_find, 10, "kept to be published again")
+    producer.flush()
+    assert texts(remote.read("kept", 0)) == ["a", "b"]
+    server.stop()
+
+
+def test_a_failed_heartbeat_does_not_forget_that_redis_lost_the_streams() -> None:
+    from tests.redis_helpers import run_patched
+
+    run_patched("test_redis_restart", "scenario_the_loss_is_kept_until_the_streams_are_sent_again")
