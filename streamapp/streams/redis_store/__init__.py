@@ -9,8 +9,8 @@ without bound:
 - ``P:readers:<sid>``  a sorted set: reader id -> lease expiry (unix time)
 - ``P:cancel:<sid>``   set when a cancel was requested
 - ``P:owner:<owner>``  a process's liveness key, renewed on every manager tick
-- ``P:up``             kept by the heartbeats (no TTL): missing, Redis lost its data
-- ``P:recovering``     set for a while by the first process that notices the loss
+- ``P:up``             renewed by every heartbeat: missing, Redis lost its data
+- ``P:recovering``     set for a while by the heartbeat that finds ``P:up`` missing
 - ``P:bell:<id>``      a doorbell that interrupts a dispatcher's blocking read
 
 A stream's meta, readers and cancel keys get its log's TTL with every write,

@@ -6,10 +6,10 @@ a cancel also sets ``P:cancel:<sid>``, which the producer's process polls in cas
 message was lost.
 Each process renews ``P:owner:<owner>`` on every manager tick: a process unheard of
 for ``OWNER_TTL_S`` is taken for dead, and the key vanishing while this process is
-alive tells it that Redis lost its data (a restart without persistence). So does
-``P:up`` missing, a key with no TTL that the heartbeats keep: a process that notices
-the loss sets ``P:recovering`` for ``RECOVERY_S`` first, then ``P:up`` again, so every
-process can tell, from Redis alone, that a missing stream may still come back.
+alive tells it that Redis lost its data (a restart without persistence). Every
+heartbeat also renews ``P:up``; the one that finds it missing sets ``P:recovering``
+for ``RECOVERY_S`` first, so any process can tell from Redis alone that a missing
+stream may still come back (``P:up`` missing, or ``P:recovering`` there).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import redis
 from .clients import Clients
 from .codec import Keys
 from .health import Health
+from .scripts import RENEW
 
 logger = logging.getLogger(__name__)
 OWNER_TTL_S = 10  # a process unheard of this long is taken for dead
@@ -110,21 +111,16 @@ class Liveness:
         self.owner = ""
         self._renewed = False  # the key was set at least once
         self._up, self._recovering = f"{keys.prefix}:up", f"{keys.prefix}:recovering"
+        self._renew = client.register_script(RENEW)
         self._alive: dict[str, tuple[float, bool]] = {}  # owner -> (asked at, alive)
 
     def renew(self) -> bool:
         """Renew this process's key; whether Redis lost its data since the last renewal (a
-        restart that emptied it, or an outage longer than the key's TTL): then
-        ``P:recovering`` is set, and ``P:up`` after it."""
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys("owner", self.owner), 1, ex=OWNER_TTL_S, get=True)
-            pipe.exists(self._up)
-            before, up = pipe.execute()
-        lost = (self._renewed and before is None) or not up
+        restart that emptied it, or an outage longer than the key's TTL)."""
+        had = self._renew([self.keys("owner", self.owner), self._up, self._recovering],
+                          [OWNER_TTL_S, RECOVERY_S])
+        lost = self._renewed and not had
         self._renewed = True
-        if lost:
-            self.client.set(self._recovering, 1, ex=RECOVERY_S)
-            self.client.set(self._up, 1)
         return lost
 
     def recovering(self) -> bool:

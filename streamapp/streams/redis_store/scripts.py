@@ -82,6 +82,17 @@ if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) then
 end
 return 1
 """
+# A process's heartbeat (KEYS: its liveness key, P:up, P:recovering; ARGV: the liveness TTL, how
+# long recovery lasts): renews both keys; P:up missing (Redis lost its data, or no process beat
+# for a TTL) sets P:recovering first. Returns whether the liveness key was there.
+RENEW = b"""
+local before = redis.call('SET', KEYS[1], 1, 'EX', ARGV[1], 'GET')
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[3], 1, 'EX', ARGV[2])
+end
+redis.call('SET', KEYS[2], 1, 'EX', ARGV[1])
+return before and 1 or 0
+"""
 # Live leases of each stream (KEYS: readers keys; ARGV[1]: now), in one command.
 COUNT = b"""
 local out = {}
