@@ -24,6 +24,9 @@ Modes:
                   cut in two across network chunks (and CRLF line ends for SSE)
 - ``silence``     ``at`` tokens (default 1), then silent for ``silence_s`` (default
                   5) watching for the peer to close, then the rest
+- ``keepalive``   ``at`` tokens (default 2), then for ``silence_s`` (default 10) no event
+                  but a keep-alive every ``every_ms`` (default 100): an SSE comment (OpenAI)
+                  or an empty line (Ollama); then the rest and the proper end
 - ``badtext``     200, the pieces of ``BAD_TEXT_PIECES``: lone surrogates as JSON
                   escapes (``"\\ud83d"``) and bytes that are not UTF-8, then the end;
                   a client that repairs them sees ``BAD_TEXT``
@@ -49,7 +52,7 @@ Modes:
                   (default 5) of content. OpenAI: ``delta.reasoning_content`` (with
                   ``field=reasoning``: ``delta.reasoning``), ``content: null`` beside it,
                   and a usage with the details of ``REASONING_USAGE``; Ollama:
-                  ``message.thinking`` lines
+                  ``message.thinking`` lines; with ``delay_ms``, that long before each piece
 - ``nousage``     ``tokens`` tokens and the end, without any usage (OpenAI: no usage
                   chunk; Ollama: a done line without counts)
 - ``endless``     200, ``at`` tokens (default 0), then one line that never ends: chunks of
@@ -329,20 +332,26 @@ def tools_frames(api: str, p: dict) -> bytes:
     return b"".join(http_chunk(f) for f in frames) + OPENAI_DONE
 
 
-def reasoning_frames(api: str, p: dict) -> bytes:
-    """The whole ``reasoning`` answer after the head, up to the last HTTP chunk."""
+def reasoning_chunks(api: str, p: dict) -> tuple[list[bytes], bytes]:
+    """The ``reasoning`` answer after the head: its HTTP chunks, and the tail that ends it."""
     n = int(p.get("tokens", 5))
     if api != "openai":
         frames = [ollama_message({"thinking": piece}) for piece in REASONING]
         frames += [ollama_message({"content": t}) for t in token_list(n)]
         frames.append(ollama_message({}, done=True, done_reason="stop", prompt_eval_count=7, eval_count=9))
-        return b"".join(http_chunk(f) for f in frames) + END
+        return [http_chunk(f) for f in frames], END
     field = "reasoning" if p.get("field") == "reasoning" else "reasoning_content"
     frames = [openai_delta({"role": "assistant", "content": ""})]
     frames += [openai_delta({"content": None, field: piece}) for piece in REASONING]
     frames += [openai_chunk(t) for t in token_list(n)]
     frames += [openai_chunk(None, "stop"), openai_chunk(None, usage=REASONING_USAGE)]
-    return b"".join(http_chunk(f) for f in frames) + OPENAI_DONE
+    return [http_chunk(f) for f in frames], OPENAI_DONE
+
+
+def reasoning_frames(api: str, p: dict) -> bytes:
+    """The whole ``reasoning`` answer after the head, up to the last HTTP chunk."""
+    chunks, tail = reasoning_chunks(api, p)
+    return b"".join(chunks) + tail
 
 
 def nousage_frames(api: str, p: dict) -> bytes:
@@ -394,7 +403,8 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
     n = int(p.get("tokens", 5))
     repeat = int(p.get("repeat", 1))
     delay = float(p.get("delay_ms", 200 if mode == "slow" else 0)) / 1000
-    at = int(p.get("at", {"inband": 0, "malformed": 0, "drop": 2, "silence": 1, "shape": 0}.get(mode, -1)))
+    at = int(p.get("at", {"inband": 0, "malformed": 0, "drop": 2, "silence": 1, "shape": 0,
+                          "keepalive": 2}.get(mode, -1)))
 
     if mode == "hang":
         gevent.sleep(float(p.get("silence_s", 60)))
@@ -424,6 +434,13 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
         record["sent"] = n
         return
     sock.sendall(HEAD[api, keep])
+    if mode == "reasoning" and delay:
+        chunks, tail = reasoning_chunks(api, p)
+        for chunk in chunks:
+            gevent.sleep(delay)
+            sock.sendall(chunk)
+        sock.sendall(tail)
+        return
     if mode in ANSWERS:
         sock.sendall(ANSWERS[mode](api, p))
         return
@@ -470,6 +487,12 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
                 return
             if mode == "silence":
                 gevent.sleep(float(p.get("silence_s", 5)))
+            if mode == "keepalive":
+                beat = http_chunk(b": keep-alive\n\n" if api == "openai" else b"\n")
+                every = float(p.get("every_ms", 100)) / 1000
+                for _ in range(int(float(p.get("silence_s", 10)) / every)):
+                    sock.sendall(beat)
+                    gevent.sleep(every)
         if delay and i:
             gevent.sleep(delay)
         sock.sendall(frames[i % len(TOKENS)])
