@@ -99,7 +99,8 @@ class UpstreamError(StreamappError):
     a redirect included: they are not followed), ``upstream_auth`` (401/403
     from the upstream), ``upstream_bad_response`` (not JSON, JSON of the wrong
     shape, a body that cannot be decoded), ``upstream_error`` (an in-band error
-    object), ``upstream_disconnected``.
+    object), ``upstream_cut`` (the connection closed, or the body ended, before the
+    answer's end).
 
     ``message`` goes to clients: it names the upstream by its role ("OpenAI
     upstream") and may relay the upstream's own error message, never our hosts,

@@ -90,7 +90,7 @@ def test_tokens_are_handed_over_as_they_arrive(provider, fake_upstream, tag) -> 
     ("inband?at=0", "upstream_error", "error"),
     ("inband?at=2", "upstream_error", "error"),
     ("malformed", "upstream_bad_response", "not JSON"),
-    ("drop?at=2", "upstream_disconnected", ""),
+    ("drop?at=2", "upstream_cut", ""),
     ("reset", "upstream_unreachable", ""),
     ("hang?silence_s=5", "upstream_timeout", "timed out"),
 ])

@@ -186,7 +186,7 @@ def test_a_failure_mid_stream_is_response_failed_with_the_error(client) -> None:
     assert end.type == "response.failed" and end.response.status == "failed"
     # OpenAI's closed list of codes; ours leads the message.
     assert end.response.error.code == "server_error"
-    assert end.response.error.message.startswith("upstream_disconnected: ")
+    assert end.response.error.message.startswith("upstream_cut: ")
     assert [item.status for item in end.response.output] == ["incomplete"]
     assert end.response.output[0].content[0].text == "".join(token_list(2))
 

@@ -179,7 +179,7 @@ def test_failure_before_first_token_is_an_http_error(server, provider, model, st
 @pytest.mark.parametrize("provider", ["openai", "ollama"])
 @pytest.mark.parametrize("model, code", [
     ("inband?at=3", "upstream_error"),
-    ("drop?at=3", "upstream_disconnected"),
+    ("drop?at=3", "upstream_cut"),
     ("malformed?at=3", "upstream_bad_response"),
 ])
 def test_failure_after_first_token_ends_with_error_event(server, provider, model, code) -> None:

@@ -150,7 +150,7 @@ class StreamEnd(_Strict):
 class StreamFailure(_Strict):
     """``data`` of ``event: error``: the stream failed after its first byte (the status was sent)."""
 
-    code: Annotated[str, Field(examples=["upstream_disconnected", "stream_gap", "producer_lost"])]
+    code: Annotated[str, Field(examples=["upstream_cut", "stream_gap", "producer_lost"])]
     message: str
 
 

@@ -202,7 +202,7 @@ ERRORS: dict[str, tuple[str, dict[str, Any] | None]] = {
             "{MAX_DETACHED_PER_CLIENT}); the message names the limit.",
             _RATE_LIMITED),
     "502": ("The upstream failed before the first token (`upstream_unreachable`, `upstream_http_error`, "
-            "`upstream_auth`, `upstream_bad_response`, `upstream_error`, `upstream_disconnected`).",
+            "`upstream_auth`, `upstream_bad_response`, `upstream_error`, `upstream_cut`).",
             _STREAM_ID_MAYBE),
     "503": ("The stream store (Redis) is unavailable (`store_unavailable`).", RETRY_AFTER),
     "504": ("The upstream sent nothing within {READ_TIMEOUT_S} s (READ_TIMEOUT_S) before the first token "

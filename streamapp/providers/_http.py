@@ -79,7 +79,7 @@ def translate_errors(what: str) -> Iterator[None]:
                       exc) from exc
     except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError,
             ConnectionResetError) as exc:
-        raise _mapped(what, "closed the connection mid-stream", "upstream_disconnected", exc) from exc
+        raise _mapped(what, "closed the connection mid-stream", "upstream_cut", exc) from exc
     except requests.ConnectionError as exc:
         raise _mapped(what, "is unreachable", "upstream_unreachable", exc) from exc
     except requests.RequestException as exc:

@@ -246,7 +246,7 @@ class OllamaProvider:
                 yield Done(reason, self._usage(obj, line))
                 return
         raise UpstreamError(f"{self.what} ended the stream before done: true",
-                            code="upstream_disconnected")
+                            code="upstream_cut")
 
     def _tool_calls(self, calls: object, first: int, line: str) -> list[ToolCall]:
         """Whole Ollama tool calls as ``ToolCall`` events numbered from ``first``,

@@ -173,7 +173,7 @@ class OpenAIProvider:
                     raise bad_shape(self.what, "finish_reason is not a string", event.data)
                 finish_reason = reason or finish_reason
         raise UpstreamError(f"{self.what} ended the stream without [DONE]",
-                            code="upstream_disconnected")
+                            code="upstream_cut")
 
     def _tool_calls(self, calls: object, text: str) -> list[ToolCall]:
         """One ``ToolCall`` per ``delta.tool_calls[]`` entry, each checked before any is used."""
