@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "BODY_TIMEOUT_S": 10.0,            # a request body must arrive within this (else 408)
     "CONNECT_TIMEOUT_S": 5.0,          # upstream TCP connect
     "READ_TIMEOUT_S": 120.0,           # upstream silence before giving up
+    "STALL_TIMEOUT_S": 60.0,           # after the first token: no upstream event this long is a stall
     "OPENAI_MODEL": "gpt-4o-mini",
     "OLLAMA_MODEL": "llama3.2",
     "HEARTBEAT_S": 15.0,               # SSE comment when nothing else was sent
@@ -69,9 +70,9 @@ DEFAULTS: dict[str, Any] = {
     "WS_MAX_FRAME_BYTES": 2 << 20,     # a frame over this closes the socket (1009)
 }
 
-_FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S", "BODY_TIMEOUT_S",
-           "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S", "STREAM_MAX_DURATION_S",
-           "SESSION_TTL_S", "SLOT_LEASE_S", "WS_PING_S", "READY_CACHE_S")
+_FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "STALL_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S",
+           "BODY_TIMEOUT_S", "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S",
+           "STREAM_MAX_DURATION_S", "SESSION_TTL_S", "SLOT_LEASE_S", "WS_PING_S", "READY_CACHE_S")
 # Taken as written from the environment (Flask parses STREAMAPP_* values as JSON: a key "1e5" stays text).
 _RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "SECRET_KEY", "CORS_ORIGINS", "READY_PROVIDERS")
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
@@ -121,6 +122,8 @@ def validate(config: dict[str, Any]) -> None:
         raise ValueError(f"STREAMAPP_DEFAULT_PROVIDER must be one of {', '.join(PROVIDERS)}")
     if config["HEARTBEAT_S"] <= 0:
         raise ValueError("STREAMAPP_HEARTBEAT_S must be > 0")
+    if config["STALL_TIMEOUT_S"] <= 0:
+        raise ValueError("STREAMAPP_STALL_TIMEOUT_S must be > 0")
     for key in ("REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE"):
         if config[key] < 1:
             raise ValueError(f"STREAMAPP_{key} must be >= 1")

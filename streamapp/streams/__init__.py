@@ -33,7 +33,8 @@ def init_app(app: Flask) -> None:
     tick = min(config["HEARTBEAT_S"] / 3, config["LEASE_S"] / 3, 2.0)
     manager = StreamManager(
         make_store(config), config["RESUME_GRACE_S"], tick, max_events=config["STREAM_MAX_EVENTS"],
-        max_bytes=config["STREAM_MAX_BYTES"], max_duration=config["STREAM_MAX_DURATION_S"])
+        max_bytes=config["STREAM_MAX_BYTES"], max_duration=config["STREAM_MAX_DURATION_S"],
+        stall=config["STALL_TIMEOUT_S"])
     app.extensions["streams"] = manager
     timing = Timing(header_wait=config["HEADER_WAIT_S"],
                     first_limit=config["CONNECT_TIMEOUT_S"] + config["READ_TIMEOUT_S"] + 5,

@@ -41,12 +41,13 @@ class StreamManager:
     """Per-process registry of producers and readers over a shared store."""
 
     def __init__(self, store: Store, grace: float, tick: float = 1.0, *, max_events: int = 0,
-                 max_bytes: int = 0, max_duration: float = 0.0,
+                 max_bytes: int = 0, max_duration: float = 0.0, stall: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.grace = grace
         self.tick = tick  # readers are woken this often to send heartbeats and renew leases
         self.max_events, self.max_bytes, self.max_duration = max_events, max_bytes, max_duration
+        self.stall = stall  # a running stream without an event this long after its first token fails
         self.clock = clock
         self.owner = secrets.token_hex(8)
         self.stopping = gevent.event.Event()
@@ -138,7 +139,7 @@ class StreamManager:
         producer = Producer(
             sid, events, self.store, self._producer_exit, max_events=self.max_events,
             max_bytes=self.max_bytes, on_disconnect=on_disconnect, started_at=self.clock(),
-            meta=meta, clock=self.clock)
+            meta=meta, stall=self.stall, clock=self.clock)
         try:
             self.store.create(sid, {**meta, "state": "running"})
         except BaseException:

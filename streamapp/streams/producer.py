@@ -10,6 +10,14 @@ events that carry content (text, reasoning, tool-call fragments), or
 ``max_bytes`` of that content (UTF-8, :func:`~streamapp.events.content_bytes`).
 Whatever happens, the exit path runs to its end: the final event is appended
 and ``on_exit`` is called.
+
+After the first token the stream never ends silently: with ``stall`` set, an upstream
+that yields no event for that long (silent, or sending only keep-alive bytes, which the
+socket's per-read timeout does not see) ends the stream with ``Failed("upstream_stalled")``,
+and so does a read timeout after the first token. The check costs nothing per event: a
+timer armed once, at the first token, wakes every ``stall / 4`` and compares the event
+count with the one it saw last; four quiet wakes in a row are a stall, so a stall ends
+between ``stall`` and ``1.25 * stall`` after the last event.
 """
 
 from __future__ import annotations
@@ -40,12 +48,21 @@ class StreamStopped(Exception):
     """Thrown into a producer to stop it; ``args[0]`` is the finish reason."""
 
 
+class StreamStalled(Exception):
+    """Thrown into a producer whose upstream yielded no event for its stall timeout."""
+
+
+STALL_CHECKS = 4  # quiet checks in a row that make a stall: one every stall / STALL_CHECKS
+
+
 class Producer:
     """Runs ``events`` into ``store`` under stream id ``sid``.
 
     ``on_disconnect`` is ``"cancel"`` (stop once nobody reads, after the grace)
     or ``"finish"`` (generate to the end; the manager bounds its duration).
-    ``unread_since`` is when the manager last saw it without readers. On exit,
+    ``unread_since`` is when the manager last saw it without readers. ``stall`` (seconds,
+    0: none) ends it with ``upstream_stalled`` when no event comes for that long after the
+    first token. On exit,
     ``on_exit(sid, summary)`` gets the stream's :class:`StreamSummary` (``meta`` is
     the stream's metadata, for it).
     """
@@ -53,7 +70,7 @@ class Producer:
     def __init__(self, sid: str, events: Iterator[Event], store: Store,
                  on_exit: Callable[[str, StreamSummary], None], *, max_events: int = 0,
                  max_bytes: int = 0, on_disconnect: str = "cancel", started_at: float = 0.0,
-                 meta: dict[str, Any] | None = None,
+                 meta: dict[str, Any] | None = None, stall: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.sid = sid
         self.store = store
@@ -72,6 +89,10 @@ class Producer:
         self.ended_at: float | None = None
         self._stop_reason: str | None = None
         self.seq = 0
+        self.stall = stall
+        self._watch: Any = None  # the stall timer, armed at the first token
+        self._seen = 0  # the event count at the stall timer's last change
+        self._quiet = 0  # the stall timer's wakes since then
         self.greenlet = gevent.spawn(self._run)
 
     def stop(self, reason: str) -> None:
@@ -130,6 +151,8 @@ class Producer:
                     # The first token: its reader writes it now, and whatever it waits for
                     # on a socket (the stream's publication) is answered before we go on.
                     run = 0
+                    if self.stall:
+                        self._arm_stall_timer()
                     gevent.sleep(IO_YIELD_S)
                 elif run >= FAIR_EVENTS:
                     run = 0
@@ -138,6 +161,10 @@ class Producer:
                 final = Done(self._stop_reason)
         except StreamStopped as stop:
             final = Done(stop.args[0])
+        except StreamStalled:
+            logger.warning("stream %s: upstream_stalled: no event for %g s", self.sid, self.stall,
+                           extra={"stream_id": self.sid, "request_id": self.meta.get("request_id")})
+            final = Failed("upstream_stalled", f"the upstream sent no event for {self.stall:g} s", 504)
         except Exception as exc:  # noqa: BLE001 - stopped: whatever the upstream's close raised
             if self._stop_reason is None:
                 final = self._failure(exc)
@@ -148,12 +175,34 @@ class Producer:
             self.tokens = counted - others  # text deltas
             self._finish(final)
 
+    def _arm_stall_timer(self) -> None:
+        """Start the stall check (once, at the first token): no work per event."""
+        period = self.stall / STALL_CHECKS
+        self._seen = self.seq
+        self._watch = gevent.get_hub().loop.timer(period, period)
+        self._watch.start(self._check_stall)
+
+    def _check_stall(self) -> None:
+        """The stall timer's wake: a stall after ``STALL_CHECKS`` wakes without a new event."""
+        if self.seq != self._seen:
+            self._seen, self._quiet = self.seq, 0
+            return
+        self._quiet += 1
+        # Only while it waits for the upstream (a store write is never interrupted).
+        if self._quiet >= STALL_CHECKS and self._in_upstream and self._stop_reason is None:
+            self._watch.stop()
+            self.greenlet.kill(StreamStalled(), block=False)
+
     def _failure(self, exc: Exception) -> Failed:
-        """The final event for a failure of the provider."""
+        """The final event for a failure of the provider (a read timeout after the first
+        token is a stall)."""
         if isinstance(exc, UpstreamError):  # the detail (hosts, raw bodies) is for the log only
-            logger.warning("stream %s: %s: %s", self.sid, exc.code, exc.detail,
+            code = exc.code
+            if code == "upstream_timeout" and self.first_at is not None:
+                code = "upstream_stalled"
+            logger.warning("stream %s: %s: %s", self.sid, code, exc.detail,
                            extra={"stream_id": self.sid, "request_id": self.meta.get("request_id")})
-            return Failed(exc.code, exc.message, exc.status, exc.upstream_status)
+            return Failed(code, exc.message, exc.status, exc.upstream_status)
         # A provider bug must end the stream, not hang it.
         logger.error("producer of stream %s failed", self.sid, exc_info=exc)
         return Failed("internal_error", f"internal error: {type(exc).__name__}", 500)
@@ -161,6 +210,8 @@ class Producer:
     def _finish(self, final: Event | None) -> None:
         """Close the upstream, record the end, tell the manager: each step whatever the others do."""
         self.ended_at = self.clock()  # the stream's end; closing may still read the upstream's tail
+        if self._watch is not None:
+            self._watch.close()
         try:
             self._events.close()  # closes the upstream response if it is still open
         except Exception:  # noqa: BLE001 - closing failed; the end must still be recorded
