@@ -377,7 +377,7 @@ def test_a_resumed_encoder_writes_what_follows_as_if_it_had_never_stopped():
 def test_a_failure_is_anthropics_error_event():
     (error,) = encode([Failed("upstream_timeout", "too slow", 504)])
     assert error.event == "error" and json.loads(error.data) == {
-        "type": "error", "error": {"type": "timeout_error", "message": "too slow"}}
+        "type": "error", "error": {"type": "timeout_error", "message": "upstream_timeout: too slow"}}
 
 
 def test_the_encoder_and_the_message_match_the_document():

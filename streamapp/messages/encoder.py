@@ -126,7 +126,8 @@ class MessagesSSE:
             parts.append(_sse("message_stop", '{"type":"message_stop"}', eid))
             return b"".join(parts)
         if isinstance(event, Failed):
-            return _sse("error", _json(anthropic_error(event.status, event.message)), eid)
+            # our code leads the message (Anthropic's error types are a closed list)
+            return _sse("error", _json(anthropic_error(event.status, f"{event.code}: {event.message}")), eid)
         raise TypeError(f"no Messages event for {event!r}")
 
     def _tool_call(self, sid: str, event: ToolCall, parts: list[bytes], eid: str) -> bytes:
