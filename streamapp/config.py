@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_STREAMS_PER_KEY": 0,          # concurrent streams per API key (per client IP when open)
     "MAX_STREAMS_PER_PROCESS": 0,      # concurrent streams one worker runs
     "MAX_DETACHED_PER_CLIENT": 4,      # running on_disconnect=finish streams per key (per IP when open)
+    "QUEUE_WAIT_S": 0.0,               # a stream at a full cap waits this long for a slot; 0: 429 at once
     "SLOT_LEASE_S": 15.0,              # a stream slot's lease in Redis, renewed every third of it
     "MAX_MESSAGE_CHARS": 100_000,      # characters of one message
     "MAX_MESSAGES": 500,               # messages of one request (history and the new message)
@@ -72,7 +73,8 @@ DEFAULTS: dict[str, Any] = {
 
 _FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "STALL_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S",
            "BODY_TIMEOUT_S", "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S",
-           "STREAM_MAX_DURATION_S", "SESSION_TTL_S", "SLOT_LEASE_S", "WS_PING_S", "READY_CACHE_S")
+           "STREAM_MAX_DURATION_S", "SESSION_TTL_S", "SLOT_LEASE_S", "WS_PING_S", "READY_CACHE_S",
+           "QUEUE_WAIT_S")
 # Taken as written from the environment (Flask parses STREAMAPP_* values as JSON: a key "1e5" stays text).
 _RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "SECRET_KEY", "CORS_ORIGINS", "READY_PROVIDERS")
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
@@ -132,6 +134,8 @@ def validate(config: dict[str, Any]) -> None:
     for key in ("SLOT_LEASE_S", "WS_PING_S", "WRITE_TIMEOUT_S"):
         if config[key] <= 0:
             raise ValueError(f"STREAMAPP_{key} must be > 0")
+    if not 0 <= config["QUEUE_WAIT_S"] <= 600:
+        raise ValueError("STREAMAPP_QUEUE_WAIT_S must be between 0 and 600")
     _check_lease(config["LEASE_S"], config["WRITE_TIMEOUT_S"])
     if config["WS_MAX_FRAME_BYTES"] < config["MAX_BODY_BYTES"]:
         raise ValueError("STREAMAPP_WS_MAX_FRAME_BYTES must be >= STREAMAPP_MAX_BODY_BYTES")

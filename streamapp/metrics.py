@@ -112,6 +112,10 @@ class StreamMetrics:
         self.upstream_errors = Counter("streamapp_upstream_errors_total",
                                        "Streams ended by an upstream failure, by its code.",
                                        ["provider", "code"], registry=own)
+        self.queue_wait = Histogram("streamapp_queue_wait_seconds",
+                                    "How long a stream waited for a slot at a full cap, by how the wait "
+                                    "ended (started, timeout, left).", ["outcome"],
+                                    buckets=TTFT_BUCKETS, registry=own)
         self.rejections = Counter("streamapp_rejections_total", "Stream starts refused, by reason.",
                                   ["reason"], registry=own)
         # Every known series from the start (at 0), so rates work from the first scrape.
@@ -153,6 +157,10 @@ class StreamMetrics:
         """Count a refused stream start (``reason`` one of ``REJECTIONS``; others are ignored)."""
         if reason in REJECTIONS:
             self.rejections.labels(reason).inc()
+
+    def queue_waited(self, outcome: str, seconds: float) -> None:
+        """Measure a wait for a slot that ended with ``outcome``."""
+        self.queue_wait.labels(outcome).observe(seconds)
 
     def allows(self, address: str | None) -> bool:
         """Whether ``address`` may read the metrics."""

@@ -21,13 +21,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
 
 import gevent
 import redis
 
 from .errors import TooManyDetachedStreams, TooManyStreams
 
-__all__ = ["Lease", "Slot", "StreamSlots", "TooManyDetachedStreams", "TooManyStreams"]
+__all__ = ["Lease", "Slot", "StreamSlots", "TooManyDetachedStreams", "TooManyStreams", "client_caps",
+           "refusal"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class StreamSlots:
         self._local: dict[str, set[str]] = {}  # set key -> tokens (memory mode)
         self._leases: dict[str, tuple[str, ...]] = {}  # token -> its Redis sets (renewed while held)
         self._renewer: gevent.Greenlet | None = None
+        self.on_release: Callable[[], None] | None = None  # called when a slot is given back (the queue)
         self.redis = None
         if redis_url:
             self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
@@ -102,25 +105,27 @@ class StreamSlots:
     def acquire(self, identity: str, cap: int | None = None, *, detached: bool = False) -> Slot:
         """A slot for a stream of ``identity`` (cap: its own, else the per-key setting; a
         ``detached`` one also counts against ``per_detached``), or ``TooManyStreams``."""
-        cap = self.per_key if cap is None else cap
         if self.per_process and len(self.running) >= self.per_process:
-            raise TooManyStreams(
-                f"too many concurrent streams on this server process: at most {self.per_process} "
-                f"(STREAMAPP_MAX_STREAMS_PER_PROCESS); try again shortly")
-        digest = hashlib.sha256(identity.encode()).hexdigest()[:32]
-        caps = {}
-        if cap:
-            caps[f"{self.prefix}:slots:{digest}"] = cap
-        if detached and self.per_detached:
-            caps[f"{self.prefix}:detached:{digest}"] = self.per_detached
+            raise self.process_refusal()
+        _, caps = client_caps(self, identity, cap, detached)
         token = secrets.token_hex(8)
-        full = self._take(token, caps)
+        full = self.take(token, caps)
         if full is not None:
-            raise _refusal(full, caps[full], identity)
-        self.running.add(token)
-        return Slot(self, token, tuple(caps))
+            raise refusal(full, caps[full], identity)
+        return self.started(token, tuple(caps))
 
-    def _take(self, token: str, caps: dict[str, int]) -> str | None:
+    def process_refusal(self) -> TooManyStreams:
+        """The 429 of a full process."""
+        return TooManyStreams(
+            f"too many concurrent streams on this server process: at most {self.per_process} "
+            f"(STREAMAPP_MAX_STREAMS_PER_PROCESS); try again shortly")
+
+    def started(self, token: str, keys: tuple[str, ...]) -> Slot:
+        """The slot ``token`` took in the sets ``keys``, counted against this process."""
+        self.running.add(token)
+        return Slot(self, token, keys)
+
+    def take(self, token: str, caps: dict[str, int]) -> str | None:
         """Add ``token`` to every set of ``caps``, or to none: the first full set, if one is."""
         if not caps:
             return None
@@ -140,14 +145,25 @@ class StreamSlots:
             return None
         if full:
             return keys[full - 1]
-        self._leases[token] = tuple(keys)
+        self.hold_lease(token, tuple(keys))
+        return None
+
+    def hold_lease(self, token: str, keys: tuple[str, ...]) -> None:
+        """Renew the leases ``token`` took in Redis sets ``keys`` while its slot is held."""
+        self._leases[token] = keys
         if self._renewer is None or self._renewer.dead:
             self._renewer = gevent.spawn(self._renew_loop)
-        return None
 
     def release(self, slot: Slot) -> None:
         """Give ``slot`` back."""
         self.running.discard(slot.token)
+        try:
+            self._give_back(slot)
+        finally:
+            if self.on_release is not None:
+                self.on_release()
+
+    def _give_back(self, slot: Slot) -> None:
         if not slot.keys:
             return
         if self.redis is None:
@@ -190,7 +206,21 @@ class StreamSlots:
                 logger.warning("could not renew stream slot leases: %s", exc)
 
 
-def _refusal(key: str, cap: int, identity: str) -> TooManyStreams:
+def client_caps(slots: StreamSlots, identity: str, cap: int | None,
+                detached: bool) -> tuple[str, dict[str, int]]:
+    """The digest naming ``identity`` in Redis, and the sets its stream counts in with their caps."""
+    cap = slots.per_key if cap is None else cap
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:32]
+    caps = {}
+    if cap:
+        caps[f"{slots.prefix}:slots:{digest}"] = cap
+    if detached and slots.per_detached:
+        caps[f"{slots.prefix}:detached:{digest}"] = slots.per_detached
+    return digest, caps
+
+
+def refusal(key: str, cap: int, identity: str) -> TooManyStreams:
+    """The 429 of a full set ``key`` of cap ``cap``."""
     who = "API key" if identity.startswith("key:") else "client address"
     if ":detached:" in key:
         return TooManyDetachedStreams(
