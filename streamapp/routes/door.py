@@ -1,6 +1,7 @@
 """The Flask side of every front door's streams (not a blueprint): who is asking.
 
-Starting a stream (:func:`launch`) takes the current client's stream slot and
+Starting a stream (:func:`launch`) takes the current client's stream slot (waiting in the
+client's queue up to ``QUEUE_WAIT_S`` when its caps are full: :mod:`streamapp.queue`) and
 records the client (an API key's name, never the key) and the request id in the
 stream's metadata; resuming one (:func:`find`) checks that client owns it. The
 lifecycle itself (``streams.lifecycle``) knows nothing of requests.
@@ -9,15 +10,29 @@ lifecycle itself (``streams.lifecycle``) knows nothing of requests.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
-from flask import g
+import gevent.event
+from flask import current_app, g
 
 from ..auth import require_owner
+from ..errors import ApiError, TooManyStreams
 from ..events import Event
-from ..limits import acquire_slot
+from ..limits import client_identity
+from ..metrics import EXTENSION as METRICS
+from ..metrics import count_rejection
+from ..queue import SlotQueue, Ticket
+from ..slots import Slot
 from ..streams import get_lifecycle
 from ..streams.lifecycle import Resumable
+
+
+class LeftQueue(ApiError):
+    """The client left while its stream waited for a slot: nothing was started (its answer,
+    499 as nginx logs a client that closed its request, reaches nobody)."""
+
+    status = 499
+    code = "client_left"
 
 
 def client_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -30,12 +45,60 @@ def client_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def launch(events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "cancel") -> str:
-    """Start a stream for the current client in one of its stream slots; its id.
+def slot_queue() -> SlotQueue:
+    """The app's stream caps with their queue (``QUEUE_WAIT_S``), made on first use."""
+    ext = current_app.extensions
+    queue = ext.get("streamapp.queue")
+    if queue is None:
+        queue = ext["streamapp.queue"] = SlotQueue(ext["streamapp.slots"], current_app.config["QUEUE_WAIT_S"])
+        metrics = ext.get(METRICS)
+        if metrics is not None:
+            queue.observer = metrics.queue_waited
+    return queue
 
-    429 (``TooManyStreams``) over a concurrent-stream cap; the slot is given back when the
+
+def take_slot(on_disconnect: str = "cancel") -> Slot | Ticket:
+    """A stream slot for the current client now, or its :class:`Ticket` in the queue; 429
+    (``TooManyStreams``, counted) when full and ``QUEUE_WAIT_S`` is 0."""
+    client = g.get("client")
+    try:
+        return slot_queue().acquire(client_identity(), getattr(client, "max_streams", None),
+                                    detached=on_disconnect == "finish")
+    except TooManyStreams:
+        count_rejection("too_many_streams")
+        raise
+
+
+def give_up(ticket: Ticket, gone: gevent.event.Event | None) -> NoReturn:
+    """End a wait that got no slot: ``LeftQueue`` when the client left, else the 429."""
+    if gone is not None and gone.is_set():
+        ticket.leave("left")
+        raise LeftQueue("the client left while its stream waited for a slot")
+    ticket.leave("timeout")
+    count_rejection("too_many_streams")
+    raise ticket.refusal()
+
+
+def wait_slot(ticket: Ticket, gone: gevent.event.Event | None = None) -> Slot:
+    """Wait the rest of ``ticket``'s wait for its slot; ``LeftQueue`` once ``gone`` is set,
+    429 when the wait runs out."""
+    slot = ticket.wait(ticket.queue.wait_s, gone)
+    if slot is None:
+        give_up(ticket, gone)
+    return slot
+
+
+def launch(events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "cancel", *,
+           slot: Slot | None = None, gone: gevent.event.Event | None = None) -> str:
+    """Start a stream for the current client in one of its stream slots (``slot`` when the
+    caller took it); its id.
+
+    Caps full: waits in the queue up to ``QUEUE_WAIT_S``, then 429 (``TooManyStreams``);
+    ``LeftQueue`` once ``gone`` is set while it waits. The slot is given back when the
     producer exits, however the stream ends."""
-    slot = acquire_slot(on_disconnect)
+    if slot is None:
+        taken = take_slot(on_disconnect)
+        slot = taken if isinstance(taken, Slot) else wait_slot(taken, gone)
     return get_lifecycle().start(events, client_meta(meta), on_disconnect, on_exit=slot.release)
 
 

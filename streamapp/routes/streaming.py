@@ -5,6 +5,11 @@ Before the first byte, a failure is an HTTP error with a JSON body (502, or
 Headers are held until the upstream accepted the request and produced a first
 token, or ``HEADER_WAIT_S`` after it accepted, whichever comes first.
 
+A stream that waits for a slot at a full cap (``QUEUE_WAIT_S``) holds its headers too,
+except an SSE one still waiting after a second: it is answered 200 then, gets a comment
+each second while it waits, and an ``error`` event ``too_many_streams`` when the wait runs
+out; a failure before its first token is then its stream's ``error`` event as well.
+
 Resuming follows one rule: a ``Last-Event-ID`` that does not name an event of
 a stream made by this route in this format, with events still to come after
 it (an id not ours, another route's stream, an expired stream, an id at or past
@@ -18,17 +23,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent.event
-from flask import Response, current_app, request
+from flask import Response, current_app, request, stream_with_context
 
-from ..errors import error_response
+from .. import sse
+from ..errors import TooManyStreams, error_response
 from ..events import Event, Failed
+from ..queue import Ticket
+from ..slots import Slot
 from ..streams import get_lifecycle
 from ..wire import Encoder, encoder, parse_event_id
-from .door import client_meta, find, launch
+from .door import LeftQueue, client_meta, find, give_up, launch, take_slot, wait_slot
 from .edge import DepartureWatch, http_body
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_TYPE = "text/event-stream; charset=utf-8"
+QUEUED_COMMENT_S = 1.0  # an SSE stream waiting for a slot gets a comment this often
 
 
 def wants_text() -> bool:
@@ -107,11 +116,24 @@ def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
     enc = encoder(fmt, config["RETRY_MS"], meta)
     if request.method == "HEAD":
         return Response(status=200, content_type=enc.content_type, headers=STREAM_HEADERS)
-    sid = launch(events, meta, on_disconnect)
     client_gone = gevent.event.Event()
     watch = _watch_departure(client_gone.set)
     try:
+        taken = take_slot(on_disconnect)
+        if isinstance(taken, Ticket):
+            slot = taken.wait(QUEUED_COMMENT_S, client_gone)
+            if slot is None and enc.content_type == SSE_TYPE and watch is not None \
+                    and not client_gone.is_set() and not taken.expired:
+                body = _queued_body(taken, lambda got: launch(events, meta, on_disconnect, slot=got),
+                                    enc, watch, client_gone)
+                watch = None  # the body watches the client now
+                return Response(stream_with_context(body), content_type=enc.content_type,
+                                headers=STREAM_HEADERS)
+            taken = slot if slot is not None else wait_slot(taken, client_gone)
+        sid = launch(events, meta, on_disconnect, slot=taken)
         first = get_lifecycle().decide(sid, client_gone)
+    except LeftQueue:
+        return Response(status=204)  # the client left while its stream waited: nothing started
     finally:
         if watch is not None:
             watch.stop()
@@ -120,6 +142,36 @@ def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
     if isinstance(first, Failed):
         return fail(first, {"X-Stream-Id": sid})
     return stream_response(sid, 0, enc)
+
+
+def _queued_body(ticket: Ticket, start: Callable[[Slot], str], enc: Encoder, watch: DepartureWatch,
+                 gone: gevent.event.Event) -> Iterator[bytes]:
+    """An SSE stream that waits for its slot: a comment each second, then the stream, or the
+    ``error`` event ``too_many_streams`` when the wait runs out. A client that leaves
+    meanwhile leaves the queue."""
+    slot = None
+    try:
+        yield sse.comment("queued: waiting for a stream slot")
+        while (slot := ticket.wait(QUEUED_COMMENT_S, gone)) is None:
+            if gone.is_set() or ticket.expired:
+                try:
+                    give_up(ticket, gone)
+                except LeftQueue:
+                    return
+                except TooManyStreams as exc:
+                    yield enc.event("", 0, Failed(exc.code, exc.message, exc.status), True)
+                    return
+            yield sse.comment("queued: waiting for a stream slot")
+    finally:
+        watch.stop()
+        if slot is None:
+            ticket.leave("left")  # closed by the server: idempotent after give_up
+    sid = start(slot)
+    lifecycle = get_lifecycle()
+    lifecycle.publish(sid)
+    reader = lifecycle.follow(sid, 0, resumable=enc.resumable)
+    yield from http_body(reader, enc, write_timeout=current_app.config["WRITE_TIMEOUT_S"],
+                         sock=request.environ.get("gunicorn.socket"))
 
 
 def resume_stream(sid: str, after: int, route: str | None = None) -> Response:
@@ -141,7 +193,13 @@ def collect_stream(events: Iterator[Event], meta: dict[str, Any],
     other (``on_disconnect`` applies), and what was read so far is returned.
     """
     lifecycle = get_lifecycle()
-    sid = launch(events, meta, on_disconnect)
+    gone = gevent.event.Event()
+    queued = _watch_departure(gone.set)  # a client that leaves while its stream waits for a slot
+    try:
+        sid = launch(events, meta, on_disconnect, gone=gone)
+    finally:
+        if queued is not None:
+            queued.stop()
     reader = lifecycle.follow(sid, 0, resumable=False)
     watch = _watch_departure(reader.leave)
     got: list[Event] = []

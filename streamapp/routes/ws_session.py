@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
+import gevent.event
 import gevent.lock
 from flask import current_app
 from flask_limiter.errors import RateLimitExceeded
@@ -30,12 +31,14 @@ from simple_websocket import ConnectionClosed
 
 from ..errors import ApiError, StoreError, log_store_error
 from ..limits import count_stream_start, retry_after
+from ..queue import Ticket
 from ..schemas import ChatBody, WsResume, load_json, parse
+from ..slots import Slot
 from ..streams import get_lifecycle
 from ..streams.reader import StreamReader
 from ..wire import ws_message, ws_text
 from .chat import chat_events
-from .door import find, launch
+from .door import LeftQueue, find, give_up, launch, take_slot
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +139,7 @@ class WsSession:
     def _free(self) -> None:
         """Refuse a new stream while one runs; wait for a relay that is sending its end."""
         reader = self.reader
-        if reader is not None and not (reader.ended or self.finishing):
+        if self.starting or reader is not None and not (reader.ended or self.finishing):
             raise ApiError("a stream is running on this socket: send stop, or wait for its end",
                            code="busy", status=409)
         if self.relay is not None:
@@ -163,7 +166,12 @@ class WsSession:
         body = parse(ChatBody, message)
         count_stream_start()  # the same rate limit as an HTTP stream start
         meta, events = chat_events(body)
-        sid = launch(events, {"route": "ws", "format": "chat", **meta}, body.on_disconnect)
+        slot = take_slot(body.on_disconnect)
+        if isinstance(slot, Ticket):
+            slot = self._queued(slot, body.uid)
+            if slot is None:
+                return
+        sid = launch(events, {"route": "ws", "format": "chat", **meta}, body.on_disconnect, slot=slot)
         try:
             self.lifecycle.publish(sid)
             self.send({"type": "start", "stream_id": sid, "uid": body.uid})
@@ -171,6 +179,47 @@ class WsSession:
             self.lifecycle.abandon(sid)  # its client never learnt the stream id
             raise
         self._follow(sid, 0)
+
+    def _queued(self, ticket: Ticket, uid: Any) -> Slot | None:
+        """Wait for a slot at a full cap, reading the client meanwhile: ``stop`` or a close
+        leaves the queue (``None``); the wait running out is the 429's ``error``."""
+        self.send({"type": "queued", "uid": uid, "wait_s": ticket.queue.wait_s})
+        gone = gevent.event.Event()
+        stopped: list[bool] = []
+        watcher = gevent.spawn(self._read_while_queued, gone, stopped)
+        try:
+            slot = ticket.wait(ticket.queue.wait_s, gone)
+        finally:
+            watcher.kill()
+        if slot is not None:
+            return slot
+        try:
+            give_up(ticket, gone)
+        except LeftQueue:
+            if stopped:  # else the socket closed: the connection's loop ends on its next read
+                self.send({"type": "error", "code": "cancelled", "uid": uid,
+                           "message": "stopped while waiting for a stream slot"})
+        return None
+
+    def _read_while_queued(self, gone: gevent.event.Event, stopped: list[bool]) -> None:
+        """The client's messages while a chat waits: ``stop`` or a close sets ``gone``; any
+        other is answered as usual (a chat or resume is ``busy``)."""
+        try:
+            while True:
+                raw = self.ws.receive(timeout=self.tick)
+                if raw is None:
+                    continue
+                try:
+                    message = load_json(raw.encode() if isinstance(raw, str) else raw)
+                except ApiError:
+                    message = None
+                if isinstance(message, dict) and message.get("type") == "stop":
+                    stopped.append(True)
+                    gone.set()
+                    return
+                self._handle(raw)
+        except (ConnectionClosed, OSError):
+            gone.set()
 
     def _start_resume(self, message: dict[str, Any]) -> None:
         point = parse(WsResume, message)
