@@ -91,17 +91,20 @@ class Ticket:
         (at most until the deadline) or once ``gone`` is set: the ticket stays queued."""
         until = min(self.deadline, time.monotonic() + timeout)
         queue = self.queue
-        while True:
-            left = until - time.monotonic()
-            if left <= 0 or (gone is not None and gone.is_set()):
-                return None
-            freed = queue.freed
-            freed.wait(min(left, queue.poll_s))
-            if gone is not None and gone.is_set():
-                return None
-            slot = queue.try_take(self)
-            if slot is not None:
-                return slot
+        try:
+            while True:
+                left = until - time.monotonic()
+                if left <= 0 or (gone is not None and gone.is_set()):
+                    return None
+                queue.freed.wait(min(left, queue.poll_s))
+                if gone is not None and gone.is_set():
+                    return None
+                slot = queue.try_take(self)
+                if slot is not None:
+                    return slot
+        except BaseException:
+            self.leave("left")  # killed while waiting (a worker going away): never a stale ticket
+            raise
 
     def leave(self, outcome: str) -> None:
         """Leave the queue (idempotent), the wait counted with ``outcome`` (started, timeout, left)."""
