@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, errors, limits, logs, metrics, streams
+from . import auth, circuits, errors, limits, logs, metrics, streams
 from . import config as settings
 from .models import Models
 from .providers import build_providers
@@ -33,8 +33,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["providers"] = build_providers(app.config)
     app.extensions["models"] = Models(app.config, app.extensions["providers"])  # one resolver, every route
     streams.init_app(app)
+    circuits.init_app(app)  # each upstream's circuit breaker, checked by every front door's launch
     app.extensions["ready"] = Readiness(app.extensions["streams"].store, app.extensions["providers"],
-                                        providers_to_check(app.config), app.config["READY_CACHE_S"])
+                                        providers_to_check(app.config), app.config["READY_CACHE_S"],
+                                        app.extensions["circuits"])
     errors.init_app(app)  # every error's JSON answer, registered here once
     logs.init_app(app)  # first hook: every request gets its id, every answer its log line
     auth.init_app(app)  # then every request is authenticated

@@ -61,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_EMBED_INPUTS": 2048,          # inputs of one POST /v1/embeddings (OpenAI's own cap)
     "MAX_EMBED_CHARS": 400_000,        # characters of all of them (a token id counts as one)
     "ALLOWED_MODELS": "",              # "openai:gpt-4o-mini,gpt-4o;ollama:llama3.2"; "" = any
+    "CIRCUIT_FAILURES": 5,             # start failures in a row opening an upstream's circuit; 0: none
+    "CIRCUIT_COOLDOWN_S": 30.0,        # an open circuit refuses starts this long, then lets one probe
     "READY_PROVIDERS": "",             # providers /readyz checks; "": the default one (+ openai with a key)
     "READY_CACHE_S": 2.0,              # GET /readyz reuses its last answer this long
     "METRICS_ALLOW": "127.0.0.1/8,::1",  # who may GET /metrics: addresses, CIDRs (comma-separated), "*"
@@ -74,7 +76,7 @@ DEFAULTS: dict[str, Any] = {
 _FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "STALL_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S",
            "BODY_TIMEOUT_S", "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S",
            "STREAM_MAX_DURATION_S", "SESSION_TTL_S", "SLOT_LEASE_S", "WS_PING_S", "READY_CACHE_S",
-           "QUEUE_WAIT_S")
+           "QUEUE_WAIT_S", "CIRCUIT_COOLDOWN_S")
 # Taken as written from the environment (Flask parses STREAMAPP_* values as JSON: a key "1e5" stays text).
 _RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "SECRET_KEY", "CORS_ORIGINS", "READY_PROVIDERS")
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
@@ -82,7 +84,7 @@ _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
          "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE", "TRUSTED_PROXIES", "MAX_STREAMS_PER_KEY",
          "MAX_STREAMS_PER_PROCESS", "MAX_DETACHED_PER_CLIENT", "MAX_MESSAGE_CHARS", "MAX_MESSAGES",
          "MAX_INPUT_CHARS", "MAX_TOKENS_CEILING", "WS_MAX_FRAME_BYTES", "REDIS_COMMIT_MS",
-         "MAX_EMBED_INPUTS", "MAX_EMBED_CHARS")
+         "MAX_EMBED_INPUTS", "MAX_EMBED_CHARS", "CIRCUIT_FAILURES")
 PROVIDERS = ("demo", "openai", "ollama")
 
 
@@ -131,7 +133,7 @@ def validate(config: dict[str, Any]) -> None:
             raise ValueError(f"STREAMAPP_{key} must be >= 1")
     if not 0 <= config["REDIS_COMMIT_MS"] <= 1000:
         raise ValueError("STREAMAPP_REDIS_COMMIT_MS must be between 0 and 1000")
-    for key in ("SLOT_LEASE_S", "WS_PING_S", "WRITE_TIMEOUT_S"):
+    for key in ("SLOT_LEASE_S", "WS_PING_S", "WRITE_TIMEOUT_S", "CIRCUIT_COOLDOWN_S"):
         if config[key] <= 0:
             raise ValueError(f"STREAMAPP_{key} must be > 0")
     if not 0 <= config["QUEUE_WAIT_S"] <= 600:

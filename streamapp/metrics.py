@@ -21,6 +21,12 @@ never a model a client named, a stream id or a key.
   by the error's code (``upstream_http_error``, ``upstream_timeout``, ``upstream_auth``, ...).
 - ``streamapp_rejections_total{reason}``: stream starts refused with 429 (HTTP) or an error
   message (WebSocket): ``rate_limited`` or ``too_many_streams`` (either concurrent cap).
+- ``streamapp_upstream_circuit_state{upstream}``: each upstream's circuit breaker
+  (``streamapp.circuits``): 0 closed, 1 half-open, 2 open, -1 unknown (Redis out of reach).
+  Read at the scrape: shared by every worker with Redis; without it, the answering worker's.
+- ``streamapp_upstream_attempts_total{upstream,outcome}``: stream starts on an upstream with a
+  circuit, by outcome: ``success`` (a first token), ``failure`` (a failure that counts),
+  ``none`` (no verdict: the client's fault, or stopped), ``refused`` (its circuit was open).
 
 Nothing is counted per event: the observer works at a stream's start, resume and end, and
 the two limit handlers count their refusals.
@@ -41,7 +47,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -54,8 +60,10 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import values as prometheus_values
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .circuits import STATES, Circuits
 from .errors import error_response
 from .streams import get_manager
 from .streams.observe import StreamSummary
@@ -66,6 +74,7 @@ EXTENSION = "streamapp.metrics"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OUTCOMES = ("completed", "cancelled", "client_gone", "upstream_error", "error", "shutdown")
 REJECTIONS = ("rate_limited", "too_many_streams")
+ATTEMPT_OUTCOMES = ("success", "failure", "none", "refused")
 # LLM streams: a first token in tens of milliseconds (a local model) to many seconds (a long
 # prompt, a reasoning model); answers from a fraction of a second to the hour STREAM_MAX_DURATION_S allows.
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -80,7 +89,7 @@ class StreamMetrics:
     """One app's metrics, the registry ``GET /metrics`` reads, and the manager's observer."""
 
     def __init__(self, providers: Iterable[str], allow: tuple[Network, ...] | None,
-                 multiproc_dir: str | None = None) -> None:
+                 multiproc_dir: str | None = None, circuits: Circuits | None = None) -> None:
         self.providers = frozenset(providers)
         self.allow = allow  # None: anyone
         if multiproc_dir:
@@ -118,6 +127,15 @@ class StreamMetrics:
                                     buckets=TTFT_BUCKETS, registry=own)
         self.rejections = Counter("streamapp_rejections_total", "Stream starts refused, by reason.",
                                   ["reason"], registry=own)
+        self.attempts = Counter("streamapp_upstream_attempts_total",
+                                "Stream starts on an upstream with a circuit, by outcome.",
+                                ["upstream", "outcome"], registry=own)
+        if circuits is not None:
+            self.registry.register(CircuitCollector(circuits))
+            circuits.listeners.append(lambda name, outcome: self.attempts.labels(name, outcome).inc())
+            for name in circuits.names:
+                for outcome in ATTEMPT_OUTCOMES:
+                    self.attempts.labels(name, outcome)
         # Every known series from the start (at 0), so rates work from the first scrape.
         for outcome in OUTCOMES:
             self.streams.labels(outcome)
@@ -178,6 +196,22 @@ class StreamMetrics:
         return generate_latest(self.registry)
 
 
+class CircuitCollector:
+    """``streamapp_upstream_circuit_state``, read from the circuits at each scrape."""
+
+    def __init__(self, circuits: Circuits) -> None:
+        self.circuits = circuits
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One gauge, a sample per upstream."""
+        gauge = GaugeMetricFamily("streamapp_upstream_circuit_state",
+                                  "Each upstream's circuit: 0 closed, 1 half-open, 2 open, -1 unknown.",
+                                  labels=["upstream"])
+        for name, entry in self.circuits.states().items():
+            gauge.add_metric([name], STATES.get(entry["state"], -1))
+        yield gauge
+
+
 def parse_allow(value: Any) -> tuple[Network, ...] | None:
     """``STREAMAPP_METRICS_ALLOW`` as networks; ``None`` for ``*`` (anyone)."""
     entries = [e.strip() for e in str(value or "").split(",") if e.strip()]
@@ -216,7 +250,7 @@ def init_app(app: Flask) -> None:
     """Create the app's metrics, observe its streams and serve ``GET /metrics``
     (after ``streams.init_app``)."""
     state = StreamMetrics(app.extensions.get("providers", {}), parse_allow(app.config["METRICS_ALLOW"]),
-                          os.environ.get(MULTIPROC_ENV) or None)
+                          os.environ.get(MULTIPROC_ENV) or None, app.extensions.get("circuits"))
     app.extensions[EXTENSION] = state
     with app.app_context():
         get_manager().observers.append(state)

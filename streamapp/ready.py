@@ -6,7 +6,9 @@ the OpenAI-compatible one when ``OPENAI_API_KEY`` is set): a ``GET`` of their mo
 or version with a 2 s timeout. The demo provider needs nothing. The answer is cached for
 ``READY_CACHE_S`` and one probe runs at a time, so frequent probes stay cheap and never
 fan out to the upstreams. Messages name the failing part, never a host or a key (the
-route is public).
+route is public). Each upstream's circuit breaker (``streamapp.circuits``) is shown too,
+as it is at the request (never cached): ``upstreams: {name: {"state", "retry_after"}}``. An
+open circuit does not make the process unready: it refuses that upstream's starts itself.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import gevent
 import gevent.lock
 
+from .circuits import Circuits
 from .providers import Provider
 from .streams.store import Store
 
@@ -36,8 +39,9 @@ class Readiness:
     """The checks of one process, cached for ``cache_s``."""
 
     def __init__(self, store: Store, providers: dict[str, Provider], names: list[str],
-                 cache_s: float = 2.0) -> None:
+                 cache_s: float = 2.0, circuits: Circuits | None = None) -> None:
         self.store, self.providers, self.names, self.cache_s = store, providers, names, cache_s
+        self.circuits = circuits
         self._lock = gevent.lock.Semaphore()
         self._report: tuple[bool, dict[str, Any]] | None = None
         self._at = 0.0
@@ -48,7 +52,10 @@ class Readiness:
             if self._report is None or time.monotonic() - self._at >= self.cache_s:
                 self._report = self._probe()
                 self._at = time.monotonic()
-            return self._report
+            ready, body = self._report
+        if self.circuits is not None:
+            body = {**body, "upstreams": self.circuits.states()}
+        return ready, body
 
     def _probe(self) -> tuple[bool, dict[str, Any]]:
         jobs = {"store": gevent.spawn(self.store.check)}

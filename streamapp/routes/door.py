@@ -16,6 +16,7 @@ import gevent.event
 from flask import current_app, g
 
 from ..auth import require_owner
+from ..circuits import admit
 from ..errors import ApiError, TooManyStreams
 from ..events import Event
 from ..limits import client_identity
@@ -96,10 +97,12 @@ def launch(events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "
     Caps full: waits in the queue up to ``QUEUE_WAIT_S``, then 429 (``TooManyStreams``);
     ``LeftQueue`` once ``gone`` is set while it waits. The slot is given back when the
     producer exits, however the stream ends."""
+    on_first = admit(meta.get("provider"), slot)  # 503 when the upstream's circuit is open
     if slot is None:
         taken = take_slot(on_disconnect)
         slot = taken if isinstance(taken, Slot) else wait_slot(taken, gone)
-    return get_lifecycle().start(events, client_meta(meta), on_disconnect, on_exit=slot.release)
+    return get_lifecycle().start(events, client_meta(meta), on_disconnect, on_exit=slot.release,
+                                 on_first=on_first)
 
 
 def find(sid: str, after: int, route: str | None = None) -> Resumable | None:

@@ -126,9 +126,11 @@ class StreamManager:
 
     # -- producing ---------------------------------------------------------
     def start(self, events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "cancel",
-              on_exit: Callable[[], None] | None = None) -> str:
+              on_exit: Callable[[], None] | None = None,
+              on_first: Callable[[Event | None], None] | None = None) -> str:
         """Register a stream, start its producer, return its id. ``on_exit`` is called once
-        when the producer exits, however the stream ends (a stream slot's release)."""
+        when the producer exits, however the stream ends (a stream slot's release); ``on_first``
+        is the producer's (an upstream's circuit)."""
         self._ensure_started()
         sid = secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
         if on_exit is not None:
@@ -139,7 +141,7 @@ class StreamManager:
         producer = Producer(
             sid, events, self.store, self._producer_exit, max_events=self.max_events,
             max_bytes=self.max_bytes, on_disconnect=on_disconnect, started_at=self.clock(),
-            meta=meta, stall=self.stall, clock=self.clock)
+            meta=meta, stall=self.stall, clock=self.clock, on_first=on_first)
         try:
             self.store.create(sid, {**meta, "state": "running"})
         except BaseException:

@@ -64,14 +64,17 @@ class Producer:
     0: none) ends it with ``upstream_stalled`` when no event comes for that long after the
     first token. On exit,
     ``on_exit(sid, summary)`` gets the stream's :class:`StreamSummary` (``meta`` is
-    the stream's metadata, for it).
+    the stream's metadata, for it). ``on_first`` is called once with the first token
+    (it must be quick), or with the final event before it is appended when the stream ends
+    before a token (the start's outcome).
     """
 
     def __init__(self, sid: str, events: Iterator[Event], store: Store,
                  on_exit: Callable[[str, StreamSummary], None], *, max_events: int = 0,
                  max_bytes: int = 0, on_disconnect: str = "cancel", started_at: float = 0.0,
                  meta: dict[str, Any] | None = None, stall: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_first: Callable[[Event | None], None] | None = None) -> None:
         self.sid = sid
         self.store = store
         self.on_disconnect = on_disconnect
@@ -84,6 +87,7 @@ class Producer:
         self.tokens = 0
         self._events = events
         self._on_exit = on_exit
+        self._on_first = on_first
         self._in_upstream = False
         self._ended_with: Event | None = None
         self.ended_at: float | None = None
@@ -146,6 +150,8 @@ class Producer:
                 self._append(event)
                 if self.first_at is None and not isinstance(event, Opened):
                     self.first_at = self.clock()  # the first token (text, reasoning or a tool call)
+                    if self._on_first is not None:
+                        self._on_first(event)
                 run += 1
                 if self.seq == 2:
                     # The first token: its reader writes it now, and whatever it waits for
@@ -212,6 +218,11 @@ class Producer:
         self.ended_at = self.clock()  # the stream's end; closing may still read the upstream's tail
         if self._watch is not None:
             self._watch.close()
+        if self.first_at is None and self._on_first is not None:
+            try:  # no token came: the end is the start's outcome, told before any reader sees it
+                self._on_first(final if final is not None else self._ended_with)
+            except Exception:  # noqa: BLE001 - a hook must not keep the end from being recorded
+                logger.exception("the start hook of stream %s failed", self.sid)
         try:
             self._events.close()  # closes the upstream response if it is still open
         except Exception:  # noqa: BLE001 - closing failed; the end must still be recorded

@@ -1,0 +1,168 @@
+"""Circuit breakers (streamapp/circuits.py): an upstream that fails its starts N times in a row
+is skipped, at once and on every door, for a cool-down; then one start probes it.
+
+Real servers over loopback, the fake upstream (``status`` mode, a closed port) and real Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import requests
+from websockets.sync.client import connect
+
+from streamapp.circuits import MemoryCircuits, verdict
+from streamapp.events import Delta, Done, Failed
+from tests.helpers import free_port, poll_until, upstream_log
+
+
+def chat(server, model: str | None, provider: str = "openai") -> requests.Response:
+    """A stream start on ``/api/chat`` (its status tells the start's outcome)."""
+    return requests.post(f"{server.url}/api/chat", timeout=10,
+                         json={"uid": 1, "message": "hi", "provider": provider, "model": model})
+
+
+def fail(server, tag: str, times: int, status: int = 503) -> None:
+    """``times`` starts the fake upstream answers ``status``: each a 502 to the client."""
+    for i in range(times):
+        resp = chat(server, f"status?status={status}&tag={tag}-f{i}")
+        assert resp.status_code == 502, resp.text
+
+
+def refused_at_once(resp: requests.Response, cooldown: float) -> None:
+    """A 503 ``upstream_unavailable`` with a ``Retry-After`` within the cool-down."""
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "upstream_unavailable", resp.text
+    assert 1 <= int(resp.headers["Retry-After"]) <= max(1, round(cooldown) + 1)
+
+
+def state(server, name: str = "openai") -> str:
+    """The circuit's state as ``/readyz`` shows it (the same in ``/metrics``)."""
+    return requests.get(f"{server.url}/readyz", timeout=10).json()["upstreams"][name]["state"]
+
+
+def metric(server, name: str) -> dict[str, float]:
+    """Samples of the metric ``name``: its labels (``a="x",b="y"``, in name order) -> value."""
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    return {",".join(sorted(m[1].split(","))): float(m[2])
+            for m in re.finditer(rf"^{name}\{{(.*)\}} (\S+)$", text, re.M)}
+
+
+# -- the state machine, on its own clock --------------------------------------------------------
+
+def test_the_state_machine() -> None:
+    now = [0.0]
+    c = MemoryCircuits(failures=2, cooldown=10, clock=lambda: now[0])
+    c.record("a", "failure")
+    c.record("a", "success")  # a success sets the count back: failures must be in a row
+    c.record("a", "failure")
+    c.record("a", "none")  # no verdict: the count stays
+    assert c.allow("a") == 0 and c.state("a")[0] == "closed"
+    c.record("a", "failure")
+    assert c.state("a") == ("open", 10) and c.allow("a") == 10 and c.allow("b") == 0
+    now[0] = 10
+    assert c.state("a")[0] == "half_open"
+    assert c.allow("a") == 0  # the probe
+    assert c.allow("a") == 10  # the others wait for its outcome
+    c.record("a", "none")  # a probe without a verdict lets the next start probe
+    assert c.allow("a") == 0
+    c.record("a", "failure")  # a failed probe reopens
+    assert c.state("a") == ("open", 10)
+    now[0] = 20
+    assert c.allow("a") == 0
+    c.record("a", "success")  # a good probe closes
+    assert c.state("a")[0] == "closed" and c.allow("a") == 0 and c.allow("a") == 0
+
+
+@pytest.mark.parametrize(("event", "outcome"), [
+    (Delta("hi"), "success"), (Done("stop"), "success"), (Done("client_gone"), "none"),
+    (Failed("upstream_unreachable", "x"), "failure"), (Failed("upstream_timeout", "x", 504), "failure"),
+    (Failed("upstream_bad_response", "x"), "failure"), (Failed("upstream_disconnected", "x"), "failure"),
+    (Failed("upstream_http_error", "x", 502, 503), "failure"),
+    (Failed("upstream_http_error", "x", 502, 429), "failure"),
+    (Failed("upstream_http_error", "x", 502, 408), "failure"),
+    (Failed("upstream_http_error", "x", 502, 404), "none"), (Failed("upstream_auth", "x", 502, 401), "none"),
+    (Failed("upstream_http_error", "x", 502, 400), "none"), (Failed("internal_error", "x", 500), "none"),
+])
+def test_what_counts(event, outcome) -> None:
+    assert verdict(event) == outcome
+
+
+# -- a server ------------------------------------------------------------------------------------
+
+def test_a_refusing_upstream_is_skipped_on_every_door(start_server) -> None:
+    closed = free_port()  # nothing listens: every connection is refused
+    server = start_server(OPENAI_BASE_URL=f"http://127.0.0.1:{closed}/v1", CIRCUIT_FAILURES=2,
+                          CIRCUIT_COOLDOWN_S=60, HEADER_WAIT_S=0.2)
+    for _ in range(2):
+        resp = chat(server, "gpt-4o-mini")
+        assert resp.status_code == 502 and resp.json()["error"]["code"] == "upstream_unreachable", resp.text
+    assert state(server) == "open" and state(server, "ollama") == "closed"
+    refused_at_once(chat(server, "gpt-4o-mini"), 60)
+
+    body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    resp = requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=10)
+    assert resp.status_code == 503 and resp.headers["Retry-After"], resp.text
+    assert resp.json()["error"]["code"] == "upstream_unavailable"  # OpenAI's shape
+    resp = requests.post(f"{server.url}/v1/messages", timeout=10, json={
+        "model": "openai/gpt-4o-mini", "max_tokens": 10, "stream": True,
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status_code == 503 and resp.headers["Retry-After"], resp.text
+    assert resp.json()["type"] == "error"  # Anthropic's shape
+    with connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5, close_timeout=2, proxy=None) as ws:
+        ws.send(json.dumps({"type": "chat", "uid": 1, "message": "hi", "provider": "openai"}))
+        message = json.loads(ws.recv(timeout=5))
+    assert message["type"] == "error" and message["code"] == "upstream_unavailable", message
+
+    assert chat(server, None, provider="demo").status_code == 200  # the demo has no circuit
+    assert metric(server, "streamapp_upstream_circuit_state") == {
+        'upstream="openai"': 2.0, 'upstream="ollama"': 0.0}
+    attempts = metric(server, "streamapp_upstream_attempts_total")
+    assert attempts['outcome="failure",upstream="openai"'] == 2
+    assert attempts['outcome="refused",upstream="openai"'] == 4
+
+
+def test_open_then_half_open_then_closed(start_server, fake_upstream, tag) -> None:
+    cooldown = 0.5
+    server = start_server(CIRCUIT_FAILURES=3, CIRCUIT_COOLDOWN_S=cooldown, HEADER_WAIT_S=0.2)
+    fail(server, tag, 3)
+    resp = chat(server, f"normal?tag={tag}-refused")
+    refused_at_once(resp, cooldown)
+    assert upstream_log(fake_upstream, f"{tag}-refused") == []  # no request went upstream
+    assert state(server) == "open"
+
+    # After the cool-down one start probes; it fails: open again at once.
+    poll_until(lambda: chat(server, f"status?status=503&tag={tag}-probe").status_code == 502,
+               10, "a probe after the cool-down")
+    refused_at_once(chat(server, f"normal?tag={tag}-refused2"), cooldown)
+    assert upstream_log(fake_upstream, f"{tag}-refused2") == []
+
+    # The next probe succeeds: closed.
+    poll_until(lambda: chat(server, f"normal?tag={tag}-ok").status_code == 200, 10, "a good probe")
+    poll_until(lambda: state(server) == "closed", 5, "the circuit closed")
+    assert metric(server, "streamapp_upstream_circuit_state")['upstream="openai"'] == 0.0
+    assert chat(server, f"normal?tag={tag}-after").status_code == 200
+
+
+def test_the_clients_faults_do_not_count(start_server, tag) -> None:
+    server = start_server(CIRCUIT_FAILURES=2, CIRCUIT_COOLDOWN_S=60, HEADER_WAIT_S=0.2)
+    for status in (404, 400, 401, 404):
+        assert chat(server, f"status?status={status}&tag={tag}").status_code == 502
+    fail(server, tag, 1)  # one that counts: still one short
+    assert state(server) == "closed"
+    assert chat(server, f"normal?tag={tag}").status_code == 200
+
+
+def test_shared_over_redis(start_server, fake_upstream, redis_url, redis_prefix, tag) -> None:
+    settings = dict(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, CIRCUIT_FAILURES=2,
+                    CIRCUIT_COOLDOWN_S=60, HEADER_WAIT_S=0.2)
+    a, b = start_server(**settings), start_server(**settings)
+    fail(a, tag, 1)
+    fail(b, tag, 1)  # failures in a row, wherever they happened
+    assert state(a) == state(b) == "open"
+    refused_at_once(chat(b, f"normal?tag={tag}-b"), 60)
+    refused_at_once(chat(a, f"normal?tag={tag}-a"), 60)
+    assert upstream_log(fake_upstream, f"{tag}-a") == upstream_log(fake_upstream, f"{tag}-b") == []
+    assert metric(b, "streamapp_upstream_circuit_state")['upstream="openai"'] == 2.0
