@@ -51,12 +51,21 @@ class ReadyChecks(_Strict):
     providers: dict[str, ReadyCheck]
 
 
+class UpstreamCircuit(_Strict):
+    """One upstream's circuit breaker in ``GET /readyz``."""
+
+    state: Literal["closed", "half_open", "open", "unknown"]
+    retry_after: int | None = Field(None, ge=0, description="seconds left of an open circuit's cool-down")
+
+
 class Ready(_Strict):
     """``GET /readyz``."""
 
     status: Literal["ready", "not_ready"]
     failing: list[str]
     checks: ReadyChecks
+    upstreams: dict[str, UpstreamCircuit] = Field(
+        default_factory=dict, description="each upstream's circuit breaker (streamapp/circuits.py), now")
 
 
 class StreamInfo(_Strict):
