@@ -43,6 +43,7 @@ from .events import Done, Event, Failed
 logger = logging.getLogger(__name__)
 EXTENSION = "circuits"
 STATES = {"closed": 0, "half_open": 1, "open": 2}  # the metric's values
+POOL_SIZE = 16  # Redis connections per worker for the circuits
 RECORD_TTL_S = 600  # a circuit's Redis key lives this long past its cool-down after a failure
 # Codes of a start failure that is the upstream's (issue 18's failover-worthy list); an answer
 # with an HTTP status is judged by the status instead.
@@ -189,8 +190,12 @@ class RedisCircuits:
 
         self.failures, self.cooldown, self.prefix = failures, cooldown, prefix
         self.errors = (redis.RedisError, OSError)
-        # No connection before the first command: gunicorn forks before any.
-        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        # No connection before the first command: gunicorn forks before any. A few connections
+        # serve every start (a check, a record: one short script each); past them a start waits
+        # its turn, at most the timeout, and then goes through unchecked.
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=2,
+                                                     socket_timeout=2, socket_connect_timeout=2)
+        self.client = redis.Redis(connection_pool=pool)
         self._allow = self.client.register_script(_ALLOW)
         self._record = self.client.register_script(_RECORD)
         self._state = self.client.register_script(_STATE)

@@ -94,6 +94,7 @@ def launch(events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "
     """Start a stream for the current client in one of its stream slots (``slot`` when the
     caller took it); its id.
 
+    503 (``UpstreamUnavailable``) when the upstream's circuit is open (``slot`` given back).
     Caps full: waits in the queue up to ``QUEUE_WAIT_S``, then 429 (``TooManyStreams``);
     ``LeftQueue`` once ``gone`` is set while it waits. The slot is given back when the
     producer exits, however the stream ends."""
