@@ -140,7 +140,7 @@ def start_server(fake_upstream, tmp_path_factory) -> Iterator:
             "STREAMAPP_WORKERS": "1",
             "STREAMAPP_ACCESS_LOG": "",
             "STREAMAPP_RATE_LIMIT": "",  # tests start many streams from one address; test_limits sets its own
-            "STREAMAPP_CIRCUIT_FAILURES": "0",  # tests fail the upstream on purpose; test_circuits sets its own
+            "STREAMAPP_CIRCUIT_FAILURES": "0",  # tests fail the upstream on purpose (not test_circuits)
             "OPENAI_BASE_URL": f"{fake_upstream}/v1",
             "OPENAI_API_KEY": "sk-test",
             "OLLAMA_HOST": fake_upstream,

@@ -204,7 +204,9 @@ ERRORS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "502": ("The upstream failed before the first token (`upstream_unreachable`, `upstream_http_error`, "
             "`upstream_auth`, `upstream_bad_response`, `upstream_error`, `upstream_cut`).",
             _STREAM_ID_MAYBE),
-    "503": ("The stream store (Redis) is unavailable (`store_unavailable`).", RETRY_AFTER),
+    "503": ("The stream store (Redis) is unavailable (`store_unavailable`), or, starting a stream, its "
+            "upstream's circuit breaker is open after failed starts (`upstream_unavailable`; "
+            "CIRCUIT_FAILURES, CIRCUIT_COOLDOWN_S): nothing was sent to it.", RETRY_AFTER),
     "504": ("The upstream sent nothing within {READ_TIMEOUT_S} s (READ_TIMEOUT_S) before the first token "
             "(`upstream_timeout`).", _STREAM_ID_MAYBE),
 }
