@@ -10,10 +10,11 @@ Three extensions, bound to the app by :func:`init_app` and applied in one place 
   shares them. Over it: 429 ``rate_limited`` with ``Retry-After``; every limited answer
   carries ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset``. A resume (``Last-Event-ID``)
   and a ``HEAD`` start nothing and are not counted.
-- **Stream caps** (:mod:`streamapp.slots`, taken by :func:`acquire_slot` when a stream
-  starts): concurrent streams per client (``g.client.max_streams`` or
-  ``MAX_STREAMS_PER_KEY``), detached streams (``on_disconnect=finish``) per client
-  (``MAX_DETACHED_PER_CLIENT``, 4 by default) and streams per process
+- **Stream caps** (:mod:`streamapp.slots`, taken by ``routes.door.take_slot`` when a stream
+  starts, waiting in :mod:`streamapp.queue` when ``QUEUE_WAIT_S`` allows): concurrent
+  streams per client (``g.client.max_streams`` or ``MAX_STREAMS_PER_KEY``), detached
+  streams (``on_disconnect=finish``) per client (``MAX_DETACHED_PER_CLIENT``, 4 by default)
+  and streams per process
   (``MAX_STREAMS_PER_PROCESS``); leases in Redis when ``REDIS_URL`` is set, so every worker
   and host counts the same streams. Over a cap: 429 ``too_many_streams`` or
   ``too_many_detached_streams``, naming the setting.
@@ -153,18 +154,6 @@ def retry_after() -> int | None:
 
 # -- stream caps -------------------------------------------------------------------------------
 
-def acquire_slot(on_disconnect: str = "cancel") -> Slot:
-    """A stream slot for the current request's client (with ``on_disconnect="finish"``, a
-    detached one), or ``TooManyStreams`` (429, counted in the metrics whatever the transport)."""
-    client = getattr(g, "client", None)
-    try:
-        return current_app.extensions["streamapp.slots"].acquire(
-            client_identity(), getattr(client, "max_streams", None), detached=on_disconnect == "finish")
-    except TooManyStreams:
-        count_rejection("too_many_streams")  # either concurrent cap
-        raise
-
-
 # -- input limits ------------------------------------------------------------------------------
 
 def _text_length(content: Any) -> int:
@@ -236,4 +225,4 @@ def init_app(app: Flask) -> None:
 
 
 __all__ = ["STREAM_ENDPOINTS", "Slot", "StreamSlots", "TooManyDetachedStreams", "TooManyStreams",
-           "acquire_slot", "check_chat_input", "client_identity", "init_app", "parse_allowed_models"]
+           "check_chat_input", "client_identity", "init_app", "parse_allowed_models"]
