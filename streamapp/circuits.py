@@ -37,7 +37,7 @@ from typing import Any
 import gevent
 from flask import Flask, current_app
 
-from .errors import ApiError
+from .errors import UpstreamUnavailable
 from .events import Done, Event, Failed
 
 logger = logging.getLogger(__name__)
@@ -47,25 +47,9 @@ POOL_SIZE = 16  # Redis connections per worker for the circuits
 RECORD_TTL_S = 600  # a circuit's Redis key lives this long past its cool-down after a failure
 # Codes of a start failure that is the upstream's (issue 18's failover-worthy list); an answer
 # with an HTTP status is judged by the status instead.
-FAILURE_CODES = frozenset({"upstream_unreachable", "upstream_timeout", "upstream_disconnected",
-                           "upstream_bad_response"})
+FAILURE_CODES = frozenset({"upstream_unreachable", "upstream_timeout", "upstream_cut",
+                           "upstream_stalled", "upstream_bad_response"})
 _NO_VERDICT_ENDS = frozenset({"cancelled", "client_gone", "shutdown"})
-
-
-class UpstreamUnavailable(ApiError):
-    """The upstream's circuit is open: 503 with ``Retry-After`` (whole seconds, at least 1)."""
-
-    status = 503
-    code = "upstream_unavailable"
-
-    def __init__(self, name: str, retry_after: float) -> None:
-        self.retry_after = max(1, math.ceil(retry_after))
-        super().__init__(f"the upstream {name} is failing: its circuit is open, "
-                         f"retry in {self.retry_after} s")
-
-    def headers(self) -> dict[str, str]:
-        """``Retry-After``: the seconds left of the cool-down (or of the probe's turn)."""
-        return {"Retry-After": str(self.retry_after)}
 
 
 def verdict(event: Event | None) -> str:

@@ -5,8 +5,9 @@
      │    ├── BodyRefused     413 or 408: a body we stop reading; the connection closes after
      │    ├── Unauthorized    401 with ``WWW-Authenticate``: no key, or a key or session we do not know
      │    ├── Forbidden       403: a cookie or socket from another site, another client's stream
-     │    └── TooManyStreams  429 with ``Retry-After``: over a concurrent-stream cap
-     │         └── TooManyDetachedStreams   over the cap on detached (``on_disconnect=finish``) ones
+     │    ├── TooManyStreams  429 with ``Retry-After``: over a concurrent-stream cap
+     │    │    └── TooManyDetachedStreams   over the cap on detached (``on_disconnect=finish``) ones
+     │    └── UpstreamUnavailable  503 with ``Retry-After``: the upstream's circuit is open
      ├── StoreError           503 with ``Retry-After``: the stream store (Redis) failed; clients see
      │                        one fixed message, the log the backend's detail with the request id
      └── UpstreamError        an LLM upstream failed (unreachable, timeout, HTTP status, bad
@@ -23,6 +24,7 @@ no host, port, key or exception.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from typing import Any
 
@@ -64,6 +66,22 @@ class ApiError(StreamappError):
 
     status = 400
     code = "invalid_request"
+
+
+class UpstreamUnavailable(ApiError):
+    """The upstream's circuit is open: 503 with ``Retry-After`` (whole seconds, at least 1)."""
+
+    status = 503
+    code = "upstream_unavailable"
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(f"the upstream {name} is failing: its circuit is open, "
+                         f"retry in {self.retry_after} s")
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After``: the seconds left of the cool-down (or of the probe's turn)."""
+        return {"Retry-After": str(self.retry_after)}
 
 
 class StoreError(StreamappError):

@@ -79,7 +79,8 @@ def test_the_state_machine() -> None:
 @pytest.mark.parametrize(("event", "outcome"), [
     (Delta("hi"), "success"), (Done("stop"), "success"), (Done("client_gone"), "none"),
     (Failed("upstream_unreachable", "x"), "failure"), (Failed("upstream_timeout", "x", 504), "failure"),
-    (Failed("upstream_bad_response", "x"), "failure"), (Failed("upstream_disconnected", "x"), "failure"),
+    (Failed("upstream_bad_response", "x"), "failure"), (Failed("upstream_cut", "x"), "failure"),
+    (Failed("upstream_stalled", "x"), "failure"),
     (Failed("upstream_http_error", "x", 502, 503), "failure"),
     (Failed("upstream_http_error", "x", 502, 429), "failure"),
     (Failed("upstream_http_error", "x", 502, 408), "failure"),
@@ -166,3 +167,31 @@ def test_shared_over_redis(start_server, fake_upstream, redis_url, redis_prefix,
     refused_at_once(chat(a, f"normal?tag={tag}-a"), 60)
     assert upstream_log(fake_upstream, f"{tag}-a") == upstream_log(fake_upstream, f"{tag}-b") == []
     assert metric(b, "streamapp_upstream_circuit_state")['upstream="openai"'] == 2.0
+
+
+def test_a_stream_queued_when_its_circuit_opens_ends_with_an_error_event(start_server, fake_upstream,
+                                                                         tag) -> None:
+    """A stream that waited in the queue (its 200 and comments already sent) and whose
+    upstream's circuit opened meanwhile ends with the ``upstream_unavailable`` error event,
+    and the upstream never sees its request."""
+    from tests.helpers import SSEClient, first_deltas, q
+
+    waiting, failing = "sk-circuit-queue-1f2e", "sk-circuit-fail-8a0c"
+    server = start_server(API_KEYS=f"w:{waiting},f:{failing}", MAX_STREAMS_PER_KEY=1, QUEUE_WAIT_S=10,
+                          RATE_LIMIT="", RESUME_GRACE_S=0, CIRCUIT_FAILURES=1, CIRCUIT_COOLDOWN_S=30,
+                          HEADER_WAIT_S=0.3)
+    auth = {"Authorization": f"Bearer {waiting}"}
+    running = SSEClient(f"{server.url}/stream?text={q('w ' * 250)}&delay_ms=100", headers=auth)
+    assert running.status == 200
+    first_deltas(running, 1)  # the key's one slot is taken
+    queued = SSEClient(f"{server.url}/ai-stream?prompt=hi&model={q(f'normal?tag={tag}-q')}", headers=auth)
+    assert queued.status == 200 and next(queued.iter_chunks()).startswith(b": queued")
+    failed = requests.post(f"{server.url}/api/chat", headers={"Authorization": f"Bearer {failing}"},
+                           timeout=10, json={"uid": 1, "message": "hi", "provider": "openai",
+                                             "model": f"status?status=503&tag={tag}-f"})
+    assert failed.status_code == 502  # one failure opens the circuit (CIRCUIT_FAILURES=1)
+    assert state(server) == "open"
+    running.conn.close()  # the slot frees: the queued stream's turn comes, its circuit open
+    errors = [e for e in queued.iter_events() if e.event == "error"]
+    assert errors and json.loads(errors[-1].data)["code"] == "upstream_unavailable", errors
+    assert not upstream_log(fake_upstream, f"{tag}-q")

@@ -26,7 +26,7 @@ import gevent.event
 from flask import Response, current_app, request, stream_with_context
 
 from .. import sse
-from ..errors import TooManyStreams, error_response
+from ..errors import ApiError, StoreError, TooManyStreams, error_response
 from ..events import Event, Failed
 from ..queue import Ticket
 from ..slots import Slot
@@ -166,7 +166,11 @@ def _queued_body(ticket: Ticket, start: Callable[[Slot], str], enc: Encoder, wat
         watch.stop()
         if slot is None:
             ticket.leave("left")  # closed by the server: idempotent after give_up
-    sid = start(slot)
+    try:
+        sid = start(slot)
+    except (ApiError, StoreError) as exc:  # refused once its turn came (an open circuit): the 200 is out
+        yield enc.event("", 0, Failed(exc.code, exc.message, exc.status), True)
+        return
     lifecycle = get_lifecycle()
     lifecycle.publish(sid)
     reader = lifecycle.follow(sid, 0, resumable=enc.resumable)
