@@ -19,7 +19,9 @@ the client's fault (400/401/403/404) or the stream was stopped. After the first 
 is recorded. The producer reports the start once (its ``on_first`` hook): nothing per event.
 
 With ``REDIS_URL`` the circuits are shared by every worker and host (one small script per
-check and per record, on keys that expire ``RECORD_TTL_S`` after their last failure);
+check and per record, on keys that expire ``RECORD_TTL_S`` after their last failure; a
+circuit with no record at all is trusted clear for ``CLEAR_TRUST_S``, so the common start
+costs no Redis call and a circuit opened elsewhere is seen here within that time);
 without it, each process keeps its own. Redis out of reach lets every start go (logged).
 The interface (:meth:`Circuits.allow`, :meth:`Circuits.record`) knows upstream names only,
 so a router trying a route's targets in turn can ask it for each.
@@ -45,6 +47,7 @@ EXTENSION = "circuits"
 STATES = {"closed": 0, "half_open": 1, "open": 2}  # the metric's values
 POOL_SIZE = 16  # Redis connections per worker for the circuits
 RECORD_TTL_S = 600  # a circuit's Redis key lives this long past its cool-down after a failure
+CLEAR_TRUST_S = 1.0  # a circuit found with no record in Redis is trusted clear this long
 # Codes of a start failure that is the upstream's (issue 18's failover-worthy list); an answer
 # with an HTTP status is judged by the status instead.
 FAILURE_CODES = frozenset({"upstream_unreachable", "upstream_timeout", "upstream_cut",
@@ -120,8 +123,10 @@ class MemoryCircuits:
         return ("open", left) if left > 0 else ("half_open", 0.0)
 
 
-# KEYS[1] the circuit; ARGV: cool-down. Returns the seconds to wait ("0": go).
+# KEYS[1] the circuit; ARGV: cool-down. Returns the seconds to wait ("0": go), or "clear" when
+# the circuit has no record at all (closed, no failure counted): the caller may trust that a while.
 _ALLOW = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'clear' end
 local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
 if open_until == 0 then return '0' end
 local t = redis.call('TIME')
@@ -169,7 +174,8 @@ return {'half_open', '0'}
 class RedisCircuits:
     """The circuits every worker and host shares, in Redis (Redis's clock decides)."""
 
-    def __init__(self, url: str, prefix: str, failures: int, cooldown: float) -> None:
+    def __init__(self, url: str, prefix: str, failures: int, cooldown: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         import redis  # only needed with Redis
 
         self.failures, self.cooldown, self.prefix = failures, cooldown, prefix
@@ -184,20 +190,39 @@ class RedisCircuits:
         self._record = self.client.register_script(_RECORD)
         self._state = self.client.register_script(_STATE)
         self.ttl = math.ceil(cooldown) + RECORD_TTL_S
+        self.clock = clock
+        # name -> until when this process trusts that the circuit has no record in Redis (closed,
+        # no failure counted): starts and successes then cost no Redis call.
+        self._clear_until: dict[str, float] = {}
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}:circuit:{name}"
 
     def allow(self, name: str) -> float:
-        """As :meth:`MemoryCircuits.allow`; every start may go while Redis is out of reach."""
+        """As :meth:`MemoryCircuits.allow`; every start may go while Redis is out of reach.
+
+        A circuit found without any record is trusted clear for ``CLEAR_TRUST_S``: a circuit
+        opened by another process is seen here that much later at most."""
+        now = self.clock()
+        if now < self._clear_until.get(name, 0.0):
+            return 0.0
         try:
-            return float(self._allow(keys=[self._key(name)], args=[self.cooldown]))
+            answer = self._allow(keys=[self._key(name)], args=[self.cooldown])
         except self.errors as exc:
             logger.warning("circuit of %s not checked (Redis): %r", name, exc)
             return 0.0
+        if answer == b"clear":
+            self._clear_until[name] = now + CLEAR_TRUST_S
+            return 0.0
+        return float(answer)
 
     def record(self, name: str, outcome: str) -> None:
-        """As :meth:`MemoryCircuits.record`."""
+        """As :meth:`MemoryCircuits.record`; a success while the circuit is trusted clear has
+        nothing to reset and costs no Redis call."""
+        if outcome == "success" and self.clock() < self._clear_until.get(name, 0.0):
+            return
+        if outcome == "failure":
+            self._clear_until.pop(name, None)
         try:
             self._record(keys=[self._key(name)], args=[outcome, self.failures, self.cooldown, self.ttl])
         except self.errors as exc:

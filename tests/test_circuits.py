@@ -195,3 +195,19 @@ def test_a_stream_queued_when_its_circuit_opens_ends_with_an_error_event(start_s
     errors = [e for e in queued.iter_events() if e.event == "error"]
     assert errors and json.loads(errors[-1].data)["code"] == "upstream_unavailable", errors
     assert not upstream_log(fake_upstream, f"{tag}-q")
+
+
+def test_a_clear_circuit_is_trusted_a_moment_then_checked_again(redis_url, redis_prefix) -> None:
+    """A circuit with no record in Redis is trusted clear for CLEAR_TRUST_S (no Redis call per
+    start); one opened by another process is seen once that time has passed."""
+    from streamapp.circuits import CLEAR_TRUST_S, RedisCircuits
+
+    now = [100.0]
+    here = RedisCircuits(redis_url, redis_prefix, failures=1, cooldown=30, clock=lambda: now[0])
+    there = RedisCircuits(redis_url, redis_prefix, failures=1, cooldown=30)
+    assert here.allow("openai") == 0.0  # no record: trusted clear from now on
+    there.record("openai", "failure")  # another process opens it
+    assert there.allow("openai") > 0
+    assert here.allow("openai") == 0.0  # still trusted, without asking Redis
+    now[0] += CLEAR_TRUST_S
+    assert here.allow("openai") > 0  # asked again: open
