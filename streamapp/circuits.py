@@ -114,6 +114,10 @@ class MemoryCircuits:
         elif c is not None and c.open_until and now >= c.open_until:
             c.probe_until = 0.0  # no verdict: the next start probes
 
+    def trusted(self, name: str) -> bool:
+        """Whether recording ``name``'s outcome costs nothing (always, in memory)."""
+        return True
+
     def state(self, name: str) -> tuple[str, float]:
         """``(state, seconds left of the cool-down)``."""
         c = self._circuits.get(name)
@@ -216,10 +220,14 @@ class RedisCircuits:
             return 0.0
         return float(answer)
 
+    def trusted(self, name: str) -> bool:
+        """Whether ``name``'s circuit is trusted clear now (a success then costs no Redis call)."""
+        return self.clock() < self._clear_until.get(name, 0.0)
+
     def record(self, name: str, outcome: str) -> None:
         """As :meth:`MemoryCircuits.record`; a success while the circuit is trusted clear has
         nothing to reset and costs no Redis call."""
-        if outcome == "success" and self.clock() < self._clear_until.get(name, 0.0):
+        if outcome == "success" and self.trusted(name):
             return
         if outcome == "failure":
             self._clear_until.pop(name, None)
@@ -270,9 +278,10 @@ class Circuits:
         return lambda event: self._judge(name, verdict(event))
 
     def _judge(self, name: str, outcome: str) -> None:
-        # A first token must not wait on Redis: its success is recorded in the background. A
-        # start that failed is recorded before its client hears of it, so the next start sees it.
-        if outcome == "success":
+        # A first token never waits on Redis: a success with nothing to reset is recorded at
+        # once, any other in the background. A start that failed is recorded before its client
+        # hears of it, so the next start sees it.
+        if outcome == "success" and not self.backend.trusted(name):
             gevent.spawn(self.record, name, outcome)
         else:
             self.record(name, outcome)
