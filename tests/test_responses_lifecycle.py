@@ -61,12 +61,18 @@ def test_background_generates_with_nobody_reading_and_is_retrieved(pair) -> None
     assert done.output_text == "".join(token_list(5)) and done.usage.output_tokens == 5
 
 
-def test_cancel_stops_the_generation_wherever_it_runs(pair, fake_upstream, tag) -> None:
-    a, b = pair
-    with sdk(a) as client:
+def running_in_background(server, fake_upstream: str, tag: str):
+    """A background response of a long answer, once its upstream request is open."""
+    with sdk(server) as client:
         resp = client.responses.create(model=f"openai/slow?tokens=200&delay_ms=100&tag={tag}", input="hi",
                                        background=True)
     upstream_log(fake_upstream, tag, wait="opened")
+    return resp
+
+
+def test_cancel_stops_the_generation_wherever_it_runs(pair, fake_upstream, tag) -> None:
+    a, b = pair
+    resp = running_in_background(a, fake_upstream, tag)
     with sdk(b) as client:
         cancelled = client.responses.cancel(resp.id)
         assert cancelled.status == "cancelled"
@@ -135,10 +141,7 @@ def test_delete_answers_openais_deletion_object(pair) -> None:
 
 def test_deleting_a_running_background_response_cancels_it_first(pair, fake_upstream, tag) -> None:
     a, b = pair
-    with sdk(a) as client:
-        resp = client.responses.create(model=f"openai/slow?tokens=200&delay_ms=100&tag={tag}", input="hi",
-                                       background=True)
-    upstream_log(fake_upstream, tag, wait="opened")
+    resp = running_in_background(a, fake_upstream, tag)
     with sdk(b) as client:
         client.responses.delete(resp.id)
     assert upstream_log(fake_upstream, tag, wait="closed_by_peer")[0]["closed_by_peer"]
