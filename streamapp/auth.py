@@ -34,7 +34,9 @@ Keys (``API_KEYS``, comma-separated, or ``API_KEYS_FILE``, one a line, ``#`` com
     sha256:<64 hex digits>
 
 Limits, all optional: ``rpm=N`` (``N/minute``) or ``rate=<flask-limiter string>``,
-``streams=N`` (concurrent streams), ``models=a,b`` (allowed models).
+``streams=N`` (concurrent streams), ``models=a,b`` (allowed models); and ``admin`` (a bare word:
+the key may see every client's streams and usage). ``STREAMAPP_ADMIN_KEYS`` (comma-separated key
+names) marks keys admin too. Without any key the service is open, and every caller is admin.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import logging
 import os
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -57,8 +59,8 @@ from flask_cors import CORS
 
 from .errors import Forbidden, Unauthorized
 
-__all__ = ["Client", "Forbidden", "Keys", "Unauthorized", "init_app", "require_owner", "SharedSecret",
-           "session_secret", "shared_secret"]
+__all__ = ["Client", "Forbidden", "Keys", "Unauthorized", "init_app", "is_admin", "require_admin",
+           "require_owner", "SharedSecret", "session_secret", "shared_secret"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ class Client:
     rate_limit: str | None = None        # a flask-limiter string, e.g. "60/minute"
     max_streams: int | None = None       # concurrent streams
     models: frozenset[str] | None = None  # allowed models
+    admin: bool = False                  # may see and cancel every client's streams and usage
 
 
 def _digest(key: str) -> bytes:
@@ -114,7 +117,9 @@ def _parse_entry(spec: str, limits: list[str], where: str) -> tuple[bytes, Clien
     for item in limits:
         opt, _, value = item.partition("=")
         try:
-            if opt == "rpm":
+            if opt == "admin" and not value:
+                opts["admin"] = True
+            elif opt == "rpm":
                 opts["rate_limit"] = f"{int(value)}/minute"
             elif opt == "rate" and value:
                 opts["rate_limit"] = value
@@ -126,7 +131,7 @@ def _parse_entry(spec: str, limits: list[str], where: str) -> tuple[bytes, Clien
                 raise ValueError
         except ValueError:
             raise ValueError(f"{where}: bad option {opt!r} (rpm=N, rate=N/unit, streams=N, "
-                             "models=a,b)") from None
+                             "models=a,b, admin)") from None
     return digest, Client(name, **opts)
 
 
@@ -154,7 +159,11 @@ class Keys:
                 words = line.split("#", 1)[0].split()
                 if words:
                     entries.append(_parse_entry(words[0], words[1:], f"{path} line {n}"))
-        return cls(entries)
+        admins = {n.strip() for n in str(config.get("ADMIN_KEYS") or "").split(",") if n.strip()}
+        unknown = admins - {c.name for _, c in entries}
+        if unknown:
+            raise ValueError(f"STREAMAPP_ADMIN_KEYS names no configured key: {', '.join(sorted(unknown))}")
+        return cls([(d, replace(c, admin=True) if c.name in admins else c) for d, c in entries])
 
     def __bool__(self) -> bool:
         return bool(self._entries)
@@ -240,6 +249,20 @@ def authenticate() -> None:
             return
     raise Unauthorized("an API key is required: Authorization: Bearer <key> or X-API-Key, "
                        "or a session from POST /api/session")
+
+
+def is_admin() -> bool:
+    """Whether the caller may see every client's streams and usage: an admin key, or anybody
+    when no key is configured (the service is open)."""
+    client = g.get("client")
+    return client is None or client.admin
+
+
+def require_admin() -> None:
+    """403 ``admin_only`` unless :func:`is_admin`."""
+    if not is_admin():
+        raise Forbidden("only an admin key may do this (STREAMAPP_ADMIN_KEYS, or admin in the keys file)",
+                        code="admin_only")
 
 
 def require_owner(meta: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     # Access (streamapp/auth.py). No key configured: the API is open.
     "API_KEYS": "",                    # comma-separated keys: KEY, NAME:KEY or [NAME:]sha256:HEX
     "API_KEYS_FILE": "",               # one key a line, with a name and limits (see auth.py)
+    "ADMIN_KEYS": "",                  # comma-separated key names that are admin (see auth.py)
     "SECRET_KEY": None,                # signs session cookies; unset: one per process (a warning)
     "SESSION_TTL_S": 43200.0,          # a browser session cookie (POST /api/session) lasts this long
     "CORS_ORIGINS": "",                # comma-separated origins allowed cross-origin; "*" only when open
@@ -78,7 +79,7 @@ _FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "STALL_TIMEOUT_S", "HEARTBEAT_
            "STREAM_MAX_DURATION_S", "SESSION_TTL_S", "SLOT_LEASE_S", "WS_PING_S", "READY_CACHE_S",
            "QUEUE_WAIT_S", "CIRCUIT_COOLDOWN_S")
 # Taken as written from the environment (Flask parses STREAMAPP_* values as JSON: a key "1e5" stays text).
-_RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "SECRET_KEY", "CORS_ORIGINS", "READY_PROVIDERS")
+_RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "ADMIN_KEYS", "SECRET_KEY", "CORS_ORIGINS", "READY_PROVIDERS")
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
          "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES",
          "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE", "TRUSTED_PROXIES", "MAX_STREAMS_PER_KEY",

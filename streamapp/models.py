@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from .errors import ApiError
 
-__all__ = ["Models", "Resolved", "check_allowed", "parse_allowed_models"]
+__all__ = ["Models", "Resolved", "Target", "check_allowed", "parse_allowed_models"]
 
 DEMO = "demo"
 UPSTREAMS = ("openai", "ollama")
@@ -43,13 +43,31 @@ OPENAI_HOST = "api.openai.com"  # the one OpenAI-compatible server known to need
 
 
 @dataclass(frozen=True, slots=True)
+class Target:
+    """One place a model is served: an upstream (a provider's name in
+    ``app.extensions["providers"]``), the model asked of it, and its weight (for ``weighted``)."""
+
+    upstream: str
+    model: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Resolved:
     """A model somebody here serves: the provider, the model it is asked for, and its id in
-    ``GET /v1/models`` (``demo``, ``openai/<model>``, ``ollama/<model>``)."""
+    ``GET /v1/models`` (``demo``, ``openai/<model>``, ``ollama/<model>``); ``targets``, the
+    upstreams to try in turn (by ``strategy``: ``fallback`` or ``weighted``), default to the
+    one ``(provider, model)``."""
 
     provider: str
     model: str
     public_name: str
+    targets: tuple[Target, ...] = ()
+    strategy: str = "fallback"
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            object.__setattr__(self, "targets", (Target(self.provider, self.model),))
 
 
 def parse_allowed_models(value: str) -> dict[str, frozenset[str]]:

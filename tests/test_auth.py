@@ -14,6 +14,7 @@ import pytest
 import redis
 import requests
 
+from streamapp.auth import Keys
 from tests.conftest import start_redis
 from tests.helpers import free_port, poll_until
 
@@ -403,3 +404,15 @@ def test_a_secret_set_in_redis_reaches_every_worker(start_server, redis_url, red
     poll_until(everywhere, 10, "every worker to sign with the new secret")
     for _ in range(4):
         assert call(server, "GET", "/v1/models", cookies=old, headers=SAME_SITE).status_code == 401
+
+
+def test_admin_keys_by_word_and_by_setting(tmp_path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("root:sk-root admin\nalice:sk-alice rpm=5\nbob:sk-bob\n")
+    keys = Keys.from_config({"API_KEYS_FILE": str(keys_file), "ADMIN_KEYS": "bob"})
+    assert {name: c.admin for name, c in keys.by_name.items()} == {"root": True, "alice": False, "bob": True}
+    with pytest.raises(ValueError, match="STREAMAPP_ADMIN_KEYS names no configured key: carol"):
+        Keys.from_config({"API_KEYS_FILE": str(keys_file), "ADMIN_KEYS": "carol"})
+    keys_file.write_text("root:sk-root admin=yes\n")
+    with pytest.raises(ValueError, match="line 1: bad option 'admin'"):
+        Keys.from_config({"API_KEYS_FILE": str(keys_file)})
