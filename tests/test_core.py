@@ -107,6 +107,17 @@ def test_memory_store_leases_expire_and_pages_are_bounded(clock) -> None:
     assert store.reader_counts(["s", "unknown"]) == [0, 0]
 
 
+def test_memory_store_annotate_adds_and_replaces_fields(clock) -> None:
+    store = MemoryStore(300, lease=30, clock=clock)
+    store.create("s", {"state": "running", "route": "chat"})
+    store.annotate("s", {"upstream": "a", "attempts": [{"upstream": "a"}]})
+    store.annotate("s", {"upstream": "b"})
+    store.annotate("unknown", {"upstream": "a"})  # nothing to add to: left alone
+    assert store.meta("s") == {"state": "running", "route": "chat", "upstream": "b",
+                               "attempts": [{"upstream": "a"}]}
+    assert store.meta("unknown") is None
+
+
 # -- producer ----------------------------------------------------------------------
 
 def test_producer_exit_path_completes_when_closing_the_upstream_raises(clock) -> None:

@@ -331,3 +331,40 @@ def scenario_late_renewal(url: str, prefix: str) -> None:
 
 def test_a_late_lease_renewal_does_not_bring_a_departed_reader_back(redis_url, prefix) -> None:
     run_patched("test_redis_store", "scenario_late_renewal", url=redis_url, prefix=prefix)
+
+
+# -- 7. annotate: fields added to a stream's metadata, after it is published, never a stray hash --
+
+def scenario_annotate(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    owner, other = make_store(url, prefix), make_store(url, prefix)
+    owner.start("owner-a")
+    attempts = [{"upstream": "a", "outcome": "upstream_unreachable"}, {"upstream": "b", "outcome": "success"}]
+    owner.create("a1", META)
+    owner.annotate("a1", {"upstream": "b", "attempts": attempts})  # before its metadata is in Redis
+    assert owner.meta("a1")["attempts"] == attempts  # here at once
+    owner.flush()
+    assert other.meta("a1")["upstream"] == "b" and other.meta("a1")["attempts"] == attempts
+    assert other.meta("a1")["format"] == "plain"  # the publisher's fields are all there
+    append_all(owner, "a1", deltas("x"))
+    owner.annotate("a1", {"usage": {"total_tokens": 3}, "upstream": "c"})  # at its end: replaces
+    owner.flush()
+    assert other.meta("a1")["usage"] == {"total_tokens": 3} and other.meta("a1")["upstream"] == "c"
+    assert other.meta("a1")["state"] == "finished" and client.ttl(f"{prefix}:meta:a1") > 0
+    # A stream Redis does not know (forgotten, expired) gets no hash without a TTL.
+    owner.annotate("gone", {"upstream": "a"})
+    owner.flush()
+    assert not client.exists(f"{prefix}:meta:gone")
+    # A local-only stream (created while Redis was down) keeps its fields here only.
+    owner.health.down = True
+    owner.create("a2", META)
+    owner.health.down = False
+    owner.annotate("a2", {"upstream": "a"})
+    owner.flush()
+    assert owner.meta("a2")["upstream"] == "a" and not client.exists(f"{prefix}:meta:a2")
+
+
+def test_annotate_adds_fields_to_the_metadata_everywhere(redis_url, prefix) -> None:
+    run_patched("test_redis_store", "scenario_annotate", url=redis_url, prefix=prefix)

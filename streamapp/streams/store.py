@@ -91,6 +91,13 @@ class Store:
         """Add event number ``seq``; ``final`` marks the stream finished (``last = seq``)."""
         raise NotImplementedError
 
+    def annotate(self, sid: str, fields: dict[str, Any]) -> None:
+        """Add ``fields`` (JSON values) to the metadata of ``sid``, a stream produced here (its
+        upstream attempts, its usage...), replacing fields of the same name. Never waits on a
+        shared backend: ``meta`` here has them at once, other processes' a moment later (a
+        stream unknown, or forgotten, is left as it is)."""
+        raise NotImplementedError
+
     def read(self, sid: str, after: int, limit: int | None = None) -> list[tuple[int, Event]]:
         """Events with a sequence number above ``after``, in order, at most ``limit``."""
         raise NotImplementedError
@@ -216,6 +223,11 @@ class MemoryStore(Store):
             log.meta["last"] = seq
         for wake in log.watchers:
             wake.set()
+
+    def annotate(self, sid: str, fields: dict[str, Any]) -> None:
+        log = self._get(sid)
+        if log is not None:
+            log.meta.update(fields)
 
     def read(self, sid: str, after: int, limit: int | None = None) -> list[tuple[int, Event]]:
         log = self._get(sid)

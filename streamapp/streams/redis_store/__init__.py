@@ -4,8 +4,9 @@ Keys (``P`` is ``STREAMAPP_REDIS_PREFIX``), each with a TTL so nothing grows
 without bound:
 
 - ``P:log:<sid>``      a Redis stream; entry ``0-<seq>`` holds ``{"e": json}``
-- ``P:meta:<sid>``     a hash of JSON values: format, route, owner, state, and
-                       ``last`` (the final seq) once finished
+- ``P:meta:<sid>``     a hash of JSON values: format, route, owner, state,
+                       ``last`` (the final seq) once finished, and what the
+                       producer added (``annotate``: its upstream attempts...)
 - ``P:readers:<sid>``  a sorted set: reader id -> lease expiry (unix time)
 - ``P:cancel:<sid>``   set when a cancel was requested
 - ``P:owner:<owner>``  a process's liveness key, renewed on every manager tick

@@ -41,10 +41,12 @@ def decode(raw: bytes) -> Event:
         return from_dict(json.loads(raw))
 
 
-def meta_fields(meta: dict[str, Any], owner: str) -> list[str]:
-    """A stream's metadata as the flat field, JSON value list of its meta hash."""
+def meta_fields(meta: dict[str, Any], owner: str | None = None) -> list[str]:
+    """A stream's metadata (with its ``owner``, when given) as the flat field, JSON value
+    list of its meta hash."""
     fields = [x for k, v in meta.items() for x in (k, json.dumps(v))]
-    fields += ("owner", json.dumps(owner))
+    if owner is not None:
+        fields += ("owner", json.dumps(owner))
     return fields
 
 

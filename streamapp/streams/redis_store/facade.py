@@ -221,6 +221,13 @@ class RedisStore(Store):
         if sid not in self._local_only:
             self._write(sid, seq, event, final)
 
+    def annotate(self, sid: str, fields: dict[str, Any]) -> None:
+        # The mirror's metadata now; Redis's from the writer's next round, after the stream's
+        # own metadata is in (the publisher's fields are never written over).
+        self._logs.annotate(sid, fields)
+        if sid not in self._local_only:
+            self.writer.annotate(sid, fields)
+
     def is_local(self, sid: str) -> bool:
         return self.mirror.holds(sid)
 

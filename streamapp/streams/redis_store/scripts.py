@@ -65,6 +65,21 @@ for k = 1, #KEYS do
   redis.call('EXPIRE', KEYS[k], ARGV[1], 'NX')
 end
 """
+# Fields added to streams' metadata: KEYS are their meta keys; then per stream: how many field,
+# value pairs follow, and the pairs. A stream whose meta is missing (expired, forgotten, lost) is
+# left alone: a hash made here would have no TTL.
+ANNOTATE = b"""
+local a = 1
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  if redis.call('EXISTS', KEYS[k]) == 1 then
+    for i = a + 1, a + 2 * n, 2 do
+      redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1])
+    end
+  end
+  a = a + 1 + 2 * n
+end
+"""
 # A reader's lease (KEYS[1]: the readers key; ARGV: reader, lease expiry, the key's least TTL,
 # and minus the time one lease ago). A reader that left is kept with a negative score (minus when
 # it left) for a lease, and is not brought back by a renewal that was on its way; a reader missing
@@ -106,7 +121,7 @@ Write = tuple[str, int, list]  # (sid, final seq or 0, [seq, event JSON, seq, ev
 
 
 class Scripts:
-    """The four scripts, registered on ``client``; ``write`` and ``publish`` run on the
+    """The five scripts, registered on ``client``; ``write`` and ``publish`` run on the
     connection they are given (the writer's, the publisher's)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, ttl: int, running_ttl: int) -> None:
@@ -115,6 +130,7 @@ class Scripts:
         self._publish = client.register_script(PUBLISH)
         self._count = client.register_script(COUNT)
         self._attach = client.register_script(ATTACH)
+        self._annotate = client.register_script(ANNOTATE)
 
     def write(self, client: redis.Redis, writes: list[Write]) -> list[str]:
         """Append and end streams, at most ``WRITE_CHUNK`` streams and ``WRITE_EVENTS``
@@ -145,6 +161,16 @@ class Scripts:
                 args.append(len(fields) // 2)
                 args += fields
             self._publish([self.keys("meta", sid) for sid, _ in chunk], args, client=client)
+
+    def annotate(self, client: redis.Redis, batch: list[tuple[str, list[str]]]) -> None:
+        """Add ``(sid, meta fields and values)`` to streams' metadata, ``WRITE_CHUNK`` a call."""
+        for start in range(0, len(batch), WRITE_CHUNK):
+            chunk = batch[start:start + WRITE_CHUNK]
+            args: list[Any] = []
+            for _, fields in chunk:
+                args.append(len(fields) // 2)
+                args += fields
+            self._annotate([self.keys("meta", sid) for sid, _ in chunk], args, client=client)
 
     def attach(self, key: str, reader: str, now: float, lease: float, ttl: int) -> None:
         """Record or renew ``reader``'s lease in readers key ``key``, unless it left."""

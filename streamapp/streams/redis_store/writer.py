@@ -10,7 +10,7 @@ import gevent.event
 import redis
 
 from ...events import Event
-from .codec import encode
+from .codec import encode, meta_fields
 from .health import Health
 from .scripts import Scripts
 
@@ -32,7 +32,12 @@ class Writer:
     Redis has no metadata for streams it was to write (it lost them: the caller sends them
     again, see :meth:`rewrite`). A batch Redis refuses is logged and retried ``tries``
     times, then dropped (logged as an error); the end of a stream in a dropped batch is
-    recorded as soon as Redis takes it. ``progress`` is set after every round."""
+    recorded as soon as Redis takes it. ``progress`` is set after every round.
+
+    Fields added to a stream's metadata (:meth:`annotate`) go in the same rounds, after the
+    round's events, and wait as its events do; a stream Redis has no metadata for gets none
+    of them (no hash without a TTL). A round of them Redis refuses is dropped (logged): they
+    describe the stream, its log does not depend on them."""
 
     tries = 5
     backoff = 0.1  # seconds before the second try; doubles each time
@@ -51,6 +56,7 @@ class Writer:
         self.closing = False  # no more commit window: flush at once
         self._ends: dict[str, int] = {}  # sid -> final seq whose batch was dropped
         self._resend: set[str] = set()  # streams Redis lost, to hand to ``lost`` between batches
+        self.annotations: dict[str, dict] = {}  # sid -> metadata fields still to send
         self._kick = gevent.event.Event()
         self._full = gevent.event.Event()  # BATCH_EVENTS are pending: no need to wait for more
         self._own: redis.Redis | None = None
@@ -69,6 +75,11 @@ class Writer:
         self._kick.set()
         if len(pending) >= BATCH_EVENTS:
             self._full.set()
+
+    def annotate(self, sid: str, fields: dict) -> None:
+        """Queue metadata ``fields`` of ``sid`` for the next round."""
+        self.annotations.setdefault(sid, {}).update(fields)
+        self._kick.set()
 
     def rewrite(self, sid: str, events: list[tuple[int, Event]], last: int) -> None:
         """Send ``sid``'s log again from its first event (``last``: its final seq, 0 while
@@ -89,6 +100,7 @@ class Writer:
         """Send nothing more of ``sid`` (forgotten): its pending events and its end go."""
         self.pending = [item for item in self.pending if item[0] != sid]
         self._ends.pop(sid, None)
+        self.annotations.pop(sid, None)
 
     def forget_end(self, sid: str) -> None:
         """Stop trying to record ``sid``'s end."""
@@ -96,13 +108,13 @@ class Writer:
 
     def wake(self) -> None:
         """Look at the pending events again (those held back may be free to go)."""
-        if self.pending:
+        if self.pending or self.annotations:
             self._kick.set()
         self.progress.set()
 
     def busy(self) -> bool:
         """Whether something appended is not in Redis (nor dropped) yet."""
-        return bool(self.pending or self._kick.is_set() or self.writing)
+        return bool(self.pending or self.annotations or self._kick.is_set() or self.writing)
 
     def run(self) -> None:
         """The writer's loop: batch after batch, in order; never dies."""
@@ -123,6 +135,8 @@ class Writer:
                     batch = self._sendable(batch)
                 if batch:
                     self._write(batch)
+                if self.annotations:
+                    self._annotate()
                 if self._ends:
                     self._record_ends()
             except Exception:  # noqa: BLE001 - the last line: a writer that dies loses every stream
@@ -142,6 +156,23 @@ class Writer:
                 out.append(item)
         self.pending[:0] = held
         return out
+
+    def _annotate(self) -> None:
+        """Send the metadata fields of the streams whose metadata is in Redis (held ones wait;
+        local-only ones are dropped)."""
+        ready = {sid: fields for sid, fields in self.annotations.items() if sid not in self.held}
+        for sid in ready:
+            del self.annotations[sid]
+        ready = {sid: fields for sid, fields in ready.items() if sid not in self.local_only}
+        if not ready:
+            return
+        try:
+            self.scripts.annotate(self._client(), [(sid, meta_fields(f)) for sid, f in ready.items()])
+        except redis.RedisError as exc:
+            self.health.lost(exc)
+            logger.warning("the metadata fields of %d streams were not written to Redis: %s", len(ready), exc)
+            return
+        self.health.back()
 
     def _client(self) -> redis.Redis:
         if self._own is None:
