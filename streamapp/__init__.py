@@ -7,9 +7,9 @@ from typing import Any
 from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, circuits, errors, limits, logs, metrics, streams
+from . import auth, circuits, errors, limits, logs, metrics, streams, upstreams
 from . import config as settings
-from .models import Models
+from .models import build_models
 from .providers import build_providers
 from .ready import Readiness, providers_to_check
 
@@ -30,12 +30,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     settings.validate(app.config)
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
 
-    app.extensions["providers"] = build_providers(app.config)
-    app.extensions["models"] = Models(app.config, app.extensions["providers"])  # one resolver, every route
+    fleet = upstreams.load(app.config["UPSTREAMS_FILE"]) if app.config["UPSTREAMS_FILE"] else None
+    app.extensions["upstreams"] = fleet  # the named upstreams and routes, or None: the settings' providers
+    app.extensions["providers"] = build_providers(app.config, fleet)
+    app.extensions["models"] = build_models(app.config, app.extensions["providers"], fleet)  # every route
     streams.init_app(app)
     circuits.init_app(app)  # each upstream's circuit breaker, checked by every front door's launch
     app.extensions["ready"] = Readiness(app.extensions["streams"].store, app.extensions["providers"],
-                                        providers_to_check(app.config), app.config["READY_CACHE_S"],
+                                        providers_to_check(app.config, fleet), app.config["READY_CACHE_S"],
                                         app.extensions["circuits"])
     errors.init_app(app)  # every error's JSON answer, registered here once
     logs.init_app(app)  # first hook: every request gets its id, every answer its log line

@@ -14,6 +14,7 @@ from typing import Any
 
 DEFAULTS: dict[str, Any] = {
     "DEFAULT_PROVIDER": "demo",        # provider when a request names none
+    "UPSTREAMS_FILE": "",              # TOML of named upstreams and routes (streamapp/upstreams.py); "": none
     "DEMO_DELAY_MS": 40,               # pace of the demo provider's tokens
     "STREAM_DEFAULT_DELAY_MS": 50,     # GET /stream delay_ms default
     "STREAM_MAX_DELAY_MS": 5000,       # GET /stream delay_ms is capped here
@@ -79,7 +80,8 @@ _FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "STALL_TIMEOUT_S", "HEARTBEAT_
            "STREAM_MAX_DURATION_S", "SESSION_TTL_S", "SLOT_LEASE_S", "WS_PING_S", "READY_CACHE_S",
            "QUEUE_WAIT_S", "CIRCUIT_COOLDOWN_S")
 # Taken as written from the environment (Flask parses STREAMAPP_* values as JSON: a key "1e5" stays text).
-_RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "ADMIN_KEYS", "SECRET_KEY", "CORS_ORIGINS", "READY_PROVIDERS")
+_RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "ADMIN_KEYS", "SECRET_KEY", "CORS_ORIGINS", "READY_PROVIDERS",
+                "UPSTREAMS_FILE")
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
          "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES",
          "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE", "TRUSTED_PROXIES", "MAX_STREAMS_PER_KEY",
@@ -119,7 +121,7 @@ def validate(config: dict[str, Any]) -> None:
         config[key] = _number(config, key, int)
     unknown = set(filter(None, (p.strip() for p in str(config["READY_PROVIDERS"] or "").split(",")))) \
         - set(PROVIDERS)
-    if unknown:
+    if unknown and not config.get("UPSTREAMS_FILE"):  # with the file it names upstreams: ready.py checks
         raise ValueError(f"STREAMAPP_READY_PROVIDERS: unknown provider {', '.join(sorted(unknown))}")
     if config["LOG_FORMAT"] not in ("text", "json"):
         raise ValueError("STREAMAPP_LOG_FORMAT must be text or json")

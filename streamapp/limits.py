@@ -217,7 +217,9 @@ def _check_model(provider: str, model: str | None) -> None:
 def init_app(app: Flask) -> None:
     """Bind the limiter and the stream caps to ``app`` (after its blueprints are registered)."""
     config = app.config
-    config["ALLOWED_MODELS_PARSED"] = parse_allowed_models(config["ALLOWED_MODELS"])
+    # With an upstreams file ALLOWED_MODELS lists public names, checked by the resolver alone.
+    config["ALLOWED_MODELS_PARSED"] = {} if config.get("UPSTREAMS_FILE") else \
+        parse_allowed_models(config["ALLOWED_MODELS"])
     _init_limiter(app)
     app.extensions["streamapp.slots"] = StreamSlots(
         config["MAX_STREAMS_PER_KEY"], config["MAX_STREAMS_PER_PROCESS"], config["SLOT_LEASE_S"],

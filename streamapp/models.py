@@ -34,8 +34,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ApiError
+from .upstreams import Fleet, Route, Target
 
-__all__ = ["Models", "Resolved", "Target", "check_allowed", "parse_allowed_models"]
+__all__ = ["FleetModels", "Models", "Resolved", "Target", "build_models", "check_allowed",
+           "parse_allowed_models"]
 
 DEMO = "demo"
 UPSTREAMS = ("openai", "ollama")
@@ -43,21 +45,11 @@ OPENAI_HOST = "api.openai.com"  # the one OpenAI-compatible server known to need
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    """One place a model is served: an upstream (a provider's name in
-    ``app.extensions["providers"]``), the model asked of it, and its weight (for ``weighted``)."""
-
-    upstream: str
-    model: str
-    weight: float = 1.0
-
-
-@dataclass(frozen=True, slots=True)
 class Resolved:
     """A model somebody here serves: the provider, the model it is asked for, and its id in
-    ``GET /v1/models`` (``demo``, ``openai/<model>``, ``ollama/<model>``); ``targets``, the
-    upstreams to try in turn (by ``strategy``: ``fallback`` or ``weighted``), default to the
-    one ``(provider, model)``."""
+    ``GET /v1/models`` (``demo``, ``openai/<model>``, ``ollama/<model>``, or a route's name);
+    ``targets``, the upstreams to try in turn (by ``strategy``: ``fallback`` or ``weighted``),
+    default to the one ``(provider, model)``."""
 
     provider: str
     model: str
@@ -110,6 +102,10 @@ class Models:
                          for name, provider in providers.items()}
         self.allowed = parse_allowed_models(config["ALLOWED_MODELS"])
         self.unserved = _unserved(config, self.allowed)
+
+    def check(self, resolved: Resolved, client_models: frozenset[str] | None) -> None:
+        """:func:`check_allowed` by this app's allow-list."""
+        check_allowed(resolved, client_models, self.allowed)
 
     def resolve(self, name: str | None, provider: str | None = None) -> Resolved:
         """What ``name`` (of ``provider``, when the route names one) is; ``ApiError`` 404
@@ -168,3 +164,96 @@ def check_allowed(resolved: Resolved, client_models: frozenset[str] | None,
     if client_models is not None and model not in client_models and resolved.public_name not in client_models:
         raise ApiError(f"the model '{model}' is not allowed for this API key", field="model",
                        code="model_not_allowed", status=403)
+
+
+def _route_resolved(route: Route, targets: tuple[Target, ...] | None = None) -> Resolved:
+    """A route as resolved: its first target answers until failover tries the others."""
+    targets = targets or route.targets
+    return Resolved(targets[0].upstream, targets[0].model, route.name, targets, route.strategy)
+
+
+def _public_allow_list(value: str, fleet: Fleet) -> frozenset[str] | None:
+    """``STREAMAPP_ALLOWED_MODELS`` with an upstreams file: public names, comma-separated."""
+    names = frozenset(filter(None, (n.strip() for n in (value or "").split(","))))
+    for name in sorted(names):
+        if name != DEMO and name not in fleet.routes:
+            raise ValueError(f"STREAMAPP_ALLOWED_MODELS: {name!r} is not a route of {fleet.source} (with an "
+                             f"upstreams file it lists public names, comma-separated: "
+                             f"{', '.join(fleet.routes)})")
+    return names or None
+
+
+class FleetModels:
+    """The models of an app with an upstreams file (``streamapp.upstreams``): the public names
+    are its routes and ``demo``; ``upstream/model`` names are not served (404, naming them).
+
+    A route that names a provider (``/ai-stream``, ``/local-ai``, a chat's ``provider``) takes a
+    route's targets of that kind: ``model`` a route's name (of a target of that kind), or, with
+    none, the default route when it has one, else the first route in the file that has one.
+    ``STREAMAPP_ALLOWED_MODELS`` and keys' ``models=`` list public names."""
+
+    def __init__(self, config: Mapping[str, Any], fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.allowed: dict[str, frozenset[str]] = {}  # per provider: only without a file
+        self.public = _public_allow_list(config["ALLOWED_MODELS"], fleet)  # None: every route
+        if fleet.default_route is None and config["DEFAULT_PROVIDER"] != DEMO:
+            raise ValueError(f"STREAMAPP_DEFAULT_PROVIDER={config['DEFAULT_PROVIDER']}: with an upstreams "
+                             f"file a request naming no model goes to default_route; set it in "
+                             f"{fleet.source} (or leave STREAMAPP_DEFAULT_PROVIDER at demo)")
+        self.default = fleet.default_route or DEMO
+
+    def _names(self) -> str:
+        return ", ".join(m.public_name for m in self.servable())
+
+    def resolve(self, name: str | None, provider: str | None = None) -> Resolved:
+        """The route (or the demo) ``name`` is; ``ApiError`` 404 ``model_not_found`` otherwise."""
+        if provider not in (None, DEMO):
+            return self._of_kind(name, provider)
+        if provider == DEMO or (name or self.default) == DEMO:
+            if name not in (None, DEMO):
+                raise _not_found(name, "the demo provider serves only 'demo'")
+            return Resolved(DEMO, DEMO, DEMO)
+        route = self.fleet.routes.get(name or self.default)
+        if route is None:
+            raise _not_found(name or "", f"name one of GET /v1/models: {self._names()}")
+        return _route_resolved(route)
+
+    def _of_kind(self, name: str | None, kind: str) -> Resolved:
+        upstreams = self.fleet.upstreams
+        if name is not None:
+            if name not in self.fleet.routes:
+                raise _not_found(name, f"name one of GET /v1/models: {self._names()}")
+            candidates = [self.fleet.routes[name]]
+        else:
+            candidates = [r for r in self.fleet.routes.values() if r.name == self.default] + \
+                [r for r in self.fleet.routes.values() if r.name != self.default]
+        for route in candidates:
+            targets = tuple(t for t in route.targets if upstreams[t.upstream].kind == kind)
+            if targets:
+                return _route_resolved(route, targets)
+        what = f"the route '{name}' has" if name is not None else "no route has"
+        raise _not_found(name or kind, f"{what} a target of kind {kind} in {self.fleet.source}")
+
+    def check(self, resolved: Resolved, client_models: frozenset[str] | None) -> None:
+        """``ApiError`` ``model_not_allowed`` (field ``model``) when ``resolved``'s public name is
+        outside ``STREAMAPP_ALLOWED_MODELS`` (400) or the client's ``models=`` (403)."""
+        name = resolved.public_name
+        if resolved.provider == DEMO:
+            return  # the embedded demo spends nothing
+        if self.public is not None and name not in self.public:
+            raise ApiError(f"the model '{name}' is not allowed: allowed are {', '.join(sorted(self.public))} "
+                           "(STREAMAPP_ALLOWED_MODELS)", field="model", code="model_not_allowed")
+        if client_models is not None and name not in client_models:
+            raise ApiError(f"the model '{name}' is not allowed for this API key", field="model",
+                           code="model_not_allowed", status=403)
+
+    def servable(self) -> list[Resolved]:
+        """What ``GET /v1/models`` lists: the demo, then the routes (those allowed), in the file's order."""
+        return [Resolved(DEMO, DEMO, DEMO)] + [_route_resolved(r) for r in self.fleet.routes.values()
+                                               if self.public is None or r.name in self.public]
+
+
+def build_models(config: Mapping[str, Any], providers: Mapping[str, Any],
+                 fleet: Fleet | None) -> Models | FleetModels:
+    """The resolver of an app: by the upstreams file when there is one, else by the settings."""
+    return Models(config, providers) if fleet is None else FleetModels(config, fleet)

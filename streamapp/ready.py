@@ -2,7 +2,8 @@
 
 Checked: the stream store (Redis when configured: a ``PING``) and the providers this
 service is configured to use (``READY_PROVIDERS``; by default the default provider, and
-the OpenAI-compatible one when ``OPENAI_API_KEY`` is set): a ``GET`` of their model list
+the OpenAI-compatible one when ``OPENAI_API_KEY`` is set; with an upstreams file, the
+upstreams it names, none by default): a ``GET`` of their model list
 or version with a 2 s timeout. The demo provider needs nothing. The answer is cached for
 ``READY_CACHE_S`` and one probe runs at a time, so frequent probes stay cheap and never
 fan out to the upstreams. Messages name the failing part, never a host or a key (the
@@ -22,11 +23,23 @@ import gevent.lock
 from .circuits import Circuits
 from .providers import Provider
 from .streams.store import Store
+from .upstreams import Fleet
 
 
-def providers_to_check(config: dict[str, Any]) -> list[str]:
-    """``READY_PROVIDERS`` (comma-separated), else the default provider and, with a key, openai."""
+def providers_to_check(config: dict[str, Any], fleet: Fleet | None = None) -> list[str]:
+    """``READY_PROVIDERS`` (comma-separated), else the default provider and, with a key, openai.
+
+    With an upstreams file ``READY_PROVIDERS`` names its upstreams (``ValueError`` for another
+    name), and by default none is checked: every host shares the same upstreams, so one that is
+    down is for failover and its circuit (shown in ``upstreams``), not a reason to take every
+    host out of its load balancer, the demo and the other routes with it."""
     named = [p.strip() for p in str(config.get("READY_PROVIDERS") or "").split(",") if p.strip()]
+    if fleet is not None:
+        unknown = sorted(set(named) - {"demo", *fleet.upstreams})
+        if unknown:
+            raise ValueError(f"STREAMAPP_READY_PROVIDERS: {', '.join(unknown)} names no upstream of "
+                             f"{fleet.source} (known: {', '.join(fleet.upstreams)})")
+        return named
     if named:
         return named
     names = [config["DEFAULT_PROVIDER"]]

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from flask import current_app, g
 
-from ..models import Models, Resolved, check_allowed
+from ..models import FleetModels, Models, Resolved
 
 
 def request_model(name: str | None, provider: str | None = None) -> Resolved:
     """The model ``name`` (of ``provider`` when the route names one), served here and allowed
     for this client; else ``ApiError``: 404 ``model_not_found``, 400 / 403 ``model_not_allowed``."""
-    models: Models = current_app.extensions["models"]
+    models: Models | FleetModels = current_app.extensions["models"]
     resolved = models.resolve(name, provider)
-    check_allowed(resolved, getattr(g.get("client"), "models", None), models.allowed)
+    models.check(resolved, getattr(g.get("client"), "models", None))
     return resolved

@@ -51,10 +51,11 @@ def stream() -> Response:
 def _prompt_stream(provider_name: str) -> Response:
     def start() -> Response:
         query = parse(PromptQuery, request.args.to_dict())
-        model = request_model(query.model, provider_name).model
-        provider = current_app.extensions["providers"][provider_name]
+        resolved = request_model(query.model, provider_name)  # with an upstreams file: a route's kind
+        model = resolved.model
+        provider = current_app.extensions["providers"][resolved.provider]
         chat = ChatRequest([{"role": "user", "content": query.prompt}], model=model)
-        meta = {"route": provider_name, "provider": provider_name, "model": model}
+        meta = {"route": provider_name, "provider": resolved.provider, "model": model}
         return start_stream(provider.stream(chat), "plain", meta, query.on_disconnect)
     return _resume_or(provider_name, start)
 

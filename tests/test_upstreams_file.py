@@ -1,0 +1,307 @@
+"""The upstreams file (streamapp.upstreams): the example loads, each mistake is refused naming
+its table and key, public names resolve to routes, and one provider serves each upstream."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamapp import config as settings
+from streamapp import create_app
+from streamapp.errors import ApiError
+from streamapp.models import FleetModels, Resolved, build_models
+from streamapp.providers import build_providers
+from streamapp.providers.ollama import OllamaProvider
+from streamapp.providers.openai import OpenAIProvider
+from streamapp.ready import providers_to_check
+from streamapp.upstreams import Fleet, Target, load, parse
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "upstreams.example.toml"
+ENV = {"OPENAI_API_KEY": "sk-example"}
+
+FILE = """
+default_route = "gpt-4o-mini"
+
+[upstreams.primary]
+kind = "openai"
+base_url = "https://api.openai.com/v1/"
+api_key_env = "OPENAI_API_KEY"
+read_timeout_s = 30
+
+[upstreams.local]
+kind = "ollama"
+base_url = "http://127.0.0.1:11434"
+default_model = "llama3.2"
+
+[routes."gpt-4o-mini"]
+targets = ["primary/gpt-4o-mini", "local/llama3.2"]
+
+[routes."meta-llama/llama-3"]
+targets = ["primary/meta-llama/llama-3"]
+
+[routes.cheap]
+strategy = "weighted"
+targets = [{ target = "local", weight = 3 }, "primary/gpt-4o-mini"]
+
+[routes.private]
+targets = ["local/qwen3"]
+"""
+
+
+def fleet(text: str = FILE, environ: dict[str, str] | None = None) -> Fleet:
+    return parse(text, "upstreams.toml", ENV if environ is None else environ)
+
+
+def refused(text: str, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ValueError) as caught:
+        fleet(text, environ)
+    message = str(caught.value)
+    assert message.startswith("upstreams.toml: "), message
+    return message
+
+
+# -- the file, read ---------------------------------------------------------------------------
+
+def test_the_example_in_conf_loads() -> None:
+    read = load(str(EXAMPLE), ENV)
+    assert set(read.upstreams) == {"primary", "local"}
+    assert read.upstreams["primary"].api_key == "sk-example"
+    assert read.routes["gpt-4o-mini"].targets == \
+        (Target("primary", "gpt-4o-mini"), Target("local", "llama3.2"))
+    assert read.routes["cheap"].strategy == "weighted"
+    assert read.routes["cheap"].targets[0] == Target("local", "llama3.2", 3.0)
+    assert read.default_route == "gpt-4o-mini"
+
+
+def test_the_readme_shows_the_example_in_conf() -> None:
+    readme = (EXAMPLE.parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("### Named upstreams and routes")
+    shown = re.search(r"^```toml\n(.*?)^```", readme[start:], flags=re.M | re.S)
+    assert shown is not None and shown.group(1) == EXAMPLE.read_text(encoding="utf-8")
+
+
+def test_a_file_reads_into_upstreams_and_routes() -> None:
+    read = fleet()
+    primary = read.upstreams["primary"]
+    assert (primary.kind, primary.base_url, primary.read_timeout_s, primary.connect_timeout_s) == \
+        ("openai", "https://api.openai.com/v1", 30.0, None)
+    assert "sk-example" not in repr(primary)  # the key is never shown
+    assert read.upstreams["local"].api_key == ""
+    assert list(read.routes) == ["gpt-4o-mini", "meta-llama/llama-3", "cheap", "private"]
+    assert read.routes["gpt-4o-mini"].strategy == "fallback"
+    assert read.routes["meta-llama/llama-3"].targets == (Target("primary", "meta-llama/llama-3"),)
+    assert read.routes["cheap"].targets == \
+        (Target("local", "llama3.2", 3.0), Target("primary", "gpt-4o-mini"))
+
+
+UPSTREAM = '[upstreams.local]\nkind = "ollama"\nbase_url = "http://127.0.0.1:11434"\n'
+ROUTE = '[routes.r]\ntargets = ["local/llama3.2"]\n'
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # TOML itself, with its line
+    ("oops =\n" + UPSTREAM + ROUTE, "not valid TOML: Invalid value (at line 1, column 7)"),
+    # top level
+    ("colour = 1\n" + UPSTREAM + ROUTE, "colour: unknown key (known: upstreams, routes, default_route)"),
+    (UPSTREAM, "routes: no route"),
+    ("upstreams = 3\n" + ROUTE, "upstreams: must be a table, got int 3"),
+    ('default_route = "nope"\n' + UPSTREAM + ROUTE,
+     'default_route: "nope" names no route (known: demo, r)'),
+    # an upstream
+    (UPSTREAM + 'colour = "red"\n' + ROUTE, "[upstreams.local] colour: unknown key (known: kind, base_url"),
+    ('[upstreams.local]\nbase_url = "http://x"\n' + ROUTE, "[upstreams.local] kind: missing (required)"),
+    ('[upstreams.local]\nkind = "ollama"\n' + ROUTE, "[upstreams.local] base_url: missing (required)"),
+    (UPSTREAM.replace('"ollama"', '"grpc"') + ROUTE,
+     '[upstreams.local] kind: "grpc" is not one of "openai", "ollama"'),
+    (UPSTREAM.replace('"ollama"', "1") + ROUTE, "[upstreams.local] kind: must be a string, got int 1"),
+    (UPSTREAM.replace("http://127.0.0.1:11434", "127.0.0.1:11434") + ROUTE,
+     '[upstreams.local] base_url: "127.0.0.1:11434" is not an http:// or https:// URL with a host'),
+    (UPSTREAM.replace("http://127.0.0.1:11434", "ftp://h") + ROUTE, "[upstreams.local] base_url: "),
+    (UPSTREAM.replace("11434", "99999") + ROUTE, "[upstreams.local] base_url: "),
+    (UPSTREAM + 'api_key_env = "NO_SUCH_KEY"\n' + ROUTE,
+     "[upstreams.local] api_key_env: the environment variable NO_SUCH_KEY is not set"),
+    (UPSTREAM + "read_timeout_s = 0\n" + ROUTE,
+     "[upstreams.local] read_timeout_s: must be a number > 0, got 0"),
+    (UPSTREAM + 'connect_timeout_s = "5"\n' + ROUTE, "[upstreams.local] connect_timeout_s: must be a number"),
+    (UPSTREAM + "connect_timeout_s = true\n" + ROUTE,
+     "[upstreams.local] connect_timeout_s: must be a number, got true"),
+    (UPSTREAM.replace("[upstreams.local]", '[upstreams."a/b"]') + ROUTE, '[upstreams] "a/b": '),
+    (UPSTREAM.replace("local", "demo") + ROUTE, "[upstreams] demo: "),
+    # a route
+    (UPSTREAM + ROUTE.replace("local/llama3.2", "nowhere/llama3.2"),
+     '[routes.r] targets[0]: "nowhere/llama3.2" names no upstream (known: local)'),
+    (UPSTREAM + ROUTE.replace('"local/llama3.2"', '"local/llama3.2", "local/"'),
+     '[routes.r] targets[1]: "local/" names no model after the \'/\''),
+    (UPSTREAM + ROUTE.replace('"local/llama3.2"', '"local"'),
+     '[routes.r] targets[0]: "local" names no model, and [upstreams.local] has no default_model'),
+    (UPSTREAM + ROUTE.replace('"local/llama3.2"', '"local/a", "local/a"'),
+     '[routes.r] targets[1]: "local/a" is listed twice'),
+    (UPSTREAM + "[routes.r]\ntargets = []\n", "[routes.r] targets: is empty"),
+    (UPSTREAM + "[routes.r]\n", "[routes.r] targets: missing (required)"),
+    (UPSTREAM + '[routes.r]\ntargets = "local/x"\n', "[routes.r] targets: must be a list, got str"),
+    (UPSTREAM + "[routes.r]\ntargets = [3]\n", "[routes.r] targets[0]: must be a string"),
+    (UPSTREAM + ROUTE + 'strategy = "random"\n',
+     '[routes.r] strategy: "random" is not one of "fallback", "weighted"'),
+    (UPSTREAM + ROUTE + "retries = 2\n", "[routes.r] retries: unknown key (known: targets, strategy)"),
+    (UPSTREAM + '[routes."gpt-4o"]\ntargets = [{ target = "local/x", weight = -1 }]\n',
+     '[routes."gpt-4o"] targets[0].weight: must be a number > 0, got -1'),
+    (UPSTREAM + "[routes.r]\ntargets = [{ weight = 2 }]\n",
+     "[routes.r] targets[0].target: missing (required)"),
+    (UPSTREAM + '[routes.r]\ntargets = [{ target = "local/x", colour = 1 }]\n',
+     "[routes.r] targets[0].colour: unknown key (known: target, weight)"),
+    (UPSTREAM + '[routes.demo]\ntargets = ["local/x"]\n', "[routes] demo: a route's name must"),
+])
+def test_each_mistake_is_refused_naming_its_table_and_key(text, expected) -> None:
+    assert expected in refused(text)
+
+
+def test_the_issues_example_message() -> None:
+    text = FILE.replace('"local/llama3.2"]', '"nowhere/llama3.2"]')
+    assert refused(text) == ('upstreams.toml: [routes."gpt-4o-mini"] targets[1]: "nowhere/llama3.2" names no '
+                             "upstream (known: local, primary)")
+
+
+def test_an_empty_key_variable_is_refused_like_an_unset_one() -> None:
+    assert "OPENAI_API_KEY is not set (or empty)" in refused(FILE, {"OPENAI_API_KEY": ""})
+
+
+def test_a_file_that_cannot_be_read_names_the_setting(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"STREAMAPP_UPSTREAMS_FILE: cannot read .*nope\.toml"):
+        load(str(tmp_path / "nope.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match=r"bad\.toml: not UTF-8"):
+        load(str(bad))
+
+
+def test_create_app_refuses_a_bad_file(tmp_path) -> None:
+    path = tmp_path / "upstreams.toml"
+    path.write_text(UPSTREAM + ROUTE.replace("local/", "elsewhere/"))
+    with pytest.raises(ValueError, match=r"upstreams\.toml: \[routes\.r\] targets\[0\]: "):
+        create_app({"UPSTREAMS_FILE": str(path)})
+
+
+# -- resolution -------------------------------------------------------------------------------
+
+def models(text: str = FILE, **overrides: Any) -> FleetModels:
+    config = {**settings.DEFAULTS, **settings.from_environ({}), **overrides}
+    settings.validate(config)
+    read = fleet(text)
+    resolver = build_models(config, build_providers(config, read), read)
+    assert isinstance(resolver, FleetModels)
+    return resolver
+
+
+def refusal(call) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        call()
+    assert caught.value.field == "model"
+    return caught.value
+
+
+GPT = (Target("primary", "gpt-4o-mini"), Target("local", "llama3.2"))
+
+
+@pytest.mark.parametrize(("name", "provider", "expected"), [
+    ("gpt-4o-mini", None, Resolved("primary", "gpt-4o-mini", "gpt-4o-mini", GPT)),
+    (None, None, Resolved("primary", "gpt-4o-mini", "gpt-4o-mini", GPT)),  # default_route
+    ("meta-llama/llama-3", None, Resolved("primary", "meta-llama/llama-3", "meta-llama/llama-3")),
+    ("cheap", None, Resolved("local", "llama3.2", "cheap",
+                             (Target("local", "llama3.2", 3.0), Target("primary", "gpt-4o-mini")),
+                             "weighted")),
+    ("demo", None, Resolved("demo", "demo", "demo")),
+    (None, "demo", Resolved("demo", "demo", "demo")),
+    # a route naming a provider: that kind's targets of the route
+    ("gpt-4o-mini", "ollama", Resolved("local", "llama3.2", "gpt-4o-mini", (Target("local", "llama3.2"),))),
+    (None, "openai", Resolved("primary", "gpt-4o-mini", "gpt-4o-mini", (GPT[0],))),
+    (None, "ollama", Resolved("local", "llama3.2", "gpt-4o-mini", (GPT[1],))),
+])
+def test_public_names_resolve_to_routes(name, provider, expected) -> None:
+    assert models().resolve(name, provider) == expected
+
+
+@pytest.mark.parametrize(("name", "provider", "why"), [
+    ("primary/gpt-4o-mini", None, "name one of GET /v1/models: demo, gpt-4o-mini, meta-llama/llama-3, cheap"),
+    ("openai/gpt-4o-mini", None, "name one of GET /v1/models"),
+    ("gpt-4o", None, "name one of GET /v1/models"),
+    ("meta-llama/llama-3", "ollama", "the route 'meta-llama/llama-3' has a target of kind ollama"),
+    ("gpt-4o", "demo", "the demo provider serves only 'demo'"),
+])
+def test_other_names_are_not_found(name, provider, why) -> None:
+    resolver = models(ALLOWED_MODELS="gpt-4o-mini,meta-llama/llama-3,cheap")
+    error = refusal(lambda: resolver.resolve(name, provider))
+    assert (error.status, error.code) == (404, "model_not_found")
+    assert name in error.message and why in error.message
+
+
+def test_without_a_default_route_no_model_is_the_demo() -> None:
+    text = FILE.replace('default_route = "gpt-4o-mini"', "")
+    assert models(text).resolve(None) == Resolved("demo", "demo", "demo")
+    assert models(text).resolve(None, "ollama") == Resolved("local", "llama3.2", "gpt-4o-mini", (GPT[1],))
+    assert models(text.replace('"local/llama3.2"]', "]")).resolve(None, "ollama").public_name == "cheap"
+    with pytest.raises(ValueError, match="STREAMAPP_DEFAULT_PROVIDER=openai: .* set it in upstreams.toml"):
+        models(text, DEFAULT_PROVIDER="openai")
+
+
+def test_models_lists_the_public_names_in_the_files_order() -> None:
+    assert [m.public_name for m in models().servable()] == \
+        ["demo", "gpt-4o-mini", "meta-llama/llama-3", "cheap", "private"]
+    assert [m.public_name for m in models(ALLOWED_MODELS="cheap,gpt-4o-mini").servable()] == \
+        ["demo", "gpt-4o-mini", "cheap"]
+
+
+def test_allowed_models_and_keys_apply_to_public_names() -> None:
+    resolver = models(ALLOWED_MODELS="gpt-4o-mini, cheap")
+    resolver.check(resolver.resolve("cheap"), None)
+    resolver.check(resolver.resolve("demo"), frozenset({"gpt-4o-mini"}))  # the demo spends nothing
+    error = refusal(lambda: resolver.check(resolver.resolve("private"), None))
+    assert (error.status, error.code) == (400, "model_not_allowed")
+    assert "STREAMAPP_ALLOWED_MODELS" in error.message
+    key = frozenset({"cheap"})
+    resolver.check(resolver.resolve("cheap"), key)
+    error = refusal(lambda: resolver.check(resolver.resolve("gpt-4o-mini"), key))
+    assert (error.status, error.code) == (403, "model_not_allowed")
+    # a key's models= names public names only: an upstream's model is not one
+    upstream_names = frozenset({"llama3.2", "local/llama3.2"})
+    error = refusal(lambda: models().check(models().resolve("cheap"), upstream_names))
+    assert error.status == 403
+
+
+def test_allowed_models_must_name_routes() -> None:
+    with pytest.raises(ValueError, match=r"STREAMAPP_ALLOWED_MODELS: 'openai:gpt-4o' is not a route of "
+                                         r"upstreams\.toml .*: gpt-4o-mini, meta-llama/llama-3, cheap"):
+        models(ALLOWED_MODELS="openai:gpt-4o")
+
+
+# -- providers and readiness ------------------------------------------------------------------
+
+def test_one_provider_per_upstream_with_its_own_settings() -> None:
+    config = {**settings.DEFAULTS, **settings.from_environ({})}
+    providers = build_providers(config, fleet())
+    assert set(providers) == {"demo", "primary", "local"}
+    primary, local = providers["primary"], providers["local"]
+    assert isinstance(primary, OpenAIProvider) and isinstance(local, OllamaProvider)
+    assert primary.url == "https://api.openai.com/v1/chat/completions" and primary.api_key == "sk-example"
+    assert primary.timeouts == (config["CONNECT_TIMEOUT_S"], 30.0)
+    assert local.url == "http://127.0.0.1:11434/api/chat" and local.default_model == "llama3.2"
+
+
+def test_ready_providers_name_upstreams_and_none_by_default() -> None:
+    read = fleet()
+    assert providers_to_check({"READY_PROVIDERS": ""}, read) == []
+    assert providers_to_check({"READY_PROVIDERS": "local, demo"}, read) == ["local", "demo"]
+    with pytest.raises(ValueError, match="STREAMAPP_READY_PROVIDERS: openai names no upstream of "):
+        providers_to_check({"READY_PROVIDERS": "openai"}, read)
+
+
+def test_the_app_keys_providers_and_circuits_on_upstream_names(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-example")
+    path = tmp_path / "upstreams.toml"
+    path.write_text(FILE)
+    app = create_app({"UPSTREAMS_FILE": str(path), "CIRCUIT_FAILURES": 3})
+    assert set(app.extensions["providers"]) == {"demo", "primary", "local"}
+    assert set(app.extensions["circuits"].names) == {"primary", "local"}
+    assert app.extensions["upstreams"].routes["cheap"].strategy == "weighted"
