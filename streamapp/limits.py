@@ -200,6 +200,8 @@ def _check_model(provider: str, model: str | None) -> None:
     config = current_app.config
     if provider == "demo":
         return  # the embedded demo spends nothing
+    if config.get("UPSTREAMS_FILE"):
+        return  # routes: the resolver (routes/model.py) allowed the public name; this is the upstream's
     name = model or config.get(f"{provider.upper()}_MODEL")
     allowed = config["ALLOWED_MODELS_PARSED"].get(provider)
     if allowed is not None and name not in allowed:

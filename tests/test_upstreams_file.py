@@ -3,11 +3,19 @@ its table and key, public names resolve to routes, and one provider serves each 
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import openai
 import pytest
+import requests
+from websockets.sync.client import connect
 
 from streamapp import config as settings
 from streamapp import create_app
@@ -18,6 +26,8 @@ from streamapp.providers.ollama import OllamaProvider
 from streamapp.providers.openai import OpenAIProvider
 from streamapp.ready import providers_to_check
 from streamapp.upstreams import Fleet, Target, load, parse
+from tests.conftest import Process
+from tests.helpers import SSEClient, data_events, free_port, recv_until, upstream_log
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "upstreams.example.toml"
 ENV = {"OPENAI_API_KEY": "sk-example"}
@@ -305,3 +315,174 @@ def test_the_app_keys_providers_and_circuits_on_upstream_names(tmp_path, monkeyp
     assert set(app.extensions["providers"]) == {"demo", "primary", "local"}
     assert set(app.extensions["circuits"].names) == {"primary", "local"}
     assert app.extensions["upstreams"].routes["cheap"].strategy == "weighted"
+
+
+# -- a real server with the file: two upstreams, each a fake upstream of its own ----------------
+
+ALICE = "sk-routes-alice-51c9e0"  # models=local-only
+BOB = "sk-routes-bob-2f7a4d"  # any model
+MAIN, MAIN_LOCAL, LOCAL = "routes-main", "routes-main-local", "routes-local-only"
+ANSWER = "Hello, world!"  # the fake upstream's first four tokens
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def fleet_urls(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """Two fake upstreams on their own ports: the OpenAI-compatible one and the Ollama one."""
+    procs = []
+    for name in ("primary", "local"):
+        port = free_port()
+        proc = Process([sys.executable, "tests/fake_upstream.py", "--port", str(port)], dict(os.environ),
+                       tmp_path_factory.mktemp(name) / "upstream.log")
+        proc.wait_for("listening", 15, f"fake upstream {name} on {port}")
+        procs.append((proc, f"http://127.0.0.1:{port}"))
+    yield procs[0][1], procs[1][1]
+    for proc, _ in procs:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def routed(start_server, fleet_urls, tmp_path_factory):
+    primary, local = fleet_urls
+    folder = tmp_path_factory.mktemp("routes")
+    (folder / "upstreams.toml").write_text(f'''
+default_route = "main"
+
+[upstreams.primary]
+kind = "openai"
+base_url = "{primary}/v1"
+api_key_env = "OPENAI_API_KEY"
+
+[upstreams.local]
+kind = "ollama"
+base_url = "{local}"
+
+[routes.main]
+targets = ["primary/normal?tokens=4&tag={MAIN}", "local/normal?tokens=4&tag={MAIN_LOCAL}"]
+
+[routes."local-only"]
+targets = ["local/normal?tokens=4&tag={LOCAL}"]
+''')
+    (folder / "keys.txt").write_text(f"alice:{ALICE} models=local-only\nbob:{BOB}\n")
+    return start_server(UPSTREAMS_FILE=folder / "upstreams.toml", API_KEYS_FILE=folder / "keys.txt",
+                        OPENAI_API_KEY="sk-routes-upstream", READY_PROVIDERS="local", CIRCUIT_FAILURES=5,
+                        HEADER_WAIT_S=0.2, RESUME_GRACE_S=0)
+
+
+def chat_text(server, key: str, model: str) -> str:
+    with SSEClient(f"{server.url}/api/chat", "POST", {"uid": 1, "message": "hi", "model": model},
+                   headers={"X-API-Key": key}) as client:
+        assert client.status == 200, client.body()
+        return "".join(json.loads(e.data).get("delta", "") for e in data_events(client.read_all()))
+
+
+def v1_text(server, key: str, model: str) -> str:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+    chunks = client.chat.completions.create(model=model, stream=True, messages=HI)
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def ws_text(server, key: str, model: str) -> str:
+    with connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers={"X-API-Key": key}, open_timeout=5,
+                 close_timeout=2, proxy=None, ping_interval=None) as ws:
+        ws.send(json.dumps({"type": "chat", "uid": 1, "message": "hi", "model": model}))
+        got = recv_until(ws, lambda m: m["type"] in ("end", "error"), 10)
+    assert got[-1]["type"] == "end", got
+    return "".join(m["content"] for m in got if m["type"] == "delta")
+
+
+def responses_text(server, key: str, model: str) -> str:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+    events = client.responses.create(model=model, input="hi", stream=True)
+    return "".join(e.delta for e in events if e.type == "response.output_text.delta")
+
+
+def messages_text(server, key: str, model: str) -> str:
+    client = anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0)
+    with client.messages.stream(model=model, max_tokens=50, messages=HI) as s:
+        return "".join(s.text_stream)
+
+
+DOORS = {"chat": chat_text, "v1": v1_text, "ws": ws_text, "responses": responses_text,
+         "messages": messages_text}
+
+
+def asked(upstream: str, tag: str) -> list[dict]:
+    return upstream_log(upstream, tag)
+
+
+@pytest.mark.parametrize("door", list(DOORS))
+def test_a_routes_public_name_streams_from_its_first_target_on_every_door(routed, fleet_urls, door) -> None:
+    primary, local = fleet_urls
+    before = len(asked(primary, MAIN)), len(asked(local, MAIN_LOCAL))
+    assert DOORS[door](routed, BOB, "main") == ANSWER
+    records = asked(primary, MAIN)
+    assert len(records) == before[0] + 1  # the route's first target, on its own upstream
+    assert records[-1]["body"]["model"] == f"normal?tokens=4&tag={MAIN}"
+    assert records[-1]["authorization"] == "Bearer sk-routes-upstream"  # its key, from api_key_env
+    assert len(asked(local, MAIN_LOCAL)) == before[1]  # the second target is not asked
+
+
+@pytest.mark.parametrize("door", list(DOORS))
+def test_a_route_on_the_other_upstream_streams_from_it(routed, fleet_urls, door) -> None:
+    primary, local = fleet_urls
+    before = len(asked(local, LOCAL))
+    assert DOORS[door](routed, ALICE, "local-only") == ANSWER
+    records = asked(local, LOCAL)
+    assert len(records) == before + 1 and records[-1]["authorization"] is None
+    assert asked(primary, LOCAL) == []
+
+
+def test_no_model_is_the_default_route(routed, fleet_urls) -> None:
+    before = len(asked(fleet_urls[0], MAIN))
+    with SSEClient(f"{routed.url}/api/chat", "POST", {"uid": 1, "message": "hi"},
+                   headers={"X-API-Key": BOB}) as client:
+        assert client.status == 200
+        client.read_all()
+    assert len(asked(fleet_urls[0], MAIN)) == before + 1
+
+
+def test_models_lists_the_public_names(routed) -> None:
+    client = openai.OpenAI(base_url=f"{routed.url}/v1", api_key=BOB, max_retries=0)
+    assert [m.id for m in client.models.list()] == ["demo", "main", "local-only"]
+    assert client.models.retrieve("local-only").id == "local-only"
+
+
+@pytest.mark.parametrize("name", ["primary/normal?tokens=4", "openai/gpt-4o-mini", "gpt-4o-mini"])
+def test_a_name_that_is_no_route_is_not_found(routed, name) -> None:
+    resp = requests.post(f"{routed.url}/v1/chat/completions", headers={"Authorization": f"Bearer {BOB}"},
+                         json={"model": name, "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+    assert resp.status_code == 404
+    error = resp.json()["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert "demo, main, local-only" in error["message"]
+
+
+@pytest.mark.parametrize("door", ["v1", "responses", "messages"])
+def test_a_keys_models_restrict_by_public_name(routed, door) -> None:
+    # alice may use local-only; main is refused though its second target is the same upstream
+    refused = {"v1": openai.PermissionDeniedError, "responses": openai.PermissionDeniedError,
+               "messages": anthropic.PermissionDeniedError}[door]
+    with pytest.raises(refused) as caught:
+        DOORS[door](routed, ALICE, "main")
+    assert caught.value.status_code == 403
+    assert DOORS[door](routed, ALICE, "demo") != ""
+
+
+def test_the_routes_that_name_a_provider_take_that_kind_of_target(routed, fleet_urls) -> None:
+    primary, local = fleet_urls
+    before = len(asked(primary, MAIN)), len(asked(local, MAIN_LOCAL))
+    for path in ("/ai-stream", "/local-ai"):
+        with SSEClient(f"{routed.url}{path}?prompt=hi&model=main", headers={"X-API-Key": BOB}) as client:
+            assert client.status == 200
+            assert "".join(e.data for e in data_events(client.read_all())) == ANSWER
+    assert (len(asked(primary, MAIN)), len(asked(local, MAIN_LOCAL))) == (before[0] + 1, before[1] + 1)
+    resp = requests.get(f"{routed.url}/ai-stream", params={"prompt": "hi", "model": "local-only"},
+                        headers={"X-API-Key": BOB}, timeout=10)
+    assert resp.status_code == 404 and "has a target of kind openai" in resp.json()["error"]["message"]
+
+
+def test_readyz_keys_on_the_upstreams_names(routed) -> None:
+    body = requests.get(f"{routed.url}/readyz", timeout=10).json()
+    assert set(body["upstreams"]) == {"primary", "local"}
+    assert body["checks"]["providers"] == {"local": {"ok": True}}
