@@ -24,6 +24,10 @@ else is a 404 ``model_not_found`` (field ``model``).
 Allowed (:func:`check_allowed`): ``STREAMAPP_ALLOWED_MODELS`` per provider (400
 ``model_not_allowed``) and an API key's ``models=`` (403 ``model_not_allowed``), matched by
 bare name or ``provider/name``. The demo spends nothing and is always allowed.
+
+With an upstreams file (``STREAMAPP_UPSTREAMS_FILE``, ``streamapp.upstreams``) the resolver is
+:class:`FleetModels` instead: the public names are the file's routes and ``demo``, a route
+resolves to its targets, and the allow-lists name public names (:func:`build_models` picks).
 """
 
 from __future__ import annotations

@@ -78,9 +78,11 @@ class ChatBody(BaseModel):
                                           "kept with the stream (not checked against keys)")]
     message: Annotated[NonEmpty, Field(description="the user's new message")]
     provider: Annotated[Literal["demo", "openai", "ollama"] | None, Field(
-        description="who answers; absent: DEFAULT_PROVIDER")] = None
+        description="who answers; absent: DEFAULT_PROVIDER (with an upstreams file: a route's targets "
+                    "of this kind)")] = None
     model: Annotated[Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)] | None,
-                     Field(description="the provider's model; absent: its configured default")] = None
+                     Field(description="the provider's model; absent: its configured default (with an "
+                                       "upstreams file: a route's name; absent: default_route)")] = None
     history: Annotated[list[Message], Field(max_length=500,
                                             description="the earlier turns, oldest first")] = []
     on_disconnect: OnDisconnect = "cancel"
@@ -109,7 +111,8 @@ class PromptQuery(BaseModel):
 
     prompt: Annotated[NonEmpty, Field(description="the user's message")]
     model: Annotated[Annotated[str, StringConstraints(min_length=1, max_length=200)] | None, Field(
-        description="the provider's model; absent: its configured default")] = None
+        description="the provider's model; absent: its configured default (with an upstreams file: a "
+                    "route's name, served by its targets of this endpoint's kind)")] = None
     on_disconnect: OnDisconnect = "cancel"
 
 
@@ -140,7 +143,8 @@ class V1ChatRequest(BaseModel):
     """Body of ``POST /v1/chat/completions`` (OpenAI's chat-completions request).
 
     ``model`` picks the provider: ``demo``, ``openai/<model>``, ``ollama/<model>``,
-    or a bare name for the default provider. The other fields are passed to the
+    or a bare name for the default provider (with an upstreams file: a route's name or
+    ``demo``). The other fields are passed to the
     upstream (translated for Ollama); ``on_disconnect`` is streamapp's own.
     """
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from streamapp.providers.ollama import OllamaProvider
 from streamapp.providers.openai import OpenAIProvider
 from streamapp.ready import providers_to_check
 from streamapp.upstreams import Fleet, Target, load, parse
-from tests.conftest import Process
+from tests.conftest import Process, require_binary
 from tests.helpers import SSEClient, data_events, free_port, recv_until, upstream_log
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "upstreams.example.toml"
@@ -321,7 +322,7 @@ def test_the_app_keys_providers_and_circuits_on_upstream_names(tmp_path, monkeyp
 
 ALICE = "sk-routes-alice-51c9e0"  # models=local-only
 BOB = "sk-routes-bob-2f7a4d"  # any model
-MAIN, MAIN_LOCAL, LOCAL = "routes-main", "routes-main-local", "routes-local-only"
+MAIN, MAIN_LOCAL, LOCAL, EMBED = "routes-main", "routes-main-local", "routes-local-only", "routes-embed"
 ANSWER = "Hello, world!"  # the fake upstream's first four tokens
 HI = [{"role": "user", "content": "hi"}]
 
@@ -362,6 +363,9 @@ targets = ["primary/normal?tokens=4&tag={MAIN}", "local/normal?tokens=4&tag={MAI
 
 [routes."local-only"]
 targets = ["local/normal?tokens=4&tag={LOCAL}"]
+
+[routes.vectors]
+targets = ["local/normal?tag={EMBED}"]
 ''')
     (folder / "keys.txt").write_text(f"alice:{ALICE} models=local-only\nbob:{BOB}\n")
     return start_server(UPSTREAMS_FILE=folder / "upstreams.toml", API_KEYS_FILE=folder / "keys.txt",
@@ -444,7 +448,7 @@ def test_no_model_is_the_default_route(routed, fleet_urls) -> None:
 
 def test_models_lists_the_public_names(routed) -> None:
     client = openai.OpenAI(base_url=f"{routed.url}/v1", api_key=BOB, max_retries=0)
-    assert [m.id for m in client.models.list()] == ["demo", "main", "local-only"]
+    assert [m.id for m in client.models.list()] == ["demo", "main", "local-only", "vectors"]
     assert client.models.retrieve("local-only").id == "local-only"
 
 
@@ -486,3 +490,24 @@ def test_readyz_keys_on_the_upstreams_names(routed) -> None:
     body = requests.get(f"{routed.url}/readyz", timeout=10).json()
     assert set(body["upstreams"]) == {"primary", "local"}
     assert body["checks"]["providers"] == {"local": {"ok": True}}
+
+
+def test_embeddings_resolve_a_route_too(routed, fleet_urls) -> None:
+    before = len(asked(fleet_urls[1], EMBED))
+    client = openai.OpenAI(base_url=f"{routed.url}/v1", api_key=BOB, max_retries=0)
+    assert len(client.embeddings.create(model="vectors", input=["one", "two"]).data) == 2
+    records = asked(fleet_urls[1], EMBED)  # the route's target, on the Ollama upstream
+    assert len(records) == before + 1 and records[-1]["body"]["input"] == ["one", "two"]
+
+
+def test_gunicorn_stops_at_a_bad_file(tmp_path) -> None:
+    path = tmp_path / "upstreams.toml"
+    path.write_text(UPSTREAM + ROUTE.replace("local/", "nowhere/"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMAPP_")}
+    env.update(STREAMAPP_BIND=f"127.0.0.1:{free_port()}", STREAMAPP_UPSTREAMS_FILE=str(path))
+    gunicorn = require_binary("gunicorn", "pip install -r requirements-dev.txt")
+    done = subprocess.run([gunicorn, "-c", "conf/gunicorn.conf.py", "wsgi:app"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0  # 3: "Worker failed to boot", and the master stops
+    says = f'{path}: [routes.r] targets[0]: "nowhere/llama3.2" names no upstream (known: local)'
+    assert says in done.stderr

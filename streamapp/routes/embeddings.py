@@ -41,7 +41,8 @@ bp = Blueprint("embeddings", __name__, url_prefix="/v1")
                       "(deterministic vectors made from the words of the text, 128 floats unless "
                       "`dimensions` says otherwise: retrieval works with nothing configured), "
                       "`openai/<model>` (the request passed on as is), `ollama/<model>` (`/api/embed`; "
-                      "text only, token ids are a 400). At most {MAX_EMBED_INPUTS} inputs "
+                      "text only, token ids are a 400); with an upstreams file, a route's name. "
+                      "At most {MAX_EMBED_INPUTS} inputs "
                       "(MAX_EMBED_INPUTS) of at most {MAX_EMBED_CHARS} characters in all "
                       "(MAX_EMBED_CHARS; a token id counts as one), else a 400 naming the setting. "
                       "Errors are in OpenAI's shape.",

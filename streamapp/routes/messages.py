@@ -45,7 +45,8 @@ def _fail(failed: Failed, headers: dict[str, str]) -> Response:
 
 @describe("Anthropic Messages API", "anthropic", MESSAGES_RESPONSES,
           description="`model` picks the provider: `demo`, `openai/<model>`, `ollama/<model>`, or a bare "
-                      "name for the default provider. `max_tokens` is required. With `Last-Event-ID` it "
+                      "name for the default provider; with an upstreams file, a route's name or `demo`. "
+                      "`max_tokens` is required. With `Last-Event-ID` it "
                       "resumes a Messages stream. Errors are in Anthropic's shape.",
           body=MessagesRequest, headers=HEADERS,
           example={"model": "demo", "max_tokens": 256, "messages": [{"role": "user", "content": "Hi there"}],

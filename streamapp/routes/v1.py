@@ -48,8 +48,8 @@ def _fail(failed: Failed, headers: dict[str, str]) -> Response:
           {"200": OPENAI_ANSWER, "204": NO_CONTENT,
            **errors("400", "404", "408", "413", "415", "429", "502", "503", "504", openai=True)},
           description="`model` picks the provider: `demo`, `openai/<model>`, `ollama/<model>`, or a bare "
-                      "name for the default provider. With `Last-Event-ID` it resumes a `/v1` stream. Errors "
-                      "are in OpenAI's shape.",
+                      "name for the default provider; with an upstreams file, a route's name or `demo`. With "
+                      "`Last-Event-ID` it resumes a `/v1` stream. Errors are in OpenAI's shape.",
           body=V1ChatRequest, headers=(LAST_EVENT_ID,),
           example={"model": "demo", "messages": [{"role": "user", "content": "Hi there"}], "stream": True})
 @bp.post("/chat/completions")
