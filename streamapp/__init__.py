@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from flask import Flask, request
@@ -14,6 +16,8 @@ from .providers import build_providers
 from .ready import Readiness, providers_to_check
 
 __all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
 
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
             "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -73,4 +77,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(docs.bp)
     docs.log_route_table(app)  # once per process: each gunicorn worker builds its own app
+    if fleet is not None:
+        logger.info("upstreams file %s (pid %d):\n%s", fleet.source, os.getpid(), fleet.describe())
+        for name in fleet.unrouted():
+            logger.warning("upstream %s of %s is in no route: nothing will ask it", name, fleet.source)
     return app

@@ -94,6 +94,22 @@ class Fleet:
     routes: Mapping[str, Route]
     default_route: str | None = None
 
+    def describe(self) -> str:
+        """A line per upstream (never its key) and per route, for the start-up log."""
+        lines = [f"  upstream {u.name}: {u.kind} {u.base_url}"
+                 + (f" (key from {u.api_key_env})" if u.api_key_env else "") for u in self.upstreams.values()]
+        for r in self.routes.values():
+            weighted = r.strategy == "weighted"
+            targets = (f"{t.upstream}/{t.model}" + (f" x{t.weight:g}" if weighted else "") for t in r.targets)
+            lines.append(f"  route {r.name} ({r.strategy}): {', '.join(targets)}")
+        lines.append(f"  default route: {self.default_route or 'demo'}")
+        return "\n".join(lines)
+
+    def unrouted(self) -> list[str]:
+        """The upstreams no route names (configured, never asked)."""
+        used = {t.upstream for r in self.routes.values() for t in r.targets}
+        return [name for name in self.upstreams if name not in used]
+
 
 class _Where:
     """Where a value sits, for messages: ``file: [table] key``."""

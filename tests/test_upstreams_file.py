@@ -511,3 +511,16 @@ def test_gunicorn_stops_at_a_bad_file(tmp_path) -> None:
     assert done.returncode != 0  # 3: "Worker failed to boot", and the master stops
     says = f'{path}: [routes.r] targets[0]: "nowhere/llama3.2" names no upstream (known: local)'
     assert says in done.stderr
+
+
+def test_the_start_up_log_describes_the_file_without_its_keys(routed) -> None:
+    log = routed.process.output()
+    targets = f"primary/normal?tokens=4&tag={MAIN}, local/normal?tokens=4&tag={MAIN_LOCAL}"
+    assert f"route main (fallback): {targets}" in log
+    assert "upstream primary: openai" in log and "(key from OPENAI_API_KEY)" in log
+    assert "sk-routes-upstream" not in log
+
+
+def test_an_upstream_in_no_route_is_named() -> None:
+    assert fleet().unrouted() == []
+    assert fleet(FILE + '[upstreams.spare]\nkind = "ollama"\nbase_url = "http://h"\n').unrouted() == ["spare"]
