@@ -101,11 +101,17 @@ def post_worker_init(worker):
 
 def worker_exit(server, worker):
     """Let producers finish until the same deadline (their readers may have resumed
-    elsewhere: with Redis the connections close early), then stop them and close the store."""
-    manager = getattr(worker, "wsgi", None) and worker.wsgi.extensions.get("streams")
+    elsewhere: with Redis the connections close early), then stop them and close the store;
+    then send the OpenTelemetry spans and metrics this worker still holds (their ends included)."""
+    app = getattr(worker, "wsgi", None)
+    manager = app and app.extensions.get("streams")
     if manager is not None:
         deadline = getattr(worker, "streamapp_drain_by", time.monotonic() + graceful_timeout - 3)
         manager.drain(max(1, deadline - time.monotonic()))
+    if app:
+        from streamapp import otel
+
+        otel.shutdown(app)
 
 
 # Prometheus multiprocess mode: each worker writes its metrics to files in one directory,

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, circuits, errors, limits, logs, metrics, streams, upstreams
+from . import auth, circuits, errors, limits, logs, metrics, otel, streams, upstreams
 from . import config as settings
 from .models import build_models
 from .providers import build_providers
@@ -47,6 +47,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     logs.init_app(app)  # first hook: every request gets its id, every answer its log line
     auth.init_app(app)  # then every request is authenticated
     metrics.init_app(app)  # GET /metrics, fed by the streams' observer and the limits' refusals
+    otel.init_app(app)  # OpenTelemetry spans and GenAI metrics at each stream's end, when OTEL_* asks
 
     from .routes import chat, embeddings, messages, pages, responses, session, sse, v1, ws
 

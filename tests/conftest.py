@@ -127,14 +127,15 @@ def start_server(fake_upstream, tmp_path_factory) -> Iterator:
     """Factory: ``start_server(**settings)`` runs gunicorn with the production config.
 
     Settings become ``STREAMAPP_<NAME>`` environment variables, except the
-    standard names (``REDIS_URL``, ``OPENAI_*``, ``OLLAMA_HOST``) kept as they are.
+    standard names (``REDIS_URL``, ``OPENAI_*``, ``OLLAMA_HOST``, ``OTEL_*``) kept as they are.
+    The test's own ``OTEL_*`` variables never reach a server (OpenTelemetry is off unless asked).
     """
     gunicorn = require_binary("gunicorn", "make test (pip install -r requirements-dev.txt)")
     started: list[Server] = []
 
     def start(port: int | None = None, **settings: object) -> Server:
         port = port or free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMAPP_", "REDIS_URL"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMAPP_", "REDIS_URL", "OTEL_"))}
         env.update({
             "STREAMAPP_BIND": f"127.0.0.1:{port}",
             "STREAMAPP_WORKERS": "1",
@@ -147,7 +148,7 @@ def start_server(fake_upstream, tmp_path_factory) -> Iterator:
         })
         for key, value in settings.items():
             name = key if key in ("REDIS_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "OLLAMA_HOST") \
-                else f"STREAMAPP_{key}"
+                or key.startswith("OTEL_") else f"STREAMAPP_{key}"
             env[name] = str(value)
         log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
         proc = Process([gunicorn, "-c", "conf/gunicorn.conf.py", "wsgi:app"], env, log)

@@ -168,7 +168,7 @@ def create() -> Response:
         return start_stream(provider.stream(chat), ROUTE, meta, on_disconnect, fail=_fail)
     meta["format"] = ROUTE
     if body.background:
-        sid = launch(provider.stream(chat), meta, on_disconnect)
+        sid = launch(provider.stream(chat), {**meta, "stream": False}, on_disconnect)
         get_lifecycle().publish(sid)
         return _answer(sid, build_response(sid, meta, []))
     sid, events = collect_stream(provider.stream(chat), meta, on_disconnect)

@@ -194,13 +194,14 @@ def collect_stream(events: Iterator[Event], meta: dict[str, Any],
     """Start a generation and read it whole in this request (a non-streaming answer).
 
     The request is the stream's reader: a client that leaves is a departure like any
-    other (``on_disconnect`` applies), and what was read so far is returned.
+    other (``on_disconnect`` applies), and what was read so far is returned. The stream's
+    metadata says ``stream: false`` (telemetry's ``gen_ai.request.stream``).
     """
     lifecycle = get_lifecycle()
     gone = gevent.event.Event()
     queued = _watch_departure(gone.set)  # a client that leaves while its stream waits for a slot
     try:
-        sid = launch(events, meta, on_disconnect, gone=gone)
+        sid = launch(events, {**meta, "stream": False}, on_disconnect, gone=gone)
     finally:
         if queued is not None:
             queued.stop()

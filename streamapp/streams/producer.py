@@ -245,4 +245,5 @@ class Producer:
             finish_reason=final.finish_reason if isinstance(final, Done) else None,
             error_code=final.code if isinstance(final, Failed) else None,
             ttft_s=None if self.first_at is None else self.first_at - self.started_at,
-            events=self.seq, tokens=self.tokens, duration_s=now - self.started_at)
+            events=self.seq, tokens=self.tokens, duration_s=now - self.started_at,
+            usage=final.usage if isinstance(final, Done) else None)
