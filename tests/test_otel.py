@@ -229,20 +229,23 @@ def test_each_upstream_attempt_is_a_client_child_span(receiver, monkeypatch) -> 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
     providers = Providers(("traces",))
     attempts = [{"upstream": "primary", "model": "gpt-4o-mini", "outcome": "upstream_unavailable", "ms": 20},
-                {"upstream": "local", "kind": "ollama", "model": "llama3.2", "outcome": "success", "ms": 50}]
-    meta = {"route": "v1", "provider": "openai", "model": "gpt-4o-mini", "request_id": "r-1",
+                {"upstream": "local", "model": "llama3.2", "outcome": "success", "ms": 50}]
+    meta = {"route": "v1", "provider": "primary", "model": "gpt-4o-mini", "request_id": "r-1",
             "attempts": attempts}
     summary = StreamSummary(sid="s-attempts", meta=meta,
                             outcome="completed", finish_reason="stop", error_code=None, ttft_s=0.06,
                             events=5, tokens=3, duration_s=0.5,
                             usage={"prompt_tokens": 5, "completion_tokens": 3, "source": "reported"})
-    StreamTelemetry(providers.tracer, providers.meter, wall_ns=time.time_ns).stream_ended(summary)
+    StreamTelemetry(providers.tracer, providers.meter, {"primary": "openai", "local": "ollama"},
+                    wall_ns=time.time_ns).stream_ended(summary)
     providers.shutdown()
     got = poll_until(lambda: len(receiver.spans()) == 3 and receiver.spans(), 10, "three spans")
     stream = next(s for s in got if s.kind == SERVER)
     first, second = sorted((s for s in got if s.kind == CLIENT), key=lambda s: s.start_ns)
     assert (stream.name, first.name, second.name) == ("chat gpt-4o-mini", "chat gpt-4o-mini", "chat llama3.2")
     assert stream.attributes["gen_ai.response.model"] == "llama3.2"
+    assert stream.attributes["gen_ai.provider.name"] == "openai"  # the kind of the upstream named
+    assert stream.attributes["streamapp.upstream"] == "primary"
     assert stream.attributes["streamapp.usage.source"] == "reported"
     for child in (first, second):
         assert child.kind == CLIENT
@@ -257,3 +260,25 @@ def test_each_upstream_attempt_is_a_client_child_span(receiver, monkeypatch) -> 
     assert stream.start_ns == first.start_ns < first.end_ns == second.start_ns
     assert second.start_ns < second.end_ns == stream.end_ns
     assert first.end_ns - first.start_ns == 20_000_000
+
+
+def test_an_upstream_of_the_file_is_named_by_its_kind(start_server, receiver, fake_upstream, tmp_path,
+                                                      tag) -> None:
+    """With an upstreams file the provider is the operator's name for an upstream: the span's
+    ``gen_ai.provider.name`` is its kind (a value the conventions know), ``streamapp.upstream``
+    its name."""
+    path = tmp_path / "upstreams.toml"
+    path.write_text(f'[upstreams.primary]\nkind = "openai"\nbase_url = "{fake_upstream}/v1"\n\n'
+                    f'[routes.otel-route]\ntargets = ["primary/normal?tokens=3&tag={tag}"]\n')
+    server = start_server(UPSTREAMS_FILE=path, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{receiver.url}/v1/traces",
+                          **QUICK)
+    body = {"model": "otel-route", "messages": MESSAGES, "stream": True}
+    with SSEClient(f"{server.url}/v1/chat/completions", "POST", body) as client:
+        assert client.status == 200, client.body()
+        sid = client.headers["X-Stream-Id"]
+        client.read_all()
+    a = span_of(receiver, sid).attributes
+    assert a["gen_ai.provider.name"] == "openai"
+    assert a["streamapp.upstream"] == "primary"
+    assert a["gen_ai.usage.output_tokens"] == 3
+    assert receiver.metrics() == []  # only the traces endpoint was set

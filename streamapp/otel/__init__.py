@@ -78,7 +78,8 @@ def init_app(app: Flask, environ: Mapping[str, str] | None = None) -> None:
     providers = Providers(on)
     app.extensions[EXTENSION] = providers
     with app.app_context():
-        get_manager().observers.append(StreamTelemetry(providers.tracer, providers.meter))
+        kinds = {name: getattr(p, "name", name) for name, p in app.extensions.get("providers", {}).items()}
+        get_manager().observers.append(StreamTelemetry(providers.tracer, providers.meter, kinds))
     logger.info("OpenTelemetry on: %s over OTLP/HTTP", " and ".join(on),
                 extra={"otel_signals": ",".join(on)})
 

@@ -4,7 +4,8 @@ https://github.com/open-telemetry/semantic-conventions-genai: spans, server metr
 One SERVER span per stream, ``chat {model}``, from the stream's start to its end, with:
 
 - ``gen_ai.operation.name`` (``chat``: every front door is a chat), ``gen_ai.provider.name``
-  (the app's provider: ``openai``, ``ollama``, ``demo``), ``gen_ai.request.model`` (the
+  (the upstream's kind: ``openai``, ``ollama``, ``demo``; ``streamapp.upstream`` is its name
+  in the upstreams file), ``gen_ai.request.model`` (the
   model the stream asked for), ``gen_ai.response.model`` (the model of the attempt that
   answered, when attempts are recorded);
 - ``gen_ai.request.stream`` (``true`` when the client asked for a stream; unset for a whole
@@ -16,8 +17,8 @@ One SERVER span per stream, ``chat {model}``, from the stream's start to its end
 - ``error.type`` (our error code, ``upstream_timeout``...) and an ERROR status for a stream
   that failed; a stop (cancel, client gone, shutdown) is not an error: its finish reason says it;
 - ``streamapp.stream.id``, ``streamapp.request.id``, ``streamapp.route``, ``streamapp.outcome``,
-  ``streamapp.client`` (an API key's name), ``streamapp.events``, ``streamapp.text_deltas``,
-  ``streamapp.usage.source`` (where the usage came from, when recorded).
+  ``streamapp.upstream``, ``streamapp.client`` (an API key's name), ``streamapp.events``,
+  ``streamapp.text_deltas``, ``streamapp.usage.source`` (where the usage came from, when recorded).
 
 When the stream's metadata has ``attempts`` (one per upstream tried, in order), each is a
 CLIENT child span ``chat {model}`` with its upstream, model, outcome and time; usage stays
@@ -78,8 +79,10 @@ def _set(attributes: dict[str, Any], key: str, value: Any) -> None:
 class StreamTelemetry:
     """The manager's observer that records each stream once, at its end."""
 
-    def __init__(self, tracer: Tracer, meter: Meter, wall_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, tracer: Tracer, meter: Meter, kinds: Mapping[str, str] | None = None,
+                 wall_ns: Callable[[], int] = time.time_ns) -> None:
         self.tracer = tracer
+        self.kinds = dict(kinds or {})  # provider (upstream) name -> its kind: openai, ollama, demo
         self.wall_ns = wall_ns
         self.duration = meter.create_histogram(
             "gen_ai.server.request.duration", unit="s", description="GenAI server request duration: a "
@@ -105,7 +108,7 @@ class StreamTelemetry:
         start_ns = end_ns - int(s.duration_s * 1e9)
         meta = s.meta
         common: dict[str, Any] = {"gen_ai.operation.name": OPERATION}
-        _set(common, "gen_ai.provider.name", meta.get("provider"))
+        _set(common, "gen_ai.provider.name", self.kinds.get(meta.get("provider"), meta.get("provider")))
         _set(common, "gen_ai.request.model", meta.get("model"))
         attempts = [a for a in meta.get("attempts") or () if isinstance(a, Mapping)]
         answered = next((a for a in reversed(attempts) if a.get("outcome") in SUCCESS), None)
@@ -131,6 +134,7 @@ class StreamTelemetry:
         _set(attributes, "streamapp.stream.id", s.sid)
         _set(attributes, "streamapp.request.id", meta.get("request_id"))
         _set(attributes, "streamapp.route", meta.get("route"))
+        _set(attributes, "streamapp.upstream", meta.get("provider"))
         _set(attributes, "streamapp.client", meta.get("client"))
         _set(attributes, "streamapp.outcome", s.outcome)
         attributes["streamapp.events"] = s.events
@@ -159,8 +163,8 @@ class StreamTelemetry:
             last = i == len(attempts) - 1
             until = end_ns if last or not isinstance(ms, (int, float)) else min(end_ns, at + int(ms * 1e6))
             attributes = {"gen_ai.operation.name": OPERATION, "gen_ai.request.stream": True}
-            _set(attributes, "gen_ai.provider.name", attempt.get("kind") or attempt.get("provider")
-                 or common.get("gen_ai.provider.name"))
+            kind = attempt.get("kind") or self.kinds.get(attempt.get("upstream"))
+            _set(attributes, "gen_ai.provider.name", kind or common.get("gen_ai.provider.name"))
             _set(attributes, "gen_ai.request.model", attempt.get("model"))
             _set(attributes, "streamapp.upstream", attempt.get("upstream"))
             _set(attributes, "streamapp.attempt.outcome", attempt.get("outcome"))
