@@ -205,6 +205,9 @@ class FleetModels:
                              f"file a request naming no model goes to default_route; set it in "
                              f"{fleet.source} (or leave STREAMAPP_DEFAULT_PROVIDER at demo)")
         self.default = fleet.default_route or DEMO
+        if self.public is not None and self.default not in self.public | {DEMO}:
+            raise ValueError(f"STREAMAPP_ALLOWED_MODELS leaves out default_route {self.default!r} of "
+                             f"{fleet.source}: a request naming no model would be refused")
 
     def _names(self) -> str:
         return ", ".join(m.public_name for m in self.servable())

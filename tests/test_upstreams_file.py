@@ -285,6 +285,8 @@ def test_allowed_models_must_name_routes() -> None:
     with pytest.raises(ValueError, match=r"STREAMAPP_ALLOWED_MODELS: 'openai:gpt-4o' is not a route of "
                                          r"upstreams\.toml .*: gpt-4o-mini, meta-llama/llama-3, cheap"):
         models(ALLOWED_MODELS="openai:gpt-4o")
+    with pytest.raises(ValueError, match="STREAMAPP_ALLOWED_MODELS leaves out default_route 'gpt-4o-mini'"):
+        models(ALLOWED_MODELS="cheap")
 
 
 # -- providers and readiness ------------------------------------------------------------------
