@@ -1,4 +1,4 @@
-"""``POST /api/session``: trade an API key for a browser session cookie.
+"""``POST /api/session``: trade an API key for a browser session cookie; ``DELETE``: sign out.
 
 ``EventSource`` (and WebSocket) cannot send headers and keys do not belong in URLs, so the
 page posts the key once (``Authorization: Bearer``); the answer sets a signed, expiring,
@@ -32,3 +32,14 @@ def create() -> Response:
     session["client"] = client.name
     session.permanent = True  # expires after SESSION_TTL_S (checked on every request, too)
     return jsonify({"client": client.name, "expires_in": int(current_app.config["SESSION_TTL_S"])})
+
+
+@describe("End the browser session (sign out)", "auth", {"200": json_body(
+    SessionInfo, "Clears the `streamapp_session` cookie; `client` and `expires_in` are null. "
+                 "With keys configured the request is authenticated like any other (the cookie itself, "
+                 "from this site's pages, or a key).")})
+@bp.delete("/api/session")
+def delete() -> Response:
+    """Forget this browser's session: the cookie is cleared in the answer."""
+    session.clear()  # an emptied session makes Flask delete the cookie
+    return jsonify({"client": None, "expires_in": None})
