@@ -39,7 +39,9 @@ def test_page_has_strict_csp_and_no_inline_script(server) -> None:
     csp = resp.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
     html = resp.text
-    assert re.findall(r"<script\b[^>]*>", html) == ['<script src="/static/app.js">']
+    assert re.findall(r"<script\b[^>]*>", html) == [
+        '<script src="/static/vendor/marked.umd.js">', '<script src="/static/vendor/purify.min.js">',
+        '<script type="module" src="/static/app.js">']
     assert re.search(r"<script[^>]*>\s*[^<\s]", html) is None  # nothing between script tags
     assert not re.search(r"\son[a-z]+\s*=", html) and "javascript:" not in html and "style=" not in html
     favicon = re.search(r'<link rel="icon"[^>]*href="([^"]+)"', html).group(1)
