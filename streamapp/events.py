@@ -18,9 +18,11 @@ formats, so that nothing a real model sends is lost on the way:
 - ``ToolCall``: one fragment of a tool call: ``index`` tells calls apart, ``id``,
   ``name`` come with a call's first fragment, ``arguments`` is a piece of a
   JSON string to concatenate;
-- ``Done``: the end, with ``usage`` (``None`` when the upstream sent none: never
-  zeros standing for "unknown");
-- ``Failed``: the end of a stream that failed, with a code and a message clients see.
+- ``Done``: the end, with ``usage`` (from a provider: the upstream's counts, ``None`` when it
+  sent none, never zeros standing for "unknown"; in a stream's log: the stream's usage record,
+  ``streamapp.usage.record``);
+- ``Failed``: the end of a stream that failed, with a code and a message clients see, and in a
+  stream's log its usage record too.
 
 :func:`content_bytes` is the size of what an event carries, which the stream limits count.
 """
@@ -89,6 +91,7 @@ class Failed:
     message: str
     status: int = 502
     upstream_status: int | None = None  # the upstream's own HTTP status, when it answered one
+    usage: dict[str, Any] | None = None  # the stream's usage record (the producer's), even so
     kind: str = "error"
 
 

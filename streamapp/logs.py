@@ -13,7 +13,7 @@ name, a path is logged without its query string (prompts stay out of the log).
   metrics scrapes are logged at DEBUG.
 - ``stream ended``: ``stream_id``, ``request_id``, ``route``, ``provider``, ``model``,
   ``client``, ``outcome``, ``finish_reason``, ``error_code``, ``ttft_ms``, ``events``,
-  ``tokens``, ``duration_ms``.
+  ``tokens``, ``duration_ms``, ``usage`` (the stream's usage record, with its ``source``).
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class TextFormatter(logging.Formatter):
 def _text(value: Any) -> str:
     """A field's value on a text line: bare when plain, else a JSON string (quotes, backslashes
     and control characters escaped, so a value a client chose cannot forge a line)."""
+    if isinstance(value, dict):  # a usage record: one JSON object
+        return json.dumps(json.dumps(value, ensure_ascii=False, separators=(",", ":")), ensure_ascii=False)
     text = "-" if value is None else str(value)
     if not text or _NEEDS_QUOTES.search(text):
         return json.dumps(text, ensure_ascii=False)
@@ -137,7 +139,8 @@ class StreamLog:
                    "provider": meta.get("provider"), "model": meta.get("model"), "client": meta.get("client"),
                    "outcome": s.outcome, "finish_reason": s.finish_reason, "error_code": s.error_code,
                    "ttft_ms": None if s.ttft_s is None else round(s.ttft_s * 1000, 1),
-                   "events": s.events, "tokens": s.tokens, "duration_ms": round(s.duration_s * 1000, 1)})
+                   "events": s.events, "tokens": s.tokens, "duration_ms": round(s.duration_s * 1000, 1),
+                   "usage": s.usage})
 
 
 def init_app(app: Flask) -> None:

@@ -85,6 +85,9 @@ class ChatBody(BaseModel):
                                        "upstreams file: a route's name; absent: default_route)")] = None
     history: Annotated[list[Message], Field(max_length=500,
                                             description="the earlier turns, oldest first")] = []
+    max_tokens: Annotated[Annotated[int, Field(strict=True, ge=1, le=MAX_DELAY_MS)] | None, Field(
+        description="the most output tokens of the answer (passed to the provider; a token budget "
+                    "reserves this much); absent: the provider's default")] = None
     on_disconnect: OnDisconnect = "cancel"
 
 

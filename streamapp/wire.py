@@ -6,14 +6,15 @@ metadata keeps the name it was made for, so a resume speaks the same format.
 Adding a format is one new class with ``@register``.
 
 - ``chat`` (SSE, ``POST /api/chat``): ``data:`` is JSON, ``{"delta", "index"}``
-  per token and a final ``{"is_end": true, "finish_reason", "usage"}``.
+  per token and a final ``{"is_end": true, "finish_reason", "usage"}`` (the stream's usage
+  record with its ``source``: ``streamapp.usage.record``).
 - ``plain`` (SSE, ``/stream``, ``/ai-stream``, ``/local-ai``): ``data:`` is the
   raw token text; the stream ends with ``event: end``.
 - ``text`` (chunked ``text/plain``): the answer's tokens alone, one chunk each
   (reasoning and tool calls are not part of the text).
 - ``openai`` (SSE, ``POST /v1/chat/completions``): ``chat.completion.chunk``
   objects as OpenAI streams them, ``data:`` lines and comments only, ending with
-  ``data: [DONE]``.
+  ``data: [DONE]``; the usage chunk (only with ``include_usage``) in OpenAI's shape.
 
 WebSocket messages are not an HTTP body: :func:`ws_message` gives each event's
 message object (``delta``, ``reasoning``, ``tool_call``, ``end``, ``error``).
@@ -21,7 +22,7 @@ message object (``delta``, ``reasoning``, ``tool_call``, ``end``, ``error``).
 Both of our own SSE formats open with ``event: stream`` (``{"stream_id"}``)
 carrying the first ``retry:``, give every event the id ``<stream_id>-<seq>``,
 relay reasoning and tool calls apart from the answer, and end a failure with
-``event: error`` and ``{"code", "message"}``.
+``event: error`` and ``{"code", "message", "usage"}``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 
 from . import sse
 from .events import Delta, Done, Event, Failed, Opened, Reasoning, ToolCall
+from .usage.record import openai_usage
 
 
 def _json(obj: Any) -> str:
@@ -150,8 +152,10 @@ class _SSE:
             end = {"is_end": True, "finish_reason": event.finish_reason, "usage": event.usage}
             return self.end(_json(end), eid, retry)
         if isinstance(event, Failed):
-            return sse.encode(_json({"code": event.code, "message": event.message}),
-                              event="error", id=eid, retry=retry)
+            failure = {"code": event.code, "message": event.message}
+            if event.usage is not None:
+                failure["usage"] = event.usage
+            return sse.encode(_json(failure), event="error", id=eid, retry=retry)
         raise TypeError(f"no SSE form for {event!r}")
 
 
@@ -237,7 +241,11 @@ def ws_message(sid: str, seq: int, event: Event) -> dict[str, Any] | None:
         return {"type": "end", "finish_reason": event.finish_reason, "usage": event.usage, "seq": seq,
                 "stream_id": sid}
     if isinstance(event, Failed):
-        return {"type": "error", "code": event.code, "message": event.message, "seq": seq, "stream_id": sid}
+        message = {"type": "error", "code": event.code, "message": event.message, "seq": seq,
+                   "stream_id": sid}
+        if event.usage is not None:
+            message["usage"] = event.usage
+        return message
     if isinstance(event, Opened):
         return None
     raise TypeError(f"no WebSocket message for {event!r}")
@@ -332,7 +340,8 @@ class OpenAIChunks:
                 + _json(openai_finish(event.finish_reason)) + "}]" + self._end
             out = sse.encode(last, id=eid)
             if self.include_usage:
-                out += sse.encode(self._prefix(sid) + '[],"usage":' + _json(event.usage) + "}", id=eid)
+                out += sse.encode(self._prefix(sid) + '[],"usage":' + _json(openai_usage(event.usage)) + "}",
+                                  id=eid)
             return out + sse.encode("[DONE]", id=eid)
         if isinstance(event, Failed):
             return sse.encode(_json(openai_error(event.status, event.code, event.message)), id=eid)
@@ -368,4 +377,4 @@ def completion(sid: str, meta: dict[str, Any], events: list[Event]) -> dict[str,
             "model": str(meta.get("model") or ""),
             "choices": [{"index": 0, "message": message, "logprobs": None,
                          "finish_reason": openai_finish(done.finish_reason)}],
-            "usage": done.usage}
+            "usage": openai_usage(done.usage)}

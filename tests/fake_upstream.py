@@ -55,6 +55,9 @@ Modes:
                   ``message.thinking`` lines; with ``delay_ms``, that long before each piece
 - ``nousage``     ``tokens`` tokens and the end, without any usage (OpenAI: no usage
                   chunk; Ollama: a done line without counts)
+- ``zerousage``   ``tokens`` tokens and the end with an explicit usage of 0 (OpenAI: a usage
+                  chunk of zeros; Ollama: ``prompt_eval_count: 0, eval_count: 0``), as a
+                  server that counts nothing says it
 - ``endless``     200, ``at`` tokens (default 0), then one line that never ends: chunks of
                   ``x`` without a newline, ``size_kb`` KiB in all (default 8192), then close
 - ``errorpage``   answer ``status`` (default 502) with a body that is not the upstream's
@@ -177,7 +180,8 @@ HEAD = {(api, keep): head(200, "text/event-stream" if api == "openai" else "appl
                          keep_alive=keep)
         + (http_chunk(b": fake upstream comment\n\n") if api == "openai" else b"")
         for api in APIS.values() for keep in (False, True)}
-KEEP_ALIVE_MODES = ("normal", "slow", "burst", "split", "silence", "status", "tools", "reasoning", "nousage")
+KEEP_ALIVE_MODES = ("normal", "slow", "burst", "split", "silence", "status", "tools", "reasoning", "nousage",
+                    "zerousage")
 TOKEN_FRAMES = {api: [http_chunk(token_event(api, t)) for t in TOKENS] for api in APIS.values()}
 OPENAI_STOP = http_chunk(openai_chunk(None, "stop"))
 OPENAI_DONE = http_chunk(b"data: [DONE]\n\n") + END
@@ -362,6 +366,16 @@ def nousage_frames(api: str, p: dict) -> bytes:
     return tokens + http_chunk(ollama_message({}, done=True, done_reason="stop")) + END
 
 
+def zerousage_frames(api: str, p: dict) -> bytes:
+    """``tokens`` tokens and the end with a usage of explicit zeros, after the head."""
+    tokens = b"".join(TOKEN_FRAMES[api][i % len(TOKENS)] for i in range(int(p.get("tokens", 5))))
+    if api == "openai":
+        zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        return tokens + OPENAI_STOP + http_chunk(openai_chunk(None, usage=zero)) + OPENAI_DONE
+    return tokens + http_chunk(ollama_message({}, done=True, done_reason="stop", prompt_eval_count=0,
+                                              eval_count=0)) + END
+
+
 def end_frames(api: str, n: int) -> bytes:
     """The proper end of a stream of ``n`` tokens, up to the last HTTP chunk."""
     if api != "openai":
@@ -500,7 +514,8 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
     sock.sendall(end_frames(api, n))
 
 
-ANSWERS = {"tools": tools_frames, "reasoning": reasoning_frames, "nousage": nousage_frames}
+ANSWERS = {"tools": tools_frames, "reasoning": reasoning_frames, "nousage": nousage_frames,
+           "zerousage": zerousage_frames}
 
 
 def bad_shape_frame(api: str, bad: str) -> bytes:

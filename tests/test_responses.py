@@ -81,10 +81,12 @@ def test_the_stream_helper_gives_the_final_response(client, fmt) -> None:
     assert final.output_text == "".join(deltas) == "".join(token_list(3))
 
 
-def test_absent_upstream_usage_stays_null(client) -> None:
+def test_absent_upstream_usage_is_an_estimate_that_says_so(client) -> None:
     with client.responses.create(model="openai/nousage?tokens=2", input="hi", stream=True) as stream:
         events = list(stream)
-    assert events[-1].type == "response.completed" and events[-1].response.usage is None
+    usage = events[-1].response.usage  # never zeros: counted (2 chunks) and estimated (the input), and marked
+    assert events[-1].type == "response.completed" and usage.model_extra["source"] == "estimated"
+    assert usage.output_tokens == 2 and usage.input_tokens > 0
 
 
 @pytest.mark.parametrize("fmt", PROVIDERS)

@@ -3,7 +3,8 @@
 Shapes: anthropic-sdk-python ``types/message.py``, ``usage.py``, ``message_delta_usage.py``,
 ``shared/error_response.py``. Usage is never invented: a count the upstream did not report
 is ``null`` (the SDK's accumulator keeps a ``message_start`` value when ``message_delta``
-leaves one out, and takes ``message_delta``'s when it has one).
+leaves one out, and takes ``message_delta``'s when it has one); the end's usage carries the
+stream's ``source`` (``streamapp.usage.record``) beside the counts.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def usage(counts: dict[str, Any] | None) -> dict[str, Any]:
     """
     if not counts:
         return {"input_tokens": None, "output_tokens": None}
+    source = {k: counts[k] for k in ("source", "method") if counts.get(k) is not None}
     prompt, output = counts.get("prompt_tokens"), counts.get("completion_tokens")
     cached = (counts.get("prompt_tokens_details") or {}).get("cached_tokens")
     out: dict[str, Any] = {"input_tokens": prompt - cached if prompt is not None and cached else prompt,
@@ -58,7 +60,7 @@ def usage(counts: dict[str, Any] | None) -> dict[str, Any]:
     thinking = (counts.get("completion_tokens_details") or {}).get("reasoning_tokens")
     if thinking is not None:
         out["output_tokens_details"] = {"thinking_tokens": thinking}
-    return out
+    return {**out, **source}
 
 
 def message_id(sid: str) -> str:

@@ -68,6 +68,19 @@ class Ready(_Strict):
         default_factory=dict, description="each upstream's circuit breaker (streamapp/circuits.py), now")
 
 
+class UsageRecord(BaseModel):
+    """A stream's usage record: its counts and where they came from (``streamapp.usage.record``)."""
+
+    model_config = ConfigDict(extra="allow")
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    source: Literal["reported", "partial", "estimated", "unknown"] = Field(description=(
+        "reported: the upstream's own; partial: ended early (output counted, input estimated); "
+        "estimated: the upstream sent none; unknown: the upstream never accepted the request"))
+    method: str | None = Field(None, description="how the counts that are not the upstream's were made")
+
+
 class StreamInfo(_Strict):
     """``GET /api/streams/{sid}/info``."""
 
@@ -77,6 +90,7 @@ class StreamInfo(_Strict):
     pid: int = Field(description="the worker process answering")
     readers: int = Field(ge=0, description="readers attached now")
     events: int = Field(ge=0, description="events in the stream's log")
+    usage: UsageRecord | None = Field(description="the stream's usage record once it ended")
 
 
 class CancelResult(_Strict):
@@ -153,7 +167,7 @@ class StreamEnd(_Strict):
     is_end: Literal[True]
     finish_reason: str = Field(description="stop, length (a stream limit), cancelled, client_gone, "
                                            "shutdown, tool_calls, or the upstream's own reason")
-    usage: Usage | None
+    usage: UsageRecord | None
 
 
 class StreamFailure(_Strict):
@@ -161,6 +175,8 @@ class StreamFailure(_Strict):
 
     code: Annotated[str, Field(examples=["upstream_cut", "stream_gap", "producer_lost"])]
     message: str
+    usage: UsageRecord | None = Field(None, description="the stream's usage record (a reader's own "
+                                                        "failures, such as stream_gap, have none)")
 
 
 # OpenAI's shapes (POST /v1/chat/completions, GET /v1/models)

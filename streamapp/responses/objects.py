@@ -15,8 +15,8 @@ one ``reasoning_text`` part), a run of ``Delta`` one assistant ``message`` (one
 open until the end (``Done`` / ``Failed``): its fragments may interleave with other
 calls, text or reasoning, so several items may be in progress at once (each addressed by
 its ``output_index``; the ``output`` list is in that order). Usage is the upstream's,
-renamed (``input_tokens``, ``output_tokens``, ``total_tokens`` and the details it gave);
-absent usage stays ``null``.
+renamed (``input_tokens``, ``output_tokens``, ``total_tokens`` and the details it gave),
+with the record's ``source`` (``streamapp.usage.record``); an unknown usage stays ``null``.
 """
 
 from __future__ import annotations
@@ -66,8 +66,9 @@ def response_error(failed: Failed) -> dict[str, str]:
 
 
 def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Chat usage in the Responses API's names; details only where the upstream gave them."""
-    if not usage:
+    """Chat usage in the Responses API's names; details only where the upstream gave them; the
+    record's ``source`` (and ``method``) beside them. ``None`` when no count is known."""
+    if not usage or usage.get("source") == "unknown":
         return None
     inp, out = usage.get("prompt_tokens"), usage.get("completion_tokens")
     total = usage.get("total_tokens")
@@ -80,6 +81,9 @@ def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
     if reasoning is not None:
         result["output_tokens_details"] = {"reasoning_tokens": reasoning}
+    for key in ("source", "method"):
+        if usage.get(key) is not None:
+            result[key] = usage[key]
     return result
 
 
@@ -164,6 +168,7 @@ class ResponseBuilder:
             self._close_all("incomplete", out)
             self.status = "failed"
             self.error = response_error(event)
+            self.usage = responses_usage(event.usage)
             out.append(self._ev("response.failed", response=self.response()))
         return out
 

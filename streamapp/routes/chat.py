@@ -14,6 +14,7 @@ from ..openapi.models import ChatFormatQuery, ResumeQuery
 from ..openapi.parts import CHAT_ANSWER, LAST_EVENT_ID, NO_CONTENT, errors
 from ..providers import ChatRequest
 from ..schemas import ChatBody, parse
+from ..usage.record import usage_meta
 from .body import read_json_body
 from .model import request_model
 from .streaming import resume_if_asked, start_stream
@@ -27,13 +28,14 @@ def chat_events(body: ChatBody) -> tuple[dict[str, Any], Iterator[Event]]:
     ``POST /api/chat`` and WebSocket chats. Without ``provider``, ``model`` names one as on ``/v1``."""
     resolved = request_model(body.model, body.provider)
     name, model = resolved.provider, resolved.model
+    params = {"max_tokens": body.max_tokens} if body.max_tokens is not None else {}
     check_chat_input("history", [*((f"history.{i}.content", m.content) for i, m in enumerate(body.history)),
-                                 ("message", body.message)], name, model)
+                                 ("message", body.message)], name, model, params)
     provider = current_app.extensions["providers"][name]
     messages = [m.model_dump() for m in body.history]
     messages.append({"role": "user", "content": body.message})
-    meta = {"uid": body.uid, "provider": name, "model": model}
-    return meta, provider.stream(ChatRequest(messages, model=model))
+    meta = {"uid": body.uid, "provider": name, "model": model, **usage_meta(messages, params)}
+    return meta, provider.stream(ChatRequest(messages, model=model, params=params))
 
 
 @describe("Stream a chat answer", "streams",

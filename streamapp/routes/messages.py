@@ -29,6 +29,7 @@ from ..messages.schemas import CountTokensRequest, MessagesRequest
 from ..openapi import describe
 from ..providers import ChatRequest
 from ..schemas import parse
+from ..usage.record import usage_meta
 from .body import read_json_body
 from .model import request_model
 from .streaming import collect_stream, resume_if_asked, start_stream
@@ -63,7 +64,8 @@ def messages() -> Response:
     check_chat_input("messages", input_texts(body), name, model, {"max_tokens": body.max_tokens})
     provider = current_app.extensions["providers"][name]
     chat = chat_request(body, model)
-    meta: dict[str, Any] = {"route": ROUTE, "provider": name, "model": body.model}
+    meta: dict[str, Any] = {"route": ROUTE, "provider": name, "model": body.model,
+                            **usage_meta(chat.messages, chat.params)}
     if body.stream:
         return start_stream(provider.stream(chat), "messages", meta, body.on_disconnect, fail=_fail)
     sid, events = collect_stream(provider.stream(chat), {**meta, "format": "messages"}, body.on_disconnect)

@@ -40,6 +40,7 @@ from ..responses.objects import build_response, item_stream, response_id, stream
 from ..responses.schemas import ResponseDeleted, ResponseObject, ResponsesRequest
 from ..schemas import MAX_UID, parse
 from ..streams import get_lifecycle
+from ..usage.record import usage_meta
 from .body import read_json_body
 from .door import find, launch
 from .model import request_model
@@ -159,7 +160,8 @@ def create() -> Response:
                      name, model, {"max_output_tokens": body.max_output_tokens})
     chat = ChatRequest([*head, *context, *new], model=model, params=chat_params(body))
     meta: dict[str, Any] = {"route": ROUTE, "provider": name, "model": body.model,
-                            "created": int(time.time()), "echo": echo(body)}
+                            "created": int(time.time()), "echo": echo(body),
+                            **usage_meta(chat.messages, chat.params)}
     if body.store:
         meta["context"] = [*context, *new]
     provider = current_app.extensions["providers"][name]

@@ -14,6 +14,7 @@ from ..openapi.parts import GET_STREAM, LAST_EVENT_ID, NO_CONTENT, RESUMED, SID,
 from ..providers import ChatRequest
 from ..schemas import PromptQuery, StreamQuery, parse
 from ..streams import get_manager
+from ..usage.record import usage_meta
 from ..wire import is_stream_id
 from .model import request_model
 from .streaming import requested_resume, resume_if_asked, resume_stream, start_stream
@@ -43,7 +44,7 @@ def stream() -> Response:
     options = {"text": text, "delay_ms": min(delay, config["STREAM_MAX_DELAY_MS"])}
     provider = current_app.extensions["providers"]["demo"]
     chat = ChatRequest([{"role": "user", "content": text}], options=options)
-    meta = {"route": "stream", "provider": "demo", "model": "demo"}
+    meta = {"route": "stream", "provider": "demo", "model": "demo", **usage_meta(chat.messages, {})}
     return _resume_or("stream", lambda: start_stream(provider.stream(chat), "plain", meta,
                                                      query.on_disconnect))
 
@@ -55,7 +56,8 @@ def _prompt_stream(provider_name: str) -> Response:
         model = resolved.model
         provider = current_app.extensions["providers"][resolved.provider]
         chat = ChatRequest([{"role": "user", "content": query.prompt}], model=model)
-        meta = {"route": provider_name, "provider": resolved.provider, "model": model}
+        meta = {"route": provider_name, "provider": resolved.provider, "model": model,
+                **usage_meta(chat.messages, {})}
         return start_stream(provider.stream(chat), "plain", meta, query.on_disconnect)
     return _resume_or(provider_name, start)
 
@@ -96,7 +98,7 @@ def _unknown(sid: str) -> ApiError:
            **errors("404", "503")}, path_params=SID)
 @bp.get("/api/streams/<sid>/info")
 def info(sid: str) -> Response:
-    """A stream's state, reader count and number of events."""
+    """A stream's state, reader count, number of events and, once it ended, its usage record."""
     manager = get_manager()
     meta = manager.store.meta(sid) if is_stream_id(sid) else None
     if meta is None:
@@ -105,7 +107,16 @@ def info(sid: str) -> Response:
     return jsonify({"stream_id": sid, "state": meta.get("state"), "route": meta.get("route"),
                     "pid": os.getpid(),  # the worker answering, handy when tracing a stream
                     "readers": manager.store.readers(sid),
-                    "events": manager.store.count(sid)})
+                    "events": manager.store.count(sid), "usage": _final_usage(sid, meta)})
+
+
+def _final_usage(sid: str, meta: dict) -> dict | None:
+    """The usage record of a finished stream (its final event's), else ``None``."""
+    last = meta.get("last")
+    if meta.get("state") != "finished" or not isinstance(last, int) or last < 1:
+        return None
+    final = get_manager().store.read(sid, last - 1, 1)
+    return getattr(final[0][1], "usage", None) if final else None
 
 
 @describe("Stop a generation, wherever it runs", "stream API",

@@ -30,6 +30,7 @@ from ..openapi.models import ModelCard, ModelList
 from ..openapi.parts import LAST_EVENT_ID, NO_CONTENT, OPENAI_ANSWER, errors, json_body, path_param
 from ..providers import ChatRequest
 from ..schemas import V1ChatRequest, parse
+from ..usage.record import usage_meta
 from ..wire import completion
 from .body import read_json_body
 from .model import request_model
@@ -69,7 +70,8 @@ def chat_completions() -> Response:
     chat = ChatRequest(messages, model=model, params=body.upstream_params())
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     meta: dict[str, Any] = {"route": "v1", "provider": name, "model": body.model,
-                            "created": int(time.time()), "include_usage": include_usage}
+                            "created": int(time.time()), "include_usage": include_usage,
+                            **usage_meta(messages, chat.params)}
     if body.stream:
         return start_stream(provider.stream(chat), "openai", meta, body.on_disconnect, fail=_fail)
     sid, events = collect_stream(provider.stream(chat), {**meta, "format": "openai"}, body.on_disconnect)

@@ -37,7 +37,7 @@ class StreamSummary:
     events: int  # events in the log, the end included
     tokens: int  # deltas of text relayed
     duration_s: float
-    usage: dict[str, Any] | None = None  # the final Done's usage; None: unknown (or not a Done)
+    usage: dict[str, Any] | None = None  # the usage record of its final event (streamapp.usage.record)
 
 
 class StreamObserver(Protocol):

@@ -9,7 +9,10 @@ limits ends the same way with ``finish_reason: "length"``: ``max_events``
 events that carry content (text, reasoning, tool-call fragments), or
 ``max_bytes`` of that content (UTF-8, :func:`~streamapp.events.content_bytes`).
 Whatever happens, the exit path runs to its end: the final event is appended
-and ``on_exit`` is called.
+and ``on_exit`` is called. The final event, the upstream's or ours, carries the stream's usage
+record (:func:`streamapp.usage.record.final_usage`): the producer knows whether the upstream
+accepted the request, how many content chunks it produced and how the stream ended;
+``meta["prompt_estimate"]``, when the door put it there, is the input's estimate.
 
 After the first token the stream never ends silently: with ``stall`` set, an upstream
 that yields no event for that long (silent, or sending only keep-alive bytes, which the
@@ -31,6 +34,7 @@ import gevent
 
 from ..errors import UpstreamError
 from ..events import Delta, Done, Event, Failed, Opened, Reasoning, ToolCall, content_bytes, is_terminal
+from ..usage.record import final_usage
 from .observe import StreamSummary, outcome_of
 from .store import Store
 
@@ -85,6 +89,9 @@ class Producer:
         self.clock = clock
         self.first_at: float | None = None  # when the first token was appended
         self.tokens = 0
+        self.chunks = 0  # content chunks the upstream produced (text, reasoning, tool-call fragments)
+        self.opened = False  # the upstream accepted the request
+        self.usage: dict[str, Any] | None = None  # the usage record of the final event
         self._events = events
         self._on_exit = on_exit
         self._on_first = on_first
@@ -144,11 +151,15 @@ class Producer:
                 if is_terminal(event):
                     # Readers get the end now; closing the provider may still tidy
                     # the upstream connection up for reuse.
+                    self.chunks = counted
+                    event = self._with_usage(event, from_upstream=True)
                     self._append(event, final=True)
                     self._ended_with = event
                     break
                 self._append(event)
-                if self.first_at is None and not isinstance(event, Opened):
+                if cls is Opened:
+                    self.opened = True
+                elif self.first_at is None:
                     self.first_at = self.clock()  # the first token (text, reasoning or a tool call)
                     if self._on_first is not None:
                         self._on_first(event)
@@ -179,6 +190,7 @@ class Producer:
                 final = Done(self._stop_reason)
         finally:
             self.tokens = counted - others  # text deltas
+            self.chunks = counted
             self._finish(final)
 
     def _arm_stall_timer(self) -> None:
@@ -229,12 +241,23 @@ class Producer:
             logger.exception("closing the upstream of stream %s failed", self.sid)
         try:
             if final is not None:
-                self._ended_with = final
+                final = self._ended_with = self._with_usage(final, from_upstream=False)
                 self._append(final, final=True)
         except Exception:  # noqa: BLE001 - the store failed; readers here still got the end
             logger.exception("could not record the end of stream %s", self.sid)
         finally:
             self._on_exit(self.sid, self.summary())
+
+    def _with_usage(self, end: Event, from_upstream: bool) -> Event:
+        """``end`` carrying the stream's usage record (kept as :attr:`usage` for the summary)."""
+        estimate = self.meta.get("prompt_estimate")
+        self.usage = final_usage(end, from_upstream=from_upstream, opened=self.opened, chunks=self.chunks,
+                                 prompt_estimate=estimate if isinstance(estimate, int) else None)
+        if isinstance(end, Done):
+            return Done(end.finish_reason, self.usage)
+        if isinstance(end, Failed):
+            return Failed(end.code, end.message, end.status, end.upstream_status, self.usage)
+        return end
 
     def summary(self) -> StreamSummary:
         """What this stream did, for observers (at its end)."""
@@ -245,5 +268,4 @@ class Producer:
             finish_reason=final.finish_reason if isinstance(final, Done) else None,
             error_code=final.code if isinstance(final, Failed) else None,
             ttft_s=None if self.first_at is None else self.first_at - self.started_at,
-            events=self.seq, tokens=self.tokens, duration_s=now - self.started_at,
-            usage=final.usage if isinstance(final, Done) else None)
+            events=self.seq, tokens=self.tokens, duration_s=now - self.started_at, usage=self.usage)
