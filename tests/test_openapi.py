@@ -151,8 +151,11 @@ def test_the_encoders_write_what_the_document_describes(doc, fmt) -> None:
     check = event_checker(doc, component)
     enc = wire.encoder(fmt, 2000, {"model": "demo", "created": 1, "include_usage": True})
     kinds = [Opened(), Delta("hi", 0), Reasoning("hmm"), ToolCall(0, "call_1", "f", '{"a"'),
-             ToolCall(0, None, None, "}"), Failed("x", "it broke"),
-             Done("tool_calls", {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})]
+             ToolCall(0, None, None, "}"),
+             Failed("x", "it broke", usage={"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6,
+                                            "source": "partial", "method": "completion: 1 per chunk"}),
+             Done("tool_calls", {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3,
+                                 "source": "reported"})]
     raw = enc.open("s1") + b"".join(enc.event("s1", seq, event, seq == 0) for seq, event in enumerate(kinds))
     decoded = list(iter_events([raw]))
     assert len(decoded) >= len(kinds) - 1  # OpenAI's stream has no opening event, and [DONE] ends it
