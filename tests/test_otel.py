@@ -282,3 +282,19 @@ def test_an_upstream_of_the_file_is_named_by_its_kind(start_server, receiver, fa
     assert a["streamapp.upstream"] == "primary"
     assert a["gen_ai.usage.output_tokens"] == 3
     assert receiver.metrics() == []  # only the traces endpoint was set
+
+
+def test_a_callers_traceparent_makes_the_stream_span_its_child(otel_server, receiver) -> None:
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    url = f"{otel_server.url}/stream?text=traced&delay_ms=0"
+    with SSEClient(url, headers={"traceparent": f"00-{trace_id}-{parent}-01"}) as client:
+        sid = client.headers["X-Stream-Id"]
+        client.read_all()
+    span = span_of(receiver, sid)
+    assert (span.trace_id, span.parent_span_id) == (trace_id, parent)
+    invalid = f"00-{trace_id}-{'0' * 16}-01"  # an all-zero parent id: ignored
+    with SSEClient(url, headers={"traceparent": invalid}) as client:
+        sid = client.headers["X-Stream-Id"]
+        client.read_all()
+    span = span_of(receiver, sid)
+    assert span.trace_id != trace_id and span.parent_span_id == ""

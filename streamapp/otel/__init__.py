@@ -10,6 +10,9 @@ endpoint is set (``OTEL_EXPORTER_OTLP_ENDPOINT``, or ``OTEL_EXPORTER_OTLP_TRACES
 ``OTEL_{TRACES,METRICS}_EXPORTER=none`` turns one off, ``OTEL_SDK_DISABLED=true`` both. With
 no signal on, the SDK is never imported and streams have no observer for it.
 
+A request's W3C ``traceparent`` header (when tracing is on) is kept in the metadata of the
+streams it starts, so a stream's span is a child of the caller's span, in the caller's trace.
+
 Nothing runs per event: a stream's spans and measurements are made once, when it ends,
 from its :class:`~streamapp.streams.observe.StreamSummary`, with explicit start and end
 times; a batch processor (a greenlet under gevent) sends them. Each gunicorn worker builds
@@ -21,10 +24,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, g, request
 
 from ..streams import get_manager
 
@@ -33,6 +37,9 @@ __all__ = ["EXTENSION", "init_app", "shutdown", "signals"]
 EXTENSION = "streamapp.otel"
 SIGNALS = ("traces", "metrics")
 PROTOCOL = "http/protobuf"  # the one OTLP protocol shipped (opentelemetry-exporter-otlp-proto-http)
+# W3C Trace Context, version 00: version-trace_id-parent_id-flags, lower-case hex
+# (https://www.w3.org/TR/trace-context/#traceparent-header); all-zero ids are invalid.
+TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +84,20 @@ def init_app(app: Flask, environ: Mapping[str, str] | None = None) -> None:
 
     providers = Providers(on)
     app.extensions[EXTENSION] = providers
+    if "traces" in on:
+        app.before_request(_keep_traceparent)
     with app.app_context():
         kinds = {name: getattr(p, "name", name) for name, p in app.extensions.get("providers", {}).items()}
         get_manager().observers.append(StreamTelemetry(providers.tracer, providers.meter, kinds))
     logger.info("OpenTelemetry on: %s over OTLP/HTTP", " and ".join(on),
                 extra={"otel_signals": ",".join(on)})
+
+
+def _keep_traceparent() -> None:
+    """The request's ``traceparent``, when valid, for the streams it starts (``door.client_meta``)."""
+    value = request.headers.get("traceparent", "").strip()
+    if TRACEPARENT.fullmatch(value):
+        g.traceparent = value
 
 
 def shutdown(app: Any) -> None:

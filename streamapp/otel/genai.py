@@ -20,6 +20,9 @@ One SERVER span per stream, ``chat {model}``, from the stream's start to its end
   ``streamapp.upstream``, ``streamapp.client`` (an API key's name), ``streamapp.events``,
   ``streamapp.text_deltas``, ``streamapp.usage.source`` (where the usage came from, when recorded).
 
+With a ``traceparent`` in the stream's metadata (the request's W3C header) the span is a
+child of the caller's span, in the caller's trace; otherwise it starts a trace.
+
 When the stream's metadata has ``attempts`` (one per upstream tried, in order), each is a
 CLIENT child span ``chat {model}`` with its upstream, model, outcome and time; usage stays
 on the stream's span only, so no backend counts it twice.
@@ -41,6 +44,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.metrics import Meter
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..streams.observe import StreamSummary
 
@@ -51,6 +55,7 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 SUCCESS = ("success", "ok", "completed")  # an attempt's outcome that is not an error
+PROPAGATOR = TraceContextTextMapPropagator()
 
 
 def usage_counts(usage: Mapping[str, Any] | None) -> dict[str, int]:
@@ -141,8 +146,11 @@ class StreamTelemetry:
         attributes["streamapp.text_deltas"] = s.tokens
         if isinstance(usage, Mapping):
             _set(attributes, "streamapp.usage.source", usage.get("source"))
+        caller = meta.get("traceparent")
+        context = PROPAGATOR.extract({"traceparent": caller}) if isinstance(caller, str) else None
         span = self.tracer.start_span(f"{OPERATION} {common.get('gen_ai.request.model', '')}".rstrip(),
-                                      kind=SpanKind.SERVER, attributes=attributes, start_time=start_ns)
+                                      context=context, kind=SpanKind.SERVER, attributes=attributes,
+                                      start_time=start_ns)
         if s.error_code is not None:
             span.set_status(Status(StatusCode.ERROR, s.error_code))
         if attempts:

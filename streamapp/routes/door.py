@@ -38,11 +38,15 @@ class LeftQueue(ApiError):
 
 def client_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` with the client starting the stream (resuming, inspecting and cancelling it
-    then take the same client: ``auth.require_owner``) and the request id, for the logs."""
+    then take the same client: ``auth.require_owner``) and the request id, for the logs; and
+    the request's W3C ``traceparent`` when tracing kept one (``streamapp.otel``)."""
     client = g.get("client")
     out = {**meta, "request_id": g.get("request_id")}
     if client is not None:
         out["client"] = client.name
+    traceparent = g.get("traceparent")
+    if traceparent is not None:
+        out["traceparent"] = traceparent
     return out
 
 
