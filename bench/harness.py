@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 FAKE_UPSTREAM = ROOT / "tests" / "fake_upstream.py"  # the one the test suite uses too
+OTLP_RECEIVER = ROOT / "tests" / "otlp_receiver.py"  # bench --otel: where the service sends its telemetry
 VENV_BIN = ROOT / ".venv" / "bin"
 PY = str(VENV_BIN / "python")
 GUNICORN = str(VENV_BIN / "gunicorn")
@@ -204,7 +205,7 @@ def fd_limit() -> int:
 
 def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()
-            if not k.startswith(("STREAMAPP_", "REDIS_URL", "OPENAI_", "OLLAMA_"))}
+            if not k.startswith(("STREAMAPP_", "REDIS_URL", "OPENAI_", "OLLAMA_", "OTEL_"))}
 
 
 def start_upstream(logdir: Path, name: str = "upstream") -> Proc:
@@ -215,9 +216,20 @@ def start_upstream(logdir: Path, name: str = "upstream") -> Proc:
     return proc
 
 
+def start_otlp_receiver(logdir: Path) -> Proc:
+    """An OTLP/HTTP receiver (``tests/otlp_receiver.py``) that decodes what it is sent."""
+    port = free_port()
+    proc = Proc("otlp-receiver", [PY, str(OTLP_RECEIVER), "--port", str(port)], clean_env(), logdir)
+    proc.port, proc.url = port, f"http://127.0.0.1:{port}"
+    proc.wait_http("/_counts", 20)
+    return proc
+
+
 def start_service(upstream: Proc, logdir: Path, name: str = "service", redis_url: str = "",
-                  redis_prefix: str = "", workers: int = 1, **settings: object) -> Proc:
-    """streamapp under gunicorn with the production config (conf/gunicorn.conf.py)."""
+                  redis_prefix: str = "", workers: int = 1, env_extra: dict[str, str] | None = None,
+                  **settings: object) -> Proc:
+    """streamapp under gunicorn with the production config (conf/gunicorn.conf.py); ``env_extra``
+    as it is (``OTEL_*``)."""
     port = free_port()
     env = clean_env()
     env.update({
@@ -231,6 +243,7 @@ def start_service(upstream: Proc, logdir: Path, name: str = "service", redis_url
         env["STREAMAPP_REDIS_PREFIX"] = redis_prefix
     for key, value in settings.items():
         env[f"STREAMAPP_{key}"] = str(value)
+    env.update(env_extra or {})
     # --no-control-socket: gunicorn 27 otherwise binds ~/.gunicorn/gunicorn.ctl, one path shared by
     # every master on the machine (ours and anyone else's); it does not touch the worker.
     proc = Proc(name, [GUNICORN, "-c", "conf/gunicorn.conf.py", "--no-control-socket", "wsgi:app"],

@@ -5,6 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python bench/run.py            # full default run (~6 min), writes bench/results/latest.*
     .venv/bin/python bench/run.py --quick    # smoke run with small sizes, results in a temp dir
     .venv/bin/python bench/run.py --workloads w1,w1b --rounds 1 --out /tmp/bench
+    .venv/bin/python bench/run.py --workloads w1,w2 --otel --out /tmp/bench-otel   # tracing on
 
 Targets, all on one fake upstream (``tests/fake_upstream.py``) started per workload:
 
@@ -13,6 +14,11 @@ Targets, all on one fake upstream (``tests/fake_upstream.py``) started per workl
 - C1, C2   ``bench/tutorial_relay.py`` (Flask + ``requests.iter_lines``, the relay a Python
            developer writes) under the same gunicorn gevent worker, on 1 and 2 workers
 - B        the fake upstream itself, hit directly by the clients: the floor (w1-w3 only)
+
+``--otel`` turns OpenTelemetry on in the streamapp targets (only there: ``OTEL_*`` is otherwise
+kept from every process), exporting to an OTLP/HTTP receiver started for the run
+(``tests/otlp_receiver.py``) with the SDK's default intervals; what it received is in the notes.
+Compare with a run without it: the cost of tracing per event.
 
 Every streamapp figure is compared with the relay at the SAME worker count (A with C1,
 A-redis with C2), as issue #12 asks. Each workload runs its targets interleaved, in
@@ -90,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Redis for A-redis ('' to skip A-redis and C2)")
     p.add_argument("--redis-workers", type=int, default=2,
                    help="gunicorn workers of A-redis, and of the relay it is compared with (default 2)")
+    p.add_argument("--otel", action="store_true",
+                   help="OpenTelemetry on in the streamapp targets, to a receiver started here")
     p.add_argument("--out", default=None, help="results dir (default bench/results; --quick: a temp dir)")
     p.add_argument("--logs", default=None, help="keep process logs here (default: a temp dir)")
     args = p.parse_args(argv)
@@ -158,6 +166,25 @@ class Bench:
         self.redis_prefix = f"bench-{secrets.token_hex(5)}"
         self.seq = 0
         self.mine: set[int] = {os.getpgrp(), os.getpid()}  # process groups this run started
+        self.otlp: h.Proc | None = None  # --otel: the receiver
+
+    def otel_env(self) -> dict[str, str]:
+        """--otel: the streamapp targets' OTEL_* (the receiver started on first use)."""
+        if not self.args.otel:
+            return {}
+        if self.otlp is None:
+            self.otlp = h.start_otlp_receiver(self.logdir)
+            self.mine.add(self.otlp.pid)
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp.url, "OTEL_SERVICE_NAME": "streamapp-bench"}
+
+    def otel_counts(self) -> dict | None:
+        """--otel: what the receiver got (requests, spans) and its refusals."""
+        if self.otlp is None:
+            return None
+        try:
+            return json.loads(h.http_get(f"{self.otlp.url}/_counts", timeout=10)[1])
+        except OSError as exc:
+            return {"traces": 0, "spans": 0, "metrics": 0, "errors": f"the receiver did not answer: {exc}"}
 
     # -- processes ----------------------------------------------------------
     def upstream(self, name: str) -> h.Proc:
@@ -170,11 +197,11 @@ class Bench:
         name = f"{workload}-{target}-{self.seq}"
         self.seq += 1
         if target == "A":
-            proc = h.start_service(upstream, self.logdir, name, **settings)
+            proc = h.start_service(upstream, self.logdir, name, env_extra=self.otel_env(), **settings)
         elif target == "A-redis":
             proc = h.start_service(upstream, self.logdir, name, redis_url=self.args.redis_url,
                                    redis_prefix=self.redis_prefix, workers=self.args.redis_workers,
-                                   **settings)
+                                   env_extra=self.otel_env(), **settings)
         elif target.startswith("C"):
             proc = h.start_relay(upstream, self.logdir, name, workers=relay_workers(target))
         else:
@@ -849,6 +876,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {wl} FAILED: {exc}", flush=True)
             print(f"  ({wl} took {time.monotonic() - t:.0f} s)", flush=True)
     finally:
+        otel = bench.otel_counts()
+        if bench.otlp is not None:
+            bench.otlp.stop()
         if args.redis_url:
             try:
                 h.redis_cleanup(args.redis_url, bench.redis_prefix)
@@ -865,6 +895,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["targets"] = evaluate(result, args)
     result["notes"] = notes(result, args) + [f"FAILED {f}" for f in failures]
+    if otel is not None:
+        result["otel"] = otel
+        result["notes"].append(f"--otel: OpenTelemetry on in the streamapp targets; the receiver got "
+                               f"{otel['spans']} spans in {otel['traces']} trace exports and "
+                               f"{otel['metrics']} metric exports ({otel['errors']} refused)")
     result["runtime_s"] = round(time.monotonic() - started, 1)
     md = markdown(result, args)
     write_results(outdir, result, md)
