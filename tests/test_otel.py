@@ -132,6 +132,7 @@ def test_a_failed_stream_is_an_error_span(otel_server, receiver, tag) -> None:
     assert span.attributes["streamapp.request.id"] == f"req-{tag}"
     assert "gen_ai.response.finish_reasons" not in span.attributes
     assert "gen_ai.usage.output_tokens" not in span.attributes  # unknown, never a 0
+    assert span.attributes["streamapp.usage.source"] == "unknown"
 
 
 def test_a_whole_answer_is_not_marked_streaming(otel_server, receiver, tag) -> None:
@@ -149,15 +150,24 @@ def test_a_whole_answer_is_not_marked_streaming(otel_server, receiver, tag) -> N
 def test_genai_server_metrics_are_exported(otel_server, receiver, tag) -> None:
     with SSEClient(f"{otel_server.url}/stream?text=a+b+c+d&delay_ms=0") as client:
         client.read_all()
+    failing = f"openai/status?status=503&tag={tag}"
     requests.post(f"{otel_server.url}/v1/chat/completions", timeout=10,
-                  json={"model": f"openai/status?status=503&tag={tag}", "messages": MESSAGES, "stream": True})
+                  json={"model": failing, "messages": MESSAGES, "stream": True})
+    estimated = f"openai/nousage?tokens=4&tag={tag}"  # no usage from the upstream: an estimate
+    with SSEClient(f"{otel_server.url}/v1/chat/completions", "POST",
+                   {"model": estimated, "messages": MESSAGES, "stream": True}) as client:
+        sid = client.headers["X-Stream-Id"]
+        client.read_all()
+    assert span_of(receiver, sid).attributes["streamapp.usage.source"] == "estimated"
 
     def complete() -> dict | None:
         seen = {m.name: m for m in receiver.metrics()}
-        if set(METRIC_UNITS) <= set(seen) and any(
-                p["attributes"].get("error.type") for p in seen["gen_ai.server.request.duration"].points):
-            return seen
-        return None
+        if not set(METRIC_UNITS) <= set(seen):
+            return None
+        durations = [p["attributes"] for p in seen["gen_ai.server.request.duration"].points]
+        done = any(a.get("error.type") for a in durations) and \
+            any(a.get("gen_ai.request.model") == estimated for a in durations)
+        return seen if done else None
     seen = poll_until(complete, 15, "the four GenAI metrics, a failure's duration among them")
     for name, unit in METRIC_UNITS.items():
         assert seen[name].unit == unit, name
@@ -170,10 +180,11 @@ def test_genai_server_metrics_are_exported(otel_server, receiver, tag) -> None:
     assert failed[0]["attributes"]["error.type"].startswith("upstream_")
     # time to first token: successful responses only
     ttft = seen["gen_ai.server.time_to_first_token"].points
-    assert ttft and not any(p["attributes"].get("gen_ai.provider.name") == "openai" and
-                            tag in p["attributes"].get("gen_ai.request.model", "") for p in ttft)
+    assert {p["attributes"]["gen_ai.request.model"] for p in ttft} >= {"demo", estimated}
+    assert not any(p["attributes"]["gen_ai.request.model"] == failing for p in ttft)
     usage = seen["gen_ai.client.token.usage"].points
     assert {p["attributes"]["gen_ai.token.type"] for p in usage} == {"input", "output"}
+    assert not any(p["attributes"].get("gen_ai.request.model") == estimated for p in usage)  # reported only
 
 
 def test_what_a_worker_holds_is_sent_when_it_exits(start_server, receiver) -> None:

@@ -13,7 +13,8 @@ One SERVER span per stream, ``chat {model}``, from the stream's start to its end
   ``gen_ai.response.time_to_first_chunk`` (seconds, start to the first token);
 - ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens`` and, when the upstream gave
   them, ``gen_ai.usage.reasoning.output_tokens`` and ``gen_ai.usage.cache_read.input_tokens``
-  (only what the usage says: an unknown count is left out, never a 0);
+  (only what the usage says: an unknown count is left out, never a 0; an estimate is there
+  too, ``streamapp.usage.source`` says so);
 - ``error.type`` (our error code, ``upstream_timeout``...) and an ERROR status for a stream
   that failed; a stop (cancel, client gone, shutdown) is not an error: its finish reason says it;
 - ``streamapp.stream.id``, ``streamapp.request.id``, ``streamapp.route``, ``streamapp.outcome``,
@@ -31,7 +32,8 @@ Metrics (histograms, in the conventions' units and bucket boundaries): ``gen_ai.
 (s, every stream), ``gen_ai.server.time_to_first_token`` (s) and
 ``gen_ai.server.time_per_output_token`` (s) for streams that got a first token and did not
 fail, and ``gen_ai.client.token.usage`` ({token}, ``gen_ai.token.type`` ``input`` /
-``output``) when the usage is known: the conventions define no server-side token metric,
+``output``) when the upstream reported the usage (``source: reported``; estimates are not
+counted there): the conventions define no server-side token metric,
 and towards the upstream this service is the GenAI client.
 """
 
@@ -123,7 +125,10 @@ class StreamTelemetry:
         usage = getattr(s, "usage", None) or meta.get("usage")
         counts = usage_counts(usage if isinstance(usage, Mapping) else None)
         self._span(s, common, counts, usage, attempts, start_ns, end_ns)
-        self._measure(s, common, counts, failed)
+        # The token metric takes the upstream's own counts only: the conventions forbid offline
+        # counting unless asked for, and an estimate would mix with them unseen.
+        source = usage.get("source", "reported") if isinstance(usage, Mapping) else None
+        self._measure(s, common, counts if source == "reported" else {}, failed)
 
     def _span(self, s: StreamSummary, common: dict[str, Any], counts: dict[str, int], usage: Any,
               attempts: list[Mapping[str, Any]], start_ns: int, end_ns: int) -> None:
@@ -196,6 +201,6 @@ class StreamTelemetry:
         if failed or s.ttft_s is None:
             return  # the two latencies are of successful responses
         self.ttft.record(s.ttft_s, common)
-        output = counts.get("gen_ai.usage.output_tokens", s.tokens)
+        output = counts.get("gen_ai.usage.output_tokens", s.tokens)  # else the text deltas
         if output > 1:
             self.tpot.record(max(0.0, s.duration_s - s.ttft_s) / (output - 1), common)
