@@ -167,9 +167,14 @@ async function refusedWords(err) {
 }
 
 async function run(c, msg, body) {
+  let resuming = !body;
   const ctl = {
     stop: null,
     changed(now) {
+      if (resuming && !now) {  // the first event after a resume: streaming again
+        resuming = false;
+        $("status").textContent = "streaming (resumed)…";
+      }
       if (c.deleted) return;
       if (now) store.save(c); else store.later(c);
       if (c === conv) drawSoon(msg);
@@ -355,3 +360,4 @@ if (authRequired) {
 show(getConv(store.current) || getConv(store.list()[0]?.id) || store.create());
 loadModels();
 if (!authRequired || signedIn) resumeAll();
+else conv.messages.filter((m) => m.pending).forEach((m) => { m.note = "Sign in to see the rest of this answer."; draw(m); });

@@ -128,6 +128,45 @@ def test_markdown_renders_tables_code_lists_and_links(server, page) -> None:
     assert answer.locator(":not(pre) > code").text_content() == "inline code"
 
 
+def pick_model(page, model: str) -> None:
+    page.wait_for_function("(m) => [...document.querySelectorAll('#model option')]"
+                           ".some((o) => o.value === m)", arg=model)
+    page.select_option("#model", model)
+
+
+def test_tool_calls_are_shown(start_server, page) -> None:
+    from tests.fake_upstream import TOOL_CALLS
+
+    tools = start_server(OPENAI_MODEL="tools", HEADER_WAIT_S=0.2)
+    page.goto(tools.url)
+    pick_model(page, "openai/tools")
+    send(page, "call the tools")
+    page.wait_for_function(LAST_DONE, timeout=15000)
+    calls = page.locator(".msg.assistant .tools .tool-call")
+    shown = [re.fullmatch(r"tool call(\w+)\((.*)\)", t, re.S).groups() for t in calls.all_text_contents()]
+    assert [(name, json.loads(args)) for name, args in shown] == \
+        [(c["name"], c["arguments"]) for c in TOOL_CALLS]
+    assert page.locator("#status").text_content() == "done (tool_calls)"
+
+
+def test_reasoning_folds_and_is_kept(start_server, page) -> None:
+    from tests.fake_upstream import REASONING
+
+    thinking = start_server(OPENAI_MODEL="reasoning?tokens=4", HEADER_WAIT_S=0.2)
+    page.goto(thinking.url)
+    pick_model(page, "openai/reasoning?tokens=4")
+    send(page, "think first")
+    page.wait_for_function(LAST_DONE, timeout=15000)
+    text = page.locator(".msg.assistant .reasoning-text")
+    assert text.is_visible() and text.text_content() == "".join(REASONING)  # open as it streamed
+    page.click(".msg.assistant .reasoning summary")
+    assert not text.is_visible()
+    page.reload()  # read again later: folded, and kept
+    assert not text.is_visible()
+    page.click(".msg.assistant .reasoning summary")
+    assert text.is_visible() and text.text_content() == "".join(REASONING)
+
+
 # Each would set window.__xss if it ran; the page is loaded with its CSP bypassed, so only the
 # page's own rendering stands between the model's text and the script.
 PAYLOADS = [
@@ -363,3 +402,23 @@ def test_delete_session_signs_out(keyed) -> None:
         assert "streamapp_session" not in http.cookies
         assert http.get(f"{keyed.url}/v1/models", headers=own, timeout=10).status_code == 401
         assert http.delete(f"{keyed.url}/api/session", headers=own, timeout=10).status_code == 401
+
+
+def test_with_keys_an_answer_left_by_an_ended_session_resumes_after_signing_in(start_server, context) -> None:
+    slow_keyed = start_server(API_KEYS=f"web:{KEY}", SECRET_KEY="chat-secret", DEMO_DELAY_MS=25)
+    page = context.new_page()
+    page.goto(slow_keyed.url)
+    page.fill("#api-key", KEY)
+    page.click("#auth-send")
+    page.wait_for_function(STATUS_SAYS, arg="Signed in as web.")
+    send(page, LONG)
+    page.wait_for_function(CHUNKS_AT_LEAST, arg=25, timeout=15000)
+    context.clear_cookies()  # the session ends mid-answer
+    page.reload()
+    assert page.locator(".msg.assistant .note").text_content() == "Sign in to see the rest of this answer."
+    assert page.locator("#auth").is_visible()
+    page.fill("#api-key", KEY)
+    page.click("#auth-send")
+    page.wait_for_function(LAST_DONE, timeout=30000)
+    assert the_answer(page) == answer_for([{"role": "user", "content": LONG}])
+    assert not page.locator(".msg.assistant .note").is_visible()
