@@ -239,10 +239,12 @@ def test_each_upstream_attempt_is_a_client_child_span(receiver, monkeypatch) -> 
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
     providers = Providers(("traces",))
-    attempts = [{"upstream": "primary", "model": "gpt-4o-mini", "outcome": "upstream_unavailable", "ms": 20},
-                {"upstream": "local", "model": "llama3.2", "outcome": "success", "ms": 50}]
+    attempts = [{"upstream": "primary", "model": "gpt-4o-mini", "outcome": "upstream_http_error",
+                 "status": 503, "started_ms": 0.0, "ms": 20},
+                {"upstream": "local", "model": "llama3.2", "outcome": "success", "status": None,
+                 "started_ms": 20.0, "ms": 50}]  # as streamapp.failover records them
     meta = {"route": "v1", "provider": "primary", "model": "gpt-4o-mini", "request_id": "r-1",
-            "attempts": attempts}
+            "upstream": "local", "attempts": attempts}
     summary = StreamSummary(sid="s-attempts", meta=meta,
                             outcome="completed", finish_reason="stop", error_code=None, ttft_s=0.06,
                             events=5, tokens=3, duration_s=0.5,
@@ -255,8 +257,8 @@ def test_each_upstream_attempt_is_a_client_child_span(receiver, monkeypatch) -> 
     first, second = sorted((s for s in got if s.kind == CLIENT), key=lambda s: s.start_ns)
     assert (stream.name, first.name, second.name) == ("chat gpt-4o-mini", "chat gpt-4o-mini", "chat llama3.2")
     assert stream.attributes["gen_ai.response.model"] == "llama3.2"
-    assert stream.attributes["gen_ai.provider.name"] == "openai"  # the kind of the upstream named
-    assert stream.attributes["streamapp.upstream"] == "primary"
+    assert stream.attributes["gen_ai.provider.name"] == "ollama"  # the kind of the upstream that answered
+    assert stream.attributes["streamapp.upstream"] == "local"
     assert stream.attributes["streamapp.usage.source"] == "reported"
     for child in (first, second):
         assert child.kind == CLIENT
@@ -265,7 +267,9 @@ def test_each_upstream_attempt_is_a_client_child_span(receiver, monkeypatch) -> 
         assert "gen_ai.usage.input_tokens" not in child.attributes  # counted once, on the stream's span
     assert first.attributes["streamapp.upstream"] == "primary"
     assert first.attributes["gen_ai.provider.name"] == "openai"
-    assert first.attributes["error.type"] == "upstream_unavailable" and first.status_code == STATUS_ERROR
+    assert first.attributes["error.type"] == "upstream_http_error" and first.status_code == STATUS_ERROR
+    assert first.attributes["http.response.status_code"] == 503
+    assert "http.response.status_code" not in second.attributes
     assert second.attributes["gen_ai.provider.name"] == "ollama"
     assert "error.type" not in second.attributes
     assert stream.start_ns == first.start_ns < first.end_ns == second.start_ns

@@ -4,8 +4,8 @@ https://github.com/open-telemetry/semantic-conventions-genai: spans, server metr
 One SERVER span per stream, ``chat {model}``, from the stream's start to its end, with:
 
 - ``gen_ai.operation.name`` (``chat``: every front door is a chat), ``gen_ai.provider.name``
-  (the upstream's kind: ``openai``, ``ollama``, ``demo``; ``streamapp.upstream`` is its name
-  in the upstreams file), ``gen_ai.request.model`` (the
+  (the kind of the upstream that answered, else of the stream's provider: ``openai``,
+  ``ollama``, ``demo``; ``streamapp.upstream`` is its name), ``gen_ai.request.model`` (the
   model the stream asked for), ``gen_ai.response.model`` (the model of the attempt that
   answered, when attempts are recorded);
 - ``gen_ai.request.stream`` (``true`` when the client asked for a stream; unset for a whole
@@ -24,8 +24,10 @@ One SERVER span per stream, ``chat {model}``, from the stream's start to its end
 With a ``traceparent`` in the stream's metadata (the request's W3C header) the span is a
 child of the caller's span, in the caller's trace; otherwise it starts a trace.
 
-When the stream's metadata has ``attempts`` (one per upstream tried, in order), each is a
-CLIENT child span ``chat {model}`` with its upstream, model, outcome and time; usage stays
+When the stream's metadata has ``attempts`` (``streamapp.failover``: one per target tried, in
+order, ``upstream``, ``model``, ``outcome``, ``status``, ``started_ms``, ``ms``), each is a
+CLIENT child span ``chat {model}`` with its upstream, model, outcome, the upstream's HTTP
+status (``http.response.status_code``) and its time; usage stays
 on the stream's span only, so no backend counts it twice.
 
 Metrics (histograms, in the conventions' units and bucket boundaries): ``gen_ai.server.request.duration``
@@ -78,6 +80,10 @@ def usage_counts(usage: Mapping[str, Any] | None) -> dict[str, int]:
     return {k: int(v) for k, v in found.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _set(attributes: dict[str, Any], key: str, value: Any) -> None:
     if value is not None and value != "":
         attributes[key] = value if isinstance(value, (bool, int, float)) else str(value)
@@ -115,7 +121,8 @@ class StreamTelemetry:
         start_ns = end_ns - int(s.duration_s * 1e9)
         meta = s.meta
         common: dict[str, Any] = {"gen_ai.operation.name": OPERATION}
-        _set(common, "gen_ai.provider.name", self.kinds.get(meta.get("provider"), meta.get("provider")))
+        upstream = meta.get("upstream") or meta.get("provider")  # the one that answered, if known
+        _set(common, "gen_ai.provider.name", self.kinds.get(upstream, upstream))
         _set(common, "gen_ai.request.model", meta.get("model"))
         attempts = [a for a in meta.get("attempts") or () if isinstance(a, Mapping)]
         answered = next((a for a in reversed(attempts) if a.get("outcome") in SUCCESS), None)
@@ -144,7 +151,7 @@ class StreamTelemetry:
         _set(attributes, "streamapp.stream.id", s.sid)
         _set(attributes, "streamapp.request.id", meta.get("request_id"))
         _set(attributes, "streamapp.route", meta.get("route"))
-        _set(attributes, "streamapp.upstream", meta.get("provider"))
+        _set(attributes, "streamapp.upstream", meta.get("upstream") or meta.get("provider"))
         _set(attributes, "streamapp.client", meta.get("client"))
         _set(attributes, "streamapp.outcome", s.outcome)
         attributes["streamapp.events"] = s.events
@@ -164,25 +171,26 @@ class StreamTelemetry:
 
     def _attempts(self, parent: trace.Span, common: dict[str, Any], attempts: list[Mapping[str, Any]],
                   start_ns: int, end_ns: int) -> None:
-        """A CLIENT span per upstream attempt, one after the other from the stream's start (or
-        from each one's ``start_ms``); the last lasts to the stream's end (it is the one that
-        answered, or the stream ended with its failure)."""
+        """A CLIENT span per upstream attempt, from its ``started_ms`` after the stream's start
+        (else right after the one before) for its ``ms``; the one that answered (``success``)
+        lasts to the stream's end: its upstream streamed the answer."""
         context = trace.set_span_in_context(parent)
         at = start_ns
-        for i, attempt in enumerate(attempts):
-            if isinstance(attempt.get("start_ms"), (int, float)):
-                at = start_ns + int(attempt["start_ms"] * 1e6)
-            ms = attempt.get("ms")
-            last = i == len(attempts) - 1
-            until = end_ns if last or not isinstance(ms, (int, float)) else min(end_ns, at + int(ms * 1e6))
+        for attempt in attempts:
+            started, ms, outcome = attempt.get("started_ms", attempt.get("start_ms")), attempt.get("ms"), \
+                attempt.get("outcome")
+            if _number(started):
+                at = min(end_ns, start_ns + int(started * 1e6))
+            until = end_ns if outcome in SUCCESS or not _number(ms) else min(end_ns, at + int(ms * 1e6))
             attributes = {"gen_ai.operation.name": OPERATION, "gen_ai.request.stream": True}
             kind = attempt.get("kind") or self.kinds.get(attempt.get("upstream"))
             _set(attributes, "gen_ai.provider.name", kind or common.get("gen_ai.provider.name"))
             _set(attributes, "gen_ai.request.model", attempt.get("model"))
             _set(attributes, "streamapp.upstream", attempt.get("upstream"))
-            _set(attributes, "streamapp.attempt.outcome", attempt.get("outcome"))
-            error = None if attempt.get("outcome") in SUCCESS else \
-                attempt.get("code") or attempt.get("error") or attempt.get("outcome")
+            _set(attributes, "streamapp.attempt.outcome", outcome)
+            if _number(attempt.get("status")):
+                attributes["http.response.status_code"] = int(attempt["status"])
+            error = None if outcome in SUCCESS else attempt.get("code") or attempt.get("error") or outcome
             _set(attributes, "error.type", error)
             name = f"{OPERATION} {attempt.get('model') or ''}".rstrip()
             span = self.tracer.start_span(name, context=context, kind=SpanKind.CLIENT, attributes=attributes,
