@@ -82,6 +82,19 @@ def test_reload_mid_answer_continues_it_exactly(slow, context, transport) -> Non
         assert int(posts[0]["resume"].rsplit("-", 1)[1]) > 20  # from where the page was
 
 
+def test_reload_mid_answer_resumes_on_any_worker_with_redis(start_server, redis_url, redis_prefix,
+                                                           context) -> None:
+    shared = start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, WORKERS=2, DEMO_DELAY_MS=25)
+    page = context.new_page()
+    page.goto(shared.url)
+    send(page, LONG)
+    page.wait_for_function(CHUNKS_AT_LEAST, arg=25, timeout=15000)
+    page.reload()
+    page.wait_for_function(LAST_DONE, timeout=30000)
+    assert the_answer(page) == answer_for([{"role": "user", "content": LONG}])
+    assert page.locator("#status").text_content() == "done (stop)"
+
+
 def test_closed_and_reopened_tab_picks_the_answer_up(slow, context) -> None:
     page = context.new_page()
     page.goto(slow.url)
