@@ -19,6 +19,7 @@ __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
 
+PAGES = frozenset({"pages.index", "inspect.page"})  # the HTML pages, under PAGE_CSP
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
             "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
@@ -49,7 +50,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     metrics.init_app(app)  # GET /metrics, fed by the streams' observer and the limits' refusals
     otel.init_app(app)  # OpenTelemetry spans and GenAI metrics at each stream's end, when OTEL_* asks
 
-    from .routes import chat, embeddings, messages, pages, responses, session, sse, v1, ws
+    from .routes import chat, embeddings, inspect, messages, pages, responses, session, sse, v1, ws
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(sse.bp)
@@ -59,6 +60,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(embeddings.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(session.bp)
+    app.register_blueprint(inspect.bp)
     ws.init_app(app)
     limits.init_app(app)  # rate limits and stream caps, on the views registered above
     if app.config["TRUSTED_PROXIES"]:  # the client's address from X-Forwarded-For, through these hops only
@@ -67,8 +69,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     @app.after_request
     def _page_headers(resp):
-        # The demo page: no inline script or style, nothing from elsewhere, never framed.
-        if request.endpoint == "pages.index":
+        # The pages: no inline script or style, nothing from elsewhere, never framed.
+        if request.endpoint in PAGES:
             resp.headers["Content-Security-Policy"] = PAGE_CSP
             resp.headers["X-Content-Type-Options"] = "nosniff"
             resp.headers["Referrer-Policy"] = "no-referrer"

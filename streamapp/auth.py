@@ -15,9 +15,11 @@ One ``before_request`` hook (:func:`authenticate`) decides who is calling, for e
   (``Unauthorized``, with ``WWW-Authenticate: Bearer``); a cookie from elsewhere a 403. ``g.client``
   is then a :class:`Client`: the key's name and limits, never the key.
 
-Two checks the views call themselves, because only they know what is asked for:
-:func:`require_owner` (403 ``not_stream_owner`` on another client's stream: resume, info,
-cancel) and :func:`require_allowed_origin` (the WebSocket handshake, from any page's ``Origin``).
+Checks the views call themselves, because only they know what is asked for:
+:func:`require_owner` (403 ``not_stream_owner`` on another client's stream, unless an admin's:
+resume, info, cancel), :func:`require_admin` (the inspector), :func:`require_allowed_origin`
+(the WebSocket handshake, from any page's ``Origin``) and :func:`page_viewer` (the inspector's
+page, public so that a browser without a session meets words, not a JSON 401).
 
 Session cookies are signed with :func:`session_secret`: ``STREAMAPP_SECRET_KEY`` when set; else,
 with keys and Redis, one secret every instance shares, kept in Redis at
@@ -59,13 +61,15 @@ from flask_cors import CORS
 
 from .errors import Forbidden, Unauthorized
 
-__all__ = ["Client", "Forbidden", "Keys", "Unauthorized", "init_app", "is_admin", "require_admin",
-           "require_owner", "SharedSecret", "session_secret", "shared_secret"]
+__all__ = ["Client", "Forbidden", "Keys", "Unauthorized", "init_app", "is_admin", "page_viewer",
+           "require_admin", "require_owner", "SharedSecret", "session_secret", "shared_secret"]
 
 logger = logging.getLogger(__name__)
 
 # Endpoints anyone may reach; everything else needs a key when keys are configured.
-PUBLIC_ENDPOINTS = frozenset({"pages.index", "pages.healthz", "pages.readyz", "metrics.metrics", "static"})
+# The inspector's page checks its viewer itself (page_viewer), to answer a browser in words.
+PUBLIC_ENDPOINTS = frozenset({"pages.index", "pages.healthz", "pages.readyz", "metrics.metrics", "static",
+                              "inspect.page"})
 PUBLIC_BLUEPRINTS = frozenset({"docs", "swagger_ui"})
 SESSION_ENDPOINT = "session.create"
 COOKIE_NAME = "streamapp_session"
@@ -251,6 +255,21 @@ def authenticate() -> None:
                        "or a session from POST /api/session")
 
 
+def page_viewer() -> Client | None:
+    """Who opens a page that checks its viewer itself (a ``GET`` that changes and carries
+    nothing; its script's requests are checked as usual): the key presented (401 when wrong),
+    else the session cookie's client, whatever the ``Origin`` (a typed address sends no
+    ``Sec-Fetch-Site: same-origin``, and the cookie is ``SameSite=Strict``); ``None``: nobody."""
+    keys: Keys = current_app.extensions["auth"]
+    key = _presented_key()
+    if key is not None:
+        client = keys.match(key)
+        if client is None:
+            raise Unauthorized("invalid API key")
+        return client
+    return session_client() if COOKIE_NAME in request.cookies else None
+
+
 def is_admin() -> bool:
     """Whether the caller may see every client's streams and usage: an admin key, or anybody
     when no key is configured (the service is open)."""
@@ -266,9 +285,10 @@ def require_admin() -> None:
 
 
 def require_owner(meta: dict[str, Any]) -> None:
-    """403 unless the caller started the stream of ``meta`` (when keys are configured)."""
+    """403 unless the caller started the stream of ``meta`` or is an admin (when keys are
+    configured)."""
     client = g.get("client")
-    if client is not None and meta.get("client") != client.name:
+    if client is not None and not client.admin and meta.get("client") != client.name:
         raise Forbidden("this stream was started by another client", code="not_stream_owner")
 
 

@@ -70,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_ALLOW": "127.0.0.1/8,::1",  # who may GET /metrics: addresses, CIDRs (comma-separated), "*"
     "LOG_LEVEL": "info",               # the app's log level (gunicorn's too)
     "LOG_FORMAT": "text",              # text (a line, then key=value fields) or json (one object a line)
+    # The stream inspector (GET /inspect, GET /api/streams): admin keys only.
+    "INSPECT_MAX_STREAMS": 1000,       # recent streams listed at most (Redis keeps this many ids)
+    "INSPECT_LIVE_S": 300.0,           # a live table connection ends after this long (the page reconnects)
     # WebSocket (GET /ws). A frame over MAX_BODY_BYTES is refused with an error message.
     "WS_PING_S": 20.0,                 # ping frame interval; a peer silent until the next ping is dropped
     "WS_MAX_FRAME_BYTES": 2 << 20,     # a frame over this closes the socket (1009)
@@ -78,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
 _FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "STALL_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S",
            "BODY_TIMEOUT_S", "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S",
            "STREAM_MAX_DURATION_S", "SESSION_TTL_S", "SLOT_LEASE_S", "WS_PING_S", "READY_CACHE_S",
-           "QUEUE_WAIT_S", "CIRCUIT_COOLDOWN_S")
+           "QUEUE_WAIT_S", "CIRCUIT_COOLDOWN_S", "INSPECT_LIVE_S")
 # Taken as written from the environment (Flask parses STREAMAPP_* values as JSON: a key "1e5" stays text).
 _RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "ADMIN_KEYS", "SECRET_KEY", "CORS_ORIGINS", "READY_PROVIDERS",
                 "UPSTREAMS_FILE")
@@ -87,7 +90,8 @@ _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
          "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE", "TRUSTED_PROXIES", "MAX_STREAMS_PER_KEY",
          "MAX_STREAMS_PER_PROCESS", "MAX_DETACHED_PER_CLIENT", "MAX_MESSAGE_CHARS", "MAX_MESSAGES",
          "MAX_INPUT_CHARS", "MAX_TOKENS_CEILING", "WS_MAX_FRAME_BYTES", "REDIS_COMMIT_MS",
-         "MAX_EMBED_INPUTS", "MAX_EMBED_CHARS", "CIRCUIT_FAILURES")
+         "MAX_EMBED_INPUTS", "MAX_EMBED_CHARS", "CIRCUIT_FAILURES",
+         "INSPECT_MAX_STREAMS")
 PROVIDERS = ("demo", "openai", "ollama")
 
 
@@ -136,7 +140,8 @@ def validate(config: dict[str, Any]) -> None:
             raise ValueError(f"STREAMAPP_{key} must be >= 1")
     if not 0 <= config["REDIS_COMMIT_MS"] <= 1000:
         raise ValueError("STREAMAPP_REDIS_COMMIT_MS must be between 0 and 1000")
-    for key in ("SLOT_LEASE_S", "WS_PING_S", "WRITE_TIMEOUT_S", "CIRCUIT_COOLDOWN_S"):
+    for key in ("SLOT_LEASE_S", "WS_PING_S", "WRITE_TIMEOUT_S", "CIRCUIT_COOLDOWN_S", "INSPECT_LIVE_S",
+                "INSPECT_MAX_STREAMS"):
         if config[key] <= 0:
             raise ValueError(f"STREAMAPP_{key} must be > 0")
     if not 0 <= config["QUEUE_WAIT_S"] <= 600:

@@ -119,6 +119,20 @@ class PromptQuery(BaseModel):
     on_disconnect: OnDisconnect = "cancel"
 
 
+class StreamsQuery(BaseModel):
+    """Query of ``GET /api/streams``."""
+
+    state: Annotated[Literal["running", "finished", "lost"] | None, Field(
+        description="only streams in this state")] = None
+    key: Annotated[Annotated[str, StringConstraints(min_length=1, max_length=200)] | None, Field(
+        description="only this API key's streams (by name); a key that is not admin may name only "
+                    "itself")] = None
+    model: Annotated[Annotated[str, StringConstraints(min_length=1, max_length=200)] | None, Field(
+        description="only streams of this model")] = None
+    limit: Annotated[int, Field(ge=1, le=1000, description="at most this many, newest first"),
+                     BeforeValidator(_bounded_digits)] = 100
+
+
 # -- POST /v1/chat/completions: OpenAI's request, the fields upstreams understand ---------------
 
 ModelName = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)]

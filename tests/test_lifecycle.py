@@ -15,6 +15,7 @@ import time
 import pytest
 import requests
 
+from streamapp.config import DEFAULTS
 from tests.fake_upstream import token_list
 from tests.helpers import (
     SSEClient,
@@ -293,8 +294,13 @@ def test_every_redis_key_has_a_ttl(start_server, redis_url, tag):
         assert r.hget(f"{prefix}:meta:{stream}", "state") == b'"finished"'
     keys = list(r.scan_iter(f"{prefix}:*"))
     assert any(sid.encode() in k for k in keys) and any(live.encode() in k for k in keys)
+    # The inspector's list of recent streams lasts as long as a running stream may (it lists them).
+    running_ttl = DEFAULTS["STREAM_MAX_DURATION_S"] + DEFAULTS["READ_TIMEOUT_S"] + 0 + 60 + 60
+    assert 0 < r.ttl(f"{prefix}:recent") <= running_ttl
+    assert {m.decode() for m in r.zrange(f"{prefix}:recent", 0, -1)} == {sid, live}
     for key in keys:
-        assert 0 < r.ttl(key) <= 60, key
+        if key != f"{prefix}:recent".encode():
+            assert 0 < r.ttl(key) <= 60, key
 
 
 def test_resume_at_the_end_of_a_finished_stream_is_204(start_server):

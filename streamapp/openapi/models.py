@@ -93,6 +93,55 @@ class StreamInfo(_Strict):
     usage: UsageRecord | None = Field(description="the stream's usage record once it ended")
 
 
+class StreamRow(_Strict):
+    """One stream as the inspector shows it (``GET /api/streams``, ``GET /api/streams/live``).
+
+    Times are unix seconds (the server's clocks: compare them with the answer's ``now``)."""
+
+    stream_id: str
+    state: Literal["running", "finished", "lost"] = Field(
+        description="lost: running, but the process producing it is gone")
+    process: str | None = Field(description="host:pid of the process producing it")
+    client: str | None = Field(description="the API key's name that started it (null: no keys)")
+    route: str | None = Field(description="the front door (chat, stream, openai, v1, responses, ws...)")
+    format: str | None = Field(description="its wire format")
+    provider: str | None
+    model: str | None
+    upstream: Any = Field(None, description="the upstream serving it, where routing recorded one")
+    attempts: Any = Field(None, description="the upstream attempts before its first token, where recorded")
+    on_disconnect: str | None = Field(description="cancel or finish")
+    started: float | None
+    ended: float | None
+    ttft_s: float | None = Field(description="seconds from its start to its first token")
+    tokens: int | None = Field(description="events with content (text, reasoning, tool-call fragments): an "
+                                           "upstream chunk each, usually one token")
+    tokens_per_s: float | None = Field(description="tokens per second since the first token")
+    last_event_at: float | None = Field(description="its last event (running: seen within a second)")
+    events: int | None = Field(description="events in its log")
+    readers: int = Field(ge=0, description="client readers attached now (the inspector is none)")
+    resumes: int = Field(ge=0)
+    outcome: str | None = Field(
+        description="completed, cancelled, client_gone, shutdown, upstream_error or error")
+    finish_reason: str | None
+    error: str | None = Field(description="the error code of a failed stream")
+    usage: Any = Field(None, description="the usage recorded for it (its shape is the recorder's)")
+
+
+class StreamList(_Strict):
+    """``GET /api/streams``: recent streams, newest first."""
+
+    now: float = Field(description="the server's time (unix seconds)")
+    streams: list[StreamRow]
+
+
+class StreamsDiff(_Strict):
+    """``data`` of the live table's ``event: diff``: the rows that changed or came, the ids gone."""
+
+    now: float = Field(description="the server's time (unix seconds)")
+    upsert: list[StreamRow]
+    remove: list[str]
+
+
 class CancelResult(_Strict):
     """``POST /api/streams/{sid}/cancel``: 202 ``cancelling``, 200 ``finished``."""
 

@@ -118,7 +118,7 @@ RESUMED = stream(("chat", "plain", "openai"),
                  "comes back in its own events, described on its route.", **TEXT)
 
 
-def _event(name: str, data: Any, description: str) -> dict[str, Any]:
+def sse_event(name: str, data: Any, description: str) -> dict[str, Any]:
     """One SSE event named ``name`` whose ``data`` is JSON of ``data`` (a model or a schema),
     or text when ``data`` is None."""
     data_schema: dict[str, Any] = {"type": "string"}
@@ -133,22 +133,22 @@ def _event(name: str, data: Any, description: str) -> dict[str, Any]:
 def event_schemas() -> dict[str, Any]:
     """The schema of one event of each SSE wire format of ``wire.py`` (``ChatSSE``, ``PlainSSE``,
     ``OpenAIChunks``), by component name; ``retry`` is the configured RETRY_MS."""
-    opened = _event("stream", StreamOpened, "the first event: the stream's id (carries the first `retry`)")
-    failed = _event("error", StreamFailure, "the stream failed after its first byte; the last event")
+    opened = sse_event("stream", StreamOpened, "the first event: the stream's id (carries the first `retry`)")
+    failed = sse_event("error", StreamFailure, "the stream failed after its first byte; the last event")
     return {
         "ChatStreamEvent": {
             "description": "One event of a chat stream (`POST /api/chat`).",
-            "oneOf": [opened, failed, _event("message", {"anyOf": [ChatDelta, ChatReasoning, ChatToolCall,
+            "oneOf": [opened, failed, sse_event("message", {"anyOf": [ChatDelta, ChatReasoning, ChatToolCall,
                                                                    StreamEnd]},
                                              "a token, reasoning, a tool-call fragment, or the end")]},
         "PlainStreamEvent": {
             "description": "One event of a GET stream (`/stream`, `/ai-stream`, `/local-ai`): tokens as "
                            "raw text.",
             "oneOf": [opened, failed,
-                      _event("message", None, "a token: the raw text"),
-                      _event("reasoning", None, "a piece of reasoning: the raw text"),
-                      _event("tool_call", ToolCallFragment, "a tool-call fragment"),
-                      _event("end", StreamEnd, "the end")]},
+                      sse_event("message", None, "a token: the raw text"),
+                      sse_event("reasoning", None, "a piece of reasoning: the raw text"),
+                      sse_event("tool_call", ToolCallFragment, "a tool-call fragment"),
+                      sse_event("end", StreamEnd, "the end")]},
         "OpenAIStreamEvent": {
             "description": "One event of an OpenAI-compatible stream: a `chat.completion.chunk`, an error "
                            "object mid-stream, or the last `data: [DONE]`. No `event:` names, no `retry:`.",

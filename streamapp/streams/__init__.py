@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
+from .inspect import Inspector
 from .lifecycle import Lifecycle, Timing
 from .manager import StreamManager
 from .store import MemoryStore, Store
 
-__all__ = ["Lifecycle", "StreamManager", "get_lifecycle", "get_manager", "init_app"]
+__all__ = ["Inspector", "Lifecycle", "StreamManager", "get_inspector", "get_lifecycle", "get_manager",
+           "init_app"]
 
 
 def make_store(config: dict) -> Store:
@@ -22,7 +24,8 @@ def make_store(config: dict) -> Store:
                           + config["RESUME_GRACE_S"] + 60,
                           lease=config["LEASE_S"], pool_size=config["REDIS_POOL_SIZE"],
                           blocking_pool_size=config["REDIS_BLOCKING_POOL_SIZE"],
-                          commit_window=config["REDIS_COMMIT_MS"] / 1000)
+                          commit_window=config["REDIS_COMMIT_MS"] / 1000,
+                          recent_max=config["INSPECT_MAX_STREAMS"])
     return MemoryStore(config["RESUME_TTL_S"], lease=config["LEASE_S"])
 
 
@@ -40,11 +43,17 @@ def init_app(app: Flask) -> None:
                     first_limit=config["CONNECT_TIMEOUT_S"] + config["READ_TIMEOUT_S"] + 5,
                     heartbeat=config["HEARTBEAT_S"])
     app.extensions["lifecycle"] = Lifecycle(manager, timing)
+    app.extensions["inspector"] = Inspector(manager, config["INSPECT_MAX_STREAMS"])
 
 
 def get_manager() -> StreamManager:
     """The current app's stream manager."""
     return current_app.extensions["streams"]
+
+
+def get_inspector() -> Inspector:
+    """The current app's stream inspector."""
+    return current_app.extensions["inspector"]
 
 
 def get_lifecycle() -> Lifecycle:

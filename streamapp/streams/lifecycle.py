@@ -19,6 +19,9 @@ an encoder and a socket edge. Everything between "a provider's events" and
   format and has events after the position.
 - **tear down**: the edge closes its reader when it is done, and calls
   ``reader.leave()`` when its client goes; the manager stops what nobody reads.
+- **watch** (:meth:`Lifecycle.watch`): the inspector's reader, from the start of a
+  stream: the same reader, without a lease, so it counts as no reader (a stream whose
+  client left still stops) and is no resume.
 - **forget** (:meth:`Lifecycle.forget`): an ended stream removed for every
   process before its retention ends (a deleted response); a running one is
   cancelled first (:meth:`cancel`) by the door.
@@ -124,6 +127,12 @@ class Lifecycle:
             with manager.holding(sid):
                 reader.hold()
         return reader
+
+    def watch(self, sid: str, after: int = 0) -> StreamReader:
+        """An onlooker's reader of ``sid`` after event ``after`` (its edge must close it): it
+        holds no lease, so the stream counts it as no reader, and it ends at shutdown."""
+        return self.manager.attach(sid, after, idle=self.timing.heartbeat, lease=False,
+                                   leave_at_shutdown=True)
 
     # -- resume ----------------------------------------------------------------------------
     def find(self, sid: str, after: int, *, check_owner: Callable[[dict[str, Any]], None],

@@ -17,7 +17,9 @@ every stream.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +30,7 @@ import gevent.event
 
 from ..errors import StoreError
 from ..events import Event, Opened
+from .live import LIVE_S, Pulse
 from .observe import StreamObserver, StreamSummary
 from .producer import Producer
 from .reader import StreamReader
@@ -58,6 +61,8 @@ class StreamManager:
         self._on_exit: dict[str, Callable[[], None]] = {}  # sid -> called when its producer exits
         self._renewing: gevent.Greenlet | None = None  # the tick's lease renewals under way
         self.observers: list[StreamObserver] = []  # the log's summary line, metrics
+        self.pulse = Pulse(clock)  # the running streams' live figures, for the inspector
+        self.process = ""  # host:pid, in each stream's metadata (known once started: after the fork)
         store.control_handler = self._on_control
         self._started = False
 
@@ -65,8 +70,10 @@ class StreamManager:
         # Started lazily so no greenlet or connection exists before gunicorn forks.
         if not self._started:
             self._started = True
+            self.process = f"{socket.gethostname()}:{os.getpid()}"
             self.store.start(self.owner)
             gevent.spawn(self._tick)
+            gevent.spawn(self._sample)
 
     def _tick(self) -> None:
         # One timer for every reader, so a reader waits for new events without a
@@ -82,6 +89,15 @@ class StreamManager:
             except StoreError as exc:
                 logger.warning("could not poll for cancels: %s", exc)
             self.check(self.clock())
+
+    def _sample(self) -> None:
+        # The inspector's live figures: sampled, and shown to other processes, once a second.
+        while True:
+            gevent.sleep(LIVE_S)
+            try:
+                self.store.publish_live(self.pulse.sample(self._producers, self.store.local_readers))
+            except Exception:  # noqa: BLE001 - figures for the inspector must never stop streams
+                logger.exception("could not sample the running streams' figures")
 
     def renew_leases(self, now: float) -> gevent.Greenlet | None:
         """Wake every reader of this process (heartbeats, checks), then renew the leases of those
@@ -143,7 +159,8 @@ class StreamManager:
             max_bytes=self.max_bytes, on_disconnect=on_disconnect, started_at=self.clock(),
             meta=meta, stall=self.stall, clock=self.clock, on_first=on_first)
         try:
-            self.store.create(sid, {**meta, "state": "running"})
+            self.store.create(sid, {**meta, "state": "running", "on_disconnect": on_disconnect,
+                                    "started": round(time.time(), 3), "process": self.process})
         except BaseException:
             producer.greenlet.kill(block=False)  # not started: it never runs
             self._run_on_exit(sid)
@@ -157,7 +174,12 @@ class StreamManager:
         return sid
 
     def resumed(self, sid: str, meta: dict[str, Any]) -> None:
-        """A client resumes stream ``sid`` (metadata ``meta``): for observers."""
+        """A client resumes stream ``sid`` (metadata ``meta``): counted in its metadata, and
+        told to observers."""
+        try:
+            self.store.count_resume(sid)
+        except StoreError as exc:  # a count missing from the inspector; the resume goes on
+            logger.warning("could not count a resume of stream %s: %s", sid, exc)
         self._notify("stream_resumed", sid, meta)
 
     def _notify(self, method: str, *args: Any) -> None:
@@ -168,7 +190,9 @@ class StreamManager:
                 logger.exception("a stream observer failed in %s", method)
 
     def _producer_exit(self, sid: str, summary: StreamSummary) -> None:
-        self._producers.pop(sid, None)
+        producer = self._producers.pop(sid, None)
+        if producer is not None:
+            self.store.annotate(sid, end_figures(producer, summary))
         timer = self._grace_timers.pop(sid, None)
         if timer is not None:
             timer.kill(block=False)
@@ -324,3 +348,13 @@ class StreamManager:
         gevent.joinall([p.greenlet for p in self._producers.values()], timeout=2)
         if close:
             self.store.close()
+
+
+def end_figures(producer: Producer, summary: StreamSummary) -> dict[str, Any]:
+    """What a stream's metadata keeps of its end, for the inspector: when, how, the time to its
+    first token, its content events (text, reasoning, tool-call fragments) and its usage record."""
+    return {"ended": round(time.time(), 3), "outcome": summary.outcome,
+            "finish_reason": summary.finish_reason, "error": summary.error_code,
+            "ttft_s": None if summary.ttft_s is None else round(summary.ttft_s, 4),
+            "tokens": producer.content_events(), "duration_s": round(summary.duration_s, 4),
+            "usage": summary.usage}

@@ -88,6 +88,7 @@ class Producer:
         self.meta = meta or {}
         self.clock = clock
         self.first_at: float | None = None  # when the first token was appended
+        self.first_seq: int | None = None  # its sequence number: every event from it on is content
         self.tokens = 0
         self.chunks = 0  # content chunks the upstream produced (text, reasoning, tool-call fragments)
         self.opened = False  # the upstream accepted the request
@@ -161,6 +162,7 @@ class Producer:
                     self.opened = True
                 elif self.first_at is None:
                     self.first_at = self.clock()  # the first token (text, reasoning or a tool call)
+                    self.first_seq = self.seq
                     if self._on_first is not None:
                         self._on_first(event)
                 run += 1
@@ -258,6 +260,13 @@ class Producer:
         if isinstance(end, Failed):
             return Failed(end.code, end.message, end.status, end.upstream_status, self.usage)
         return end
+
+    def content_events(self) -> int:
+        """Events with content in the log so far (text, reasoning, tool-call fragments): all
+        from the first token on but the end (this stream's events after its exit)."""
+        if self.first_seq is None:
+            return 0
+        return self.seq - self.first_seq + (0 if self.ended_at is not None else 1)
 
     def summary(self) -> StreamSummary:
         """What this stream did, for observers (at its end)."""

@@ -24,6 +24,10 @@ never counts as gone. Transports (the HTTP edge, WebSocket) wrap it: they own
 their sockets, call :meth:`leave` when their client goes, and :meth:`close`
 when they are done.
 
+A reader made with ``lease=False`` (the inspector's) takes no lease: it reads and waits like
+any other, but no stream counts it as a reader, so it keeps none alive
+(``on_disconnect=cancel``) and its leaving tells nobody anything.
+
 The reader knows its host (the stream manager) only through :class:`ReaderHost`.
 """
 
@@ -63,10 +67,11 @@ class StreamReader:
     """One reader of stream ``sid`` from event ``after`` on (0: the start)."""
 
     def __init__(self, manager: ReaderHost, sid: str, after: int = 0, *, page: int = 256,
-                 idle: float = 15.0, leave_at_shutdown: bool = False) -> None:
+                 idle: float = 15.0, leave_at_shutdown: bool = False, lease: bool = True) -> None:
         self.manager, self.sid, self.cursor = manager, sid, after
         self.page, self.idle = page, idle
         self.leave_at_shutdown = leave_at_shutdown
+        self.lease = lease  # False: an onlooker, never counted as the stream's reader
         self.id = secrets.token_hex(6)
         self.wake = gevent.event.Event()  # set: new events, the tick, client gone, shutdown
         self.gone = False  # the client left
@@ -99,6 +104,8 @@ class StreamReader:
 
     def _renew(self, now: float) -> None:
         self._renewed_at = now
+        if not self.lease:
+            return
         try:
             self.manager.store.attach(self.sid, self.id)
         except StoreError as exc:  # reading may still work (a local stream); reading says if not
@@ -123,6 +130,8 @@ class StreamReader:
         manager = self.manager
         manager.readers.discard(self)
         manager.store.unwatch(self.sid, self.wake)
+        if not self.lease:
+            return
         try:
             if manager.stopping.is_set() and self.leave_at_shutdown:
                 # Leaving only so the client resumes elsewhere: not a departure.

@@ -134,6 +134,10 @@ class Store:
         """How many readers hold a live lease."""
         raise NotImplementedError
 
+    def local_readers(self, sid: str) -> int:
+        """How many readers in this process hold a live lease on ``sid``, asking no one."""
+        return self.readers(sid)
+
     def reader_counts(self, sids: list[str]) -> list[int]:
         """:meth:`readers` of several streams at once (one round trip where it matters)."""
         return [self.readers(sid) for sid in sids]
@@ -151,6 +155,31 @@ class Store:
         cancel flag): it is then unknown, as if expired, and a reader still attached ends with
         ``stream_gap``. Not for a running stream: its producer would append to nothing."""
         raise NotImplementedError
+
+    # -- the directory the inspector reads (``streams.inspect``) ----------------------------
+    def recent(self, limit: int) -> list[str]:
+        """Ids of the streams started lately (running, or ended and still kept), newest first,
+        at most ``limit``; some may have expired since."""
+        raise NotImplementedError
+
+    def metas(self, sids: list[str], fields: tuple[str, ...]) -> list[dict[str, Any] | None]:
+        """The ``fields`` of several streams' metadata (those they have), ``None`` for a
+        stream unknown or expired; one round trip where it matters."""
+        out: list[dict[str, Any] | None] = []
+        for sid in sids:
+            meta = self.meta(sid)
+            out.append(None if meta is None else {k: meta[k] for k in fields if k in meta})
+        return out
+
+    def count_resume(self, sid: str) -> None:
+        """Add one to the stream's ``resumes`` (nothing if it is unknown)."""
+
+    def publish_live(self, counters: dict[str, list[Any]]) -> None:
+        """Show the figures of this process's running streams to other processes (``live``)."""
+
+    def live(self, owners: list[str]) -> dict[str, list[Any]]:
+        """The figures ``owners`` last published (:meth:`publish_live`), by stream id."""
+        return {}
 
 
 @dataclass
@@ -293,3 +322,18 @@ class MemoryStore(Store):
     def cancel_requested(self, sid: str) -> bool:
         log = self._get(sid)
         return bool(log and log.cancel)
+
+    def recent(self, limit: int) -> list[str]:
+        self._sweep()
+        out = []
+        for sid in reversed(list(self._logs)):  # insertion order: the order they started
+            if len(out) >= limit:
+                break
+            if self._get(sid) is not None:
+                out.append(sid)
+        return out
+
+    def count_resume(self, sid: str) -> None:
+        log = self._get(sid)
+        if log is not None:
+            log.meta["resumes"] = int(log.meta.get("resumes") or 0) + 1

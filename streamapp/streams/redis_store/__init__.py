@@ -13,6 +13,9 @@ without bound:
 - ``P:up``             renewed by every heartbeat: missing, Redis lost its data
 - ``P:recovering``     set for a while by the heartbeat that finds ``P:up`` missing
 - ``P:bell:<id>``      a doorbell that interrupts a dispatcher's blocking read
+- ``P:recent``         a sorted set of the streams started lately (the inspector's list),
+                       trimmed by age and count by every publisher batch
+- ``P:live:<owner>``   the figures of a process's running streams, replaced every second
 
 A stream's meta, readers and cancel keys get its log's TTL with every write,
 so none of them expires before the log; a finished stream's keys expire
@@ -28,6 +31,7 @@ The parts, each an object with its own state; only the facade knows them all:
 - ``publisher``   new streams' metadata to Redis, off the start path
 - ``writer``      appended events to Redis in batches (group commit)
 - ``dispatcher``  remote readers' waits on a few blocking connections
+- ``directory``   the recent streams, their metadata and live figures (the inspector)
 - ``mirror``      the streams this process produces, served without Redis
 - ``remote``      the streams that live only in Redis
 - ``facade``      ``RedisStore``: the ``Store`` interface, routing each stream

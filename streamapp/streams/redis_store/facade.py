@@ -15,6 +15,7 @@ from ..store import Store
 from .clients import Clients
 from .codec import Keys, meta_fields
 from .control import RECOVERY_S, ControlChannel, Liveness
+from .directory import Directory
 from .dispatcher import Dispatchers
 from .health import Health
 from .mirror import Mirror
@@ -35,7 +36,8 @@ class RedisStore(Store):
     shared = True
 
     def __init__(self, url: str, prefix: str, ttl: float, running_ttl: float, lease: float,
-                 pool_size: int = 100, blocking_pool_size: int = 4, commit_window: float = 0.0) -> None:
+                 pool_size: int = 100, blocking_pool_size: int = 4, commit_window: float = 0.0,
+                 recent_max: int = 1000) -> None:
         super().__init__()
         self.prefix, self.lease = prefix, lease
         ended_ttl = int(ttl) or 1
@@ -43,13 +45,14 @@ class RedisStore(Store):
         self.health = Health()
         self.redis = clients.short(pool_size)
         self._blocking = clients.blocking(blocking_pool_size)
-        self.scripts = Scripts(self.redis, keys, ended_ttl, int(running_ttl) + ended_ttl)
+        self.scripts = Scripts(self.redis, keys, ended_ttl, int(running_ttl) + ended_ttl, recent_max)
         self.control = ControlChannel(clients, self.redis, keys, self.health, self._deliver,
                                       flag_ttl=max(ended_ttl, int(lease) + 1))
         self.liveness = Liveness(self.redis, keys)
         self.dispatchers = Dispatchers(self._blocking, self.redis, keys, self.health,
                                        blocking_pool_size, bell_ttl=ended_ttl)
         self.mirror = Mirror(ttl, lease, self.health, self.control, self._notify)
+        self.directory = Directory(self.redis, keys, self.health, self.scripts)
         self.remote = Remote(self.redis, keys, self.health, self.control, self.dispatchers,
                              self.scripts, lease)
         self._progress = gevent.event.Event()  # set after each round of the writer or the publisher
@@ -90,7 +93,7 @@ class RedisStore(Store):
 
     # -- lifecycle ------------------------------------------------------------
     def start(self, owner: str) -> None:
-        self.liveness.owner = owner
+        self.liveness.owner = self.directory.owner = owner
         self.heartbeat()
         self._greenlets = [self.control.start(owner), gevent.spawn(self.writer.run),
                            gevent.spawn(self.publisher.run)]
@@ -264,6 +267,9 @@ class RedisStore(Store):
     def readers(self, sid: str) -> int:
         return self.reader_counts([sid])[0]
 
+    def local_readers(self, sid: str) -> int:
+        return self.mirror.readers(sid)
+
     def reader_counts(self, sids: list[str]) -> list[int]:
         """Live leases per stream: Redis's (other processes' readers), plus the mirror's for
         our own streams (only the mirror's while Redis is down); one round trip."""
@@ -304,3 +310,37 @@ class RedisStore(Store):
         self.writer.discard(sid)
         self.mirror.drop(sid)
         self._local_only.discard(sid)
+
+    # -- the directory ----------------------------------------------------------
+    def recent(self, limit: int) -> list[str]:
+        """Redis's recent streams, with this process's that Redis never saw."""
+        sids = self.directory.recent(limit)
+        local = [sid for sid in self._local_only if self.mirror.holds(sid)]
+        return local + sids if local else sids
+
+    def metas(self, sids: list[str], fields: tuple[str, ...]) -> list[dict[str, Any] | None]:
+        local = {sid for sid in sids if sid in self._local_only}
+        found = iter(self.directory.metas([sid for sid in sids if sid not in local], fields))
+        out: list[dict[str, Any] | None] = []
+        for sid in sids:
+            if sid in local:
+                meta = self.mirror.meta(sid)
+                out.append(None if meta is None else {k: meta[k] for k in fields if k in meta})
+            else:
+                out.append(next(found))
+        return out
+
+    def count_resume(self, sid: str) -> None:
+        if sid in self._local_only:
+            self.mirror.logs.count_resume(sid)
+        else:
+            self.directory.resumed(sid)
+
+    def publish_live(self, counters: dict[str, list[Any]]) -> None:
+        try:
+            self.directory.publish_live(counters)
+        except redis.RedisError as exc:
+            self.health.lost(exc)
+
+    def live(self, owners: list[str]) -> dict[str, list[Any]]:
+        return self.directory.live(owners)

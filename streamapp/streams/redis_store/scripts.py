@@ -6,6 +6,7 @@ Each is safe to repeat: a batch retried after a lost reply changes nothing twice
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,18 +52,32 @@ for k = 1, #KEYS, 4 do
 end
 return lost
 """
-# The publisher's one command per batch: KEYS are streams' meta keys, ARGV[1] a running
-# stream's TTL; then per stream: how many field, value pairs follow, and the pairs. A field
-# already there (the end, if the writer was first) is kept, and so is a TTL.
+# The publisher's one command per batch: KEYS[1] is the recent streams' sorted set, then streams'
+# meta keys; ARGV[1] a running stream's TTL (also the longest any stream is kept), ARGV[2] now
+# (unix seconds), ARGV[3] how many recent streams to keep; then per stream: how many field, value
+# pairs follow, and the pairs. A field already there (the end, if the writer was first) is kept,
+# and so is a TTL. Each stream joins the recent set (scored by now), which loses what is older
+# than a stream can be kept and all but the newest ARGV[3].
 PUBLISH = b"""
-local a = 2
-for k = 1, #KEYS do
+local recent, now = KEYS[1], tonumber(ARGV[2])
+local a = 4
+for k = 2, #KEYS do
   local n = tonumber(ARGV[a])
   for i = a + 1, a + 2 * n, 2 do
     redis.call('HSETNX', KEYS[k], ARGV[i], ARGV[i + 1])
   end
   a = a + 1 + 2 * n
   redis.call('EXPIRE', KEYS[k], ARGV[1], 'NX')
+  redis.call('ZADD', recent, now, string.match(KEYS[k], '[^:]+$'))
+end
+redis.call('ZREMRANGEBYSCORE', recent, '-inf', '(' .. (now - tonumber(ARGV[1])))
+redis.call('ZREMRANGEBYRANK', recent, 0, -(tonumber(ARGV[3]) + 1))
+redis.call('EXPIRE', recent, ARGV[1])
+"""
+# One more resume of a stream (KEYS[1]: its meta key), unless its meta is gone.
+RESUMED = b"""
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'resumes', 1)
 end
 """
 # Fields added to streams' metadata: KEYS are their meta keys; then per stream: how many field,
@@ -124,10 +139,13 @@ class Scripts:
     """The five scripts, registered on ``client``; ``write`` and ``publish`` run on the
     connection they are given (the writer's, the publisher's)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, ttl: int, running_ttl: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, ttl: int, running_ttl: int,
+                 recent_max: int = 1000) -> None:
         self.keys, self.ttl, self.running_ttl = keys, ttl, running_ttl
+        self.recent_max = recent_max  # streams the recent set keeps at most
         self._write = client.register_script(WRITE)
         self._publish = client.register_script(PUBLISH)
+        self._resumed = client.register_script(RESUMED)
         self._count = client.register_script(COUNT)
         self._attach = client.register_script(ATTACH)
         self._annotate = client.register_script(ANNOTATE)
@@ -153,14 +171,20 @@ class Scripts:
         return list(lost)
 
     def publish(self, client: redis.Redis, batch: list[tuple[str, list[str]]]) -> None:
-        """Write ``(sid, meta fields and values)``, ``WRITE_CHUNK`` streams a call."""
+        """Write ``(sid, meta fields and values)``, ``WRITE_CHUNK`` streams a call, and list
+        the streams in the recent set."""
+        recent = f"{self.keys.prefix}:recent"
         for start in range(0, len(batch), WRITE_CHUNK):
             chunk = batch[start:start + WRITE_CHUNK]
-            args: list[Any] = [self.running_ttl]
+            args: list[Any] = [self.running_ttl, time.time(), self.recent_max]
             for _, fields in chunk:
                 args.append(len(fields) // 2)
                 args += fields
-            self._publish([self.keys("meta", sid) for sid, _ in chunk], args, client=client)
+            self._publish([recent, *(self.keys("meta", sid) for sid, _ in chunk)], args, client=client)
+
+    def resumed(self, sid: str) -> None:
+        """Count one more resume of ``sid``."""
+        self._resumed([self.keys("meta", sid)])
 
     def annotate(self, client: redis.Redis, batch: list[tuple[str, list[str]]]) -> None:
         """Add ``(sid, meta fields and values)`` to streams' metadata, ``WRITE_CHUNK`` a call."""
