@@ -379,6 +379,9 @@ def scenario_recent_set(url: str, prefix: str) -> None:
         store.annotate("s4", {"tokens": 7, "outcome": "completed"})
         store.count_resume("s4")
         store.publish_live({"s4": [9, 7, 1.0, 2.0, 1]})
+        assert store.live(["owner-1"]) == {}  # nobody inspects: nothing published
+        store.inspected()
+        store.publish_live({"s4": [9, 7, 1.0, 2.0, 1]})
         for _ in range(100):
             if store.directory.metas(["s4"], ("tokens",))[0]:
                 break

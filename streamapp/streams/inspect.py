@@ -9,7 +9,9 @@ Where each figure comes from, none of it written per event:
   fragments, one upstream chunk each, usually one token), first token and last event: its
   producer's own figures, sampled once a second (``streams.live``), read here from the
   producer for this process's streams and from the figures its process published for the
-  others' (so "the last event" is late by at most a second);
+  others' (so "the last event" is late by at most a second; with Redis, processes publish
+  them only while someone inspects: for a second after the first listing, the others'
+  running streams show without them);
 - an ended stream's figures: what its producer added to its metadata once, at its end
   (``ended``, ``outcome``, ``finish_reason``, ``error``, ``ttft_s``, ``tokens``, and
   ``usage``: its usage record, ``streamapp.usage.record``);
@@ -75,6 +77,7 @@ class Inspector:
 
     def _read(self) -> list[dict[str, Any]]:
         store, manager = self.manager.store, self.manager
+        store.inspected()
         sids = store.recent(self.max_streams)
         found = [(sid, meta) for sid, meta in zip(sids, store.metas(sids, FIELDS), strict=True)
                  if meta is not None and meta.get("state") is not None]

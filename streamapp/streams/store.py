@@ -174,8 +174,12 @@ class Store:
     def count_resume(self, sid: str) -> None:
         """Add one to the stream's ``resumes`` (nothing if it is unknown)."""
 
+    def inspected(self) -> None:
+        """Someone lists the streams (other processes publish their figures for a while)."""
+
     def publish_live(self, counters: dict[str, list[Any]]) -> None:
-        """Show the figures of this process's running streams to other processes (``live``)."""
+        """Show the figures of this process's running streams to other processes (``live``)
+        while someone inspects."""
 
     def live(self, owners: list[str]) -> dict[str, list[Any]]:
         """The figures ``owners`` last published (:meth:`publish_live`), by stream id."""

@@ -16,6 +16,7 @@ without bound:
 - ``P:recent``         a sorted set of the streams started lately (the inspector's list),
                        trimmed by age and count by every publisher batch
 - ``P:live:<owner>``   the figures of a process's running streams, replaced every second
+                       while ``P:inspecting`` (set by every listing for a while) is there
 
 A stream's meta, readers and cancel keys get its log's TTL with every write,
 so none of them expires before the log; a finished stream's keys expire

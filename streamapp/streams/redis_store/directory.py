@@ -3,12 +3,15 @@
 - ``P:recent``       a sorted set: stream id -> when its metadata reached Redis (unix time);
                      the publisher's batch adds to it and trims it (``scripts.PUBLISH``)
 - ``P:live:<owner>`` the figures of a process's running streams (JSON, by stream id),
-                     replaced once a second by that process, expiring soon after it stops
+                     replaced once a second by that process while someone inspects, expiring
+                     soon after it stops
+- ``P:inspecting``   set for ``INSPECTED_S`` by every listing: someone inspects
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -18,6 +21,7 @@ from .health import Health
 from .scripts import Scripts
 
 LIVE_TTL_S = 5  # a process's published figures outlive its last publication this long
+INSPECTED_S = 10  # after a listing, processes publish their figures this long
 
 
 class Directory:
@@ -28,7 +32,9 @@ class Directory:
     def __init__(self, client: redis.Redis, keys: Keys, health: Health, scripts: Scripts) -> None:
         self.client, self.keys, self.health, self.scripts = client, keys, health, scripts
         self.recent_key = f"{keys.prefix}:recent"
+        self.inspecting_key = f"{keys.prefix}:inspecting"
         self.owner = ""
+        self._marked = -float(INSPECTED_S)  # monotonic time this process last set P:inspecting
         self._published = False  # the last publication held figures (an empty one deletes them)
 
     def recent(self, limit: int) -> list[str]:
@@ -61,10 +67,20 @@ class Directory:
         with self.health.failing():
             self.scripts.resumed(sid)
 
+    def inspected(self) -> None:
+        """Someone lists the streams: every process publishes its figures for a while (set
+        at most every third of that while from one process)."""
+        now = time.monotonic()
+        if now - self._marked >= INSPECTED_S / 3:
+            with self.health.failing():
+                self.client.set(self.inspecting_key, 1, ex=INSPECTED_S)
+            self._marked = now
+
     def publish_live(self, counters: dict[str, list[Any]]) -> None:
-        """Replace this process's published figures (raises ``redis.RedisError``)."""
+        """Replace this process's published figures while someone inspects: one ``EXISTS``
+        a second while this process runs streams and nobody inspects (raises ``redis.RedisError``)."""
         key = self.keys("live", self.owner)
-        if counters:
+        if counters and self.client.exists(self.inspecting_key):
             self.client.set(key, json.dumps(counters, separators=(",", ":")), ex=LIVE_TTL_S)
             self._published = True
         elif self._published:

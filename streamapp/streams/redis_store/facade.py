@@ -336,6 +336,9 @@ class RedisStore(Store):
         else:
             self.directory.resumed(sid)
 
+    def inspected(self) -> None:
+        self.directory.inspected()
+
     def publish_live(self, counters: dict[str, list[Any]]) -> None:
         try:
             self.directory.publish_live(counters)
