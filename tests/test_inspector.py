@@ -70,9 +70,9 @@ def test_streams_of_two_instances_are_listed_with_their_figures(pair, tag) -> No
         first_deltas(on_b, 3)
         # Both are listed on either instance, running, with their producer's figures (sampled each second).
         for server in (a, b):
-            rows = poll_until(lambda server=server: [r for r in (row_of(server, sid_a), row_of(server, sid_b))
-                                                     if r and r["tokens"]], 5, "both streams' figures")
-            assert len(rows) == 2
+            poll_until(lambda server=server: all(r and r["tokens"] for r in (row_of(server, sid_a),
+                                                                             row_of(server, sid_b))),
+                       5, "both streams' figures")
         row_a, row_b = row_of(b, sid_a), row_of(a, sid_b)
         assert row_a["client"] == "alice" and row_b["client"] == "root"
         for row in (row_a, row_b):
