@@ -55,14 +55,20 @@ function startInspector() {
     return `${Math.round(s / 3600)} h`;
   }
 
+  // Usage in short: its token counts, and where they came from (the whole record is in the
+  // stream's details); a shape of its own is shown as its plain values.
   const usageText = (u) => {
     if (u === null || u === undefined) return "";
     if (typeof u !== "object") return String(u);
     const parts = [];
     for (const [k, v] of Object.entries(u)) {
-      if (v !== null && typeof v !== "object") parts.push(`${k.replace(/_tokens$/, "")} ${v}`);
+      if (k.endsWith("_tokens") && v !== null && typeof v !== "object") parts.push(`${k.slice(0, -7)} ${v}`);
     }
-    return parts.join(", ");
+    if (!parts.length) {
+      for (const [k, v] of Object.entries(u)) if (v !== null && typeof v !== "object") parts.push(`${k} ${v}`);
+      return parts.join(", ");
+    }
+    return parts.join(", ") + (typeof u.source === "string" ? ` (${u.source})` : "");
   };
 
   const upstreamText = (r) => {

@@ -88,7 +88,7 @@ def test_streams_of_two_instances_are_listed_with_their_figures(pair, tag) -> No
     assert ended["outcome"] == "completed" and ended["finish_reason"] == "stop" and ended["error"] is None
     assert ended["tokens"] == 30 and ended["events"] == 32  # opened, 30 tokens, the end
     assert ended["ended"] > ended["started"] and 0 < ended["tokens_per_s"] < 1000
-    assert ended["usage"]["completion_tokens"] == 30  # the upstream's usage, from the stream's end
+    assert ended["usage"]["completion_tokens"] == 30 and ended["usage"]["source"] == "reported"
     assert poll_until(lambda: row_of(a, sid_a)["readers"] == 0, 5, "the reader gone")
 
 
@@ -291,7 +291,9 @@ def test_cancel_from_the_page_stops_the_upstream(pair, signed_in, fake_upstream,
                                timeout=10000)
         assert upstream_closed_after(fake_upstream, tag, asked)["sent"] == 3  # in its silence
         assert dialogs and sid in dialogs[0]
-        assert page.locator("#d-end").text_content() == "ended: cancelled"
+        # Its usage record: the output counted from what was produced.
+        assert page.locator("#d-end").text_content() == "ended: cancelled · usage: prompt 5, completion 3, " \
+            "total 8 (partial)"
         assert page.locator("#d-status").text_content() == "cancel: cancelling"
         assert json.loads(client.read_all()[-1].data)["finish_reason"] == "cancelled"
     assert len(upstream_log(fake_upstream, tag)) == 1
