@@ -8,6 +8,8 @@ when streamapp closed each connection.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import uuid
 
@@ -28,11 +30,16 @@ KEYED = dict(API_KEYS=f"root:{ROOT_KEY},alice:{ALICE_KEY}", ADMIN_KEYS="root", S
 
 
 @pytest.fixture(scope="module")
-def pair(start_server, redis_url):
-    """Two instances sharing one Redis, with an admin key (root) and another (alice)."""
+def shared(redis_url) -> dict:
+    """The settings of instances sharing one Redis, with an admin key (root) and another (alice)."""
     prefix = f"streamapp-test-{uuid.uuid4().hex[:8]}"
-    settings = dict(KEYED, REDIS_URL=redis_url, REDIS_PREFIX=prefix, RESUME_GRACE_S=0)
-    return start_server(**settings), start_server(**settings)
+    return dict(KEYED, REDIS_URL=redis_url, REDIS_PREFIX=prefix, RESUME_GRACE_S=0)
+
+
+@pytest.fixture(scope="module")
+def pair(start_server, shared):
+    """Two instances sharing one Redis."""
+    return start_server(**shared), start_server(**shared)
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +153,21 @@ def test_a_key_that_is_not_admin_sees_its_own_streams_and_is_refused_the_rest(pa
         assert other.status_code == 401
         assert requests.post(f"{a.url}/api/streams/{sid}/cancel", headers=ROOT, timeout=5).status_code == 202
         assert running.read_all()[-1].event == "end"
+
+
+def test_a_stall_shows_and_a_stream_whose_process_died_is_lost(pair, start_server, shared, tag) -> None:
+    a, _ = pair
+    doomed = start_server(**shared)
+    with start(doomed, f"silence?at=2&silence_s=30&tag={tag}") as client:
+        sid = client.headers["X-Stream-Id"]
+        first_deltas(client, 2)
+        # Silent after two tokens: its last event stays where it was while it runs on.
+        row = poll_until(lambda: (r := row_of(a, sid)) and r["tokens"] == 2
+                         and listing(a)["now"] - r["last_event_at"] >= 2 and r, 10, "a stall of 2 s")
+        assert row["state"] == "running" and row["tokens_per_s"] < 2
+        os.kill(int(row["process"].rpartition(":")[2]), signal.SIGKILL)  # its worker, from the row
+    row = poll_until(lambda: (r := row_of(a, sid)) and r["state"] == "lost" and r, 20, "the stream lost")
+    assert row["outcome"] is None and row["ended"] is None
 
 
 def test_the_live_table_sends_a_snapshot_then_what_changed(pair, tag) -> None:
@@ -282,6 +304,8 @@ def test_cancel_from_the_page_stops_the_upstream(pair, signed_in, fake_upstream,
     with start(b, f"silence?at=3&silence_s=15&tag={tag}", ALICE) as client:
         sid = client.headers["X-Stream-Id"]
         first_deltas(client, 3)
+        # Silent after three tokens: five seconds on, the page shows the stall.
+        page.wait_for_selector(f"tr.stalled[data-sid='{sid}']", timeout=15000)
         page.click(f"tr[data-sid='{sid}']", timeout=10000)
         page.wait_for_function("() => document.querySelector('#d-answer').dataset.chunks === '3'",
                                timeout=10000)
@@ -335,10 +359,9 @@ def test_pulse_notes_the_last_event_only_when_the_count_moves() -> None:
     clock = [100.0]
     pulse = Pulse(lambda: clock[0])
     producer = _Producer()
-    assert pulse.sample({"s": producer})["s"] == [0, 0, None, None, 0]
+    assert pulse.sample({"s": producer})["s"] == [0, 0, None, None]
     producer.seq, producer.first_at = 3, 99.5
-    events, tokens, first, seen, readers = pulse.sample({"s": producer}, lambda sid: 2)["s"]
-    assert readers == 2
+    events, tokens, first, seen = pulse.sample({"s": producer})["s"]
     assert (events, tokens) == (3, 2) and abs(first - (time.time() - 0.5)) < 1 and seen is not None
     clock[0] += 1
     assert pulse.sample({"s": producer})["s"][3] == seen  # nothing new: the last event stays put
@@ -380,10 +403,11 @@ def scenario_recent_set(url: str, prefix: str) -> None:
         assert store.recent(10) == ["s4", "s3", "s2"], store.recent(10)
         store.annotate("s4", {"tokens": 7, "outcome": "completed"})
         store.count_resume("s4")
-        store.publish_live({"s4": [9, 7, 1.0, 2.0, 1]})
+        store.publish_live({"s4": [9, 7, 1.0, 2.0]})
         assert store.live(["owner-1"]) == {}  # nobody inspects: nothing published
         store.inspected()
-        store.publish_live({"s4": [9, 7, 1.0, 2.0, 1]})
+        store.attach("s4", "reader-1")  # a reader here: its lease is kept here, not in Redis
+        store.publish_live({"s4": [9, 7, 1.0, 2.0]})
         for _ in range(100):
             if store.directory.metas(["s4"], ("tokens",))[0]:
                 break

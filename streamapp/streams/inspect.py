@@ -122,7 +122,7 @@ def row(sid: str, meta: dict[str, Any], readers: int, live: list[Any] | None, al
         if started is not None and ended is not None and ttft is not None and tokens:
             out["tokens_per_s"] = _rate(tokens, ended - started - ttft)
     elif live is not None:
-        events, tokens, first, last, _ = live
+        events, tokens, first, last = live[:4]
         out.update(events=events, tokens=tokens, last_event_at=last)
         if first is not None and started is not None:
             out["ttft_s"] = round(first - started, 4)

@@ -3,10 +3,9 @@
 A producer keeps its sequence number, and the time and number of its first token, anyway;
 :class:`Pulse` reads them every ``LIVE_S`` and notes when it saw the number move: that is
 "the last event" to within one sample. The figures of a stream, by stream id, are a list
-``[events, content events, first token (unix time), last event seen (unix time), readers
-here]`` (JSON, as other processes read them: ``Store.publish_live``). Readers here: those
-attached in this process (a stream's own process keeps their leases; other processes' are in
-the shared store).
+``[events, content events, first token (unix time), last event seen (unix time)]``; shown to
+other processes (``Store.publish_live``), they get a fifth: the readers attached in this
+process (a stream's own process keeps their leases; other processes' are in the shared store).
 """
 
 from __future__ import annotations
@@ -35,10 +34,8 @@ class Pulse:
         self._seen: dict[str, tuple[int, float | None]] = {}  # sid -> (seq, when it last moved)
         self.figures: dict[str, list[Any]] = {}  # the last sample
 
-    def sample(self, producers: Mapping[str, Sampled],
-               readers: Callable[[str], int] = lambda sid: 0) -> dict[str, list[Any]]:
-        """Figures of every running producer now (also kept in ``figures``); ``readers(sid)``
-        counts a stream's readers in this process."""
+    def sample(self, producers: Mapping[str, Sampled]) -> dict[str, list[Any]]:
+        """Figures of every running producer now (also kept in ``figures``)."""
         wall, mono = time.time(), self.clock()
         seen: dict[str, tuple[int, float | None]] = {}
         figures: dict[str, list[Any]] = {}
@@ -50,6 +47,6 @@ class Pulse:
             first = producer.first_at
             figures[sid] = [seq, producer.content_events(),
                             None if first is None else round(wall - (mono - first), 3),
-                            None if moved is None else round(moved, 3), readers(sid)]
+                            None if moved is None else round(moved, 3)]
         self._seen, self.figures = seen, figures
         return figures

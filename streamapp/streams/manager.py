@@ -95,7 +95,7 @@ class StreamManager:
         while True:
             gevent.sleep(LIVE_S)
             try:
-                self.store.publish_live(self.pulse.sample(self._producers, self.store.local_readers))
+                self.store.publish_live(self.pulse.sample(self._producers))
             except Exception:  # noqa: BLE001 - figures for the inspector must never stop streams
                 logger.exception("could not sample the running streams' figures")
 

@@ -134,10 +134,6 @@ class Store:
         """How many readers hold a live lease."""
         raise NotImplementedError
 
-    def local_readers(self, sid: str) -> int:
-        """How many readers in this process hold a live lease on ``sid``, asking no one."""
-        return self.readers(sid)
-
     def reader_counts(self, sids: list[str]) -> list[int]:
         """:meth:`readers` of several streams at once (one round trip where it matters)."""
         return [self.readers(sid) for sid in sids]
@@ -178,8 +174,8 @@ class Store:
         """Someone lists the streams (other processes publish their figures for a while)."""
 
     def publish_live(self, counters: dict[str, list[Any]]) -> None:
-        """Show the figures of this process's running streams to other processes (``live``)
-        while someone inspects."""
+        """Show the figures of this process's running streams (``streams.live``) to other
+        processes while someone inspects, each with its readers attached here (``live``)."""
 
     def live(self, owners: list[str]) -> dict[str, list[Any]]:
         """The figures ``owners`` last published (:meth:`publish_live`), by stream id."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -76,12 +77,14 @@ class Directory:
                 self.client.set(self.inspecting_key, 1, ex=INSPECTED_S)
             self._marked = now
 
-    def publish_live(self, counters: dict[str, list[Any]]) -> None:
-        """Replace this process's published figures while someone inspects: one ``EXISTS``
-        a second while this process runs streams and nobody inspects (raises ``redis.RedisError``)."""
+    def publish_live(self, counters: dict[str, list[Any]], readers: Callable[[str], int]) -> None:
+        """Replace this process's published figures while someone inspects, each with its
+        ``readers(sid)`` here: one ``EXISTS`` a second while this process runs streams and
+        nobody inspects (raises ``redis.RedisError``)."""
         key = self.keys("live", self.owner)
         if counters and self.client.exists(self.inspecting_key):
-            self.client.set(key, json.dumps(counters, separators=(",", ":")), ex=LIVE_TTL_S)
+            shown = {sid: [*figures, readers(sid)] for sid, figures in counters.items()}
+            self.client.set(key, json.dumps(shown, separators=(",", ":")), ex=LIVE_TTL_S)
             self._published = True
         elif self._published:
             self.client.delete(key)

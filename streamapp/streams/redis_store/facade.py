@@ -267,8 +267,6 @@ class RedisStore(Store):
     def readers(self, sid: str) -> int:
         return self.reader_counts([sid])[0]
 
-    def local_readers(self, sid: str) -> int:
-        return self.mirror.readers(sid)
 
     def reader_counts(self, sids: list[str]) -> list[int]:
         """Live leases per stream: Redis's (other processes' readers), plus the mirror's for
@@ -341,7 +339,7 @@ class RedisStore(Store):
 
     def publish_live(self, counters: dict[str, list[Any]]) -> None:
         try:
-            self.directory.publish_live(counters)
+            self.directory.publish_live(counters, self.mirror.readers)
         except redis.RedisError as exc:
             self.health.lost(exc)
 
