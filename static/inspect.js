@@ -71,10 +71,24 @@ function startInspector() {
     return parts.join(", ") + (typeof u.source === "string" ? ` (${u.source})` : "");
   };
 
+  const plain = (v) => (typeof v === "object" ? JSON.stringify(v) : String(v));
+
+  // Upstream attempts as routing records them ({upstream, model, outcome, status, ms...}), in
+  // words; any other shape as it is.
+  const attemptsText = (list) => {
+    if (!Array.isArray(list)) return plain(list);
+    return list.map((a) => {
+      if (a === null || typeof a !== "object") return plain(a);
+      const what = [a.upstream, a.model].filter(Boolean).join(" ");
+      const how = [a.outcome, a.status, typeof a.ms === "number" ? `${Math.round(a.ms)} ms` : ""];
+      return `${what}: ${how.filter((x) => x !== "" && x !== null && x !== undefined).join(" ")}`;
+    }).join(" → ");
+  };
+
   const upstreamText = (r) => {
     const parts = [r.model || r.provider || ""];
-    if (r.upstream) parts.push(`@ ${typeof r.upstream === "string" ? r.upstream : JSON.stringify(r.upstream)}`);
-    if (Array.isArray(r.attempts) && r.attempts.length) parts.push(`(${r.attempts.length} attempts)`);
+    if (r.upstream) parts.push(`@ ${plain(r.upstream)}`);
+    if (Array.isArray(r.attempts) && r.attempts.length > 1) parts.push(`(${r.attempts.length} attempts)`);
     return parts.join(" ");
   };
 
@@ -155,7 +169,8 @@ function startInspector() {
         const td = document.createElement("td");
         td.dataset.col = name;
         td.textContent = text;
-        if (name === "model" || name === "process") td.title = text;
+        if (name === "process") td.title = text;
+        if (name === "model") td.title = r.attempts ? `${text}\n${attemptsText(r.attempts)}` : text;
         tr.appendChild(td);
       }
       tr.addEventListener("click", () => watch(r.stream_id));
@@ -217,7 +232,7 @@ function startInspector() {
         const dt = document.createElement("dt");
         dt.textContent = k;
         const dd = document.createElement("dd");
-        dd.textContent = typeof v === "object" ? JSON.stringify(v) : String(v);
+        dd.textContent = k === "attempts" ? attemptsText(v) : plain(v);
         return [dt, dd];
       }));
     $("d-cancel").disabled = r.state !== "running";
