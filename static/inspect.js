@@ -169,7 +169,7 @@ function startInspector() {
         const td = document.createElement("td");
         td.dataset.col = name;
         td.textContent = text;
-        if (name === "process") td.title = text;
+        if (name === "process" || name === "usage") td.title = text;
         if (name === "model") td.title = r.attempts ? `${text}\n${attemptsText(r.attempts)}` : text;
         tr.appendChild(td);
       }
