@@ -4,8 +4,8 @@ Each upstream, by name (today a provider: ``openai``, ``ollama``), has a circuit
 
 - **closed**: starts go to it; a start that fails adds one to a count, a start that succeeds
   sets it back to 0. ``CIRCUIT_FAILURES`` failures in a row open the circuit.
-- **open**: every start is refused at once (:class:`UpstreamUnavailable`: 503
-  ``upstream_unavailable`` with ``Retry-After``), with no request to the upstream, until
+- **open**: every start is refused at once (the failover skips it; with every target of a
+  model open, 503 ``upstream_unavailable`` with ``Retry-After``), with no request to it, until
   ``CIRCUIT_COOLDOWN_S`` passed.
 - **half-open**: the cool-down is over; the next start goes (the probe), the others are refused
   until its outcome: a success closes the circuit, a failure opens it for another cool-down.
@@ -16,15 +16,15 @@ Only a stream's start counts (:func:`verdict`): its first token is a success; it
 any token is a failure when it is what issue 18 calls failover-worthy (connection refused or
 reset, a timeout, HTTP 408/409/429/5xx, a malformed first event), and no verdict when it is
 the client's fault (400/401/403/404) or the stream was stopped. After the first token nothing
-is recorded. The producer reports the start once (its ``on_first`` hook): nothing per event.
+is recorded. The failover (``streamapp.failover``) reports each attempt once: nothing per event.
 
 With ``REDIS_URL`` the circuits are shared by every worker and host (one small script per
 check and per record, on keys that expire ``RECORD_TTL_S`` after their last failure; a
 circuit with no record at all is trusted clear for ``CLEAR_TRUST_S``, so the common start
 costs no Redis call and a circuit opened elsewhere is seen here within that time);
 without it, each process keeps its own. Redis out of reach lets every start go (logged).
-The interface (:meth:`Circuits.allow`, :meth:`Circuits.record`) knows upstream names only,
-so a router trying a route's targets in turn can ask it for each.
+The interface (:meth:`Circuits.allow`, :meth:`Circuits.judge`) knows upstream names only: the
+failover asks it for each target it tries.
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
-from flask import Flask, current_app
+from flask import Flask
 
-from .errors import UpstreamUnavailable
 from .events import Done, Event, Failed
 
 logger = logging.getLogger(__name__)
@@ -246,41 +245,24 @@ class RedisCircuits:
 
 
 class Circuits:
-    """The circuits of the upstreams ``names``, over a memory or Redis backend; ``listeners``
-    get ``(name, outcome)`` for each start judged or refused (``refused``), for metrics."""
+    """The circuits of the upstreams ``names``, over a memory or Redis backend."""
 
     def __init__(self, backend: MemoryCircuits | RedisCircuits, names: list[str]) -> None:
         self.backend, self.names = backend, names
-        self.listeners: list[Callable[[str, str], None]] = []
 
     def allow(self, name: str) -> float:
         """0 when a start may go to ``name`` now, else the seconds to wait (its circuit is open,
         or another start is its probe)."""
-        wait = self.backend.allow(name)
-        if wait > 0:
-            self._tell(name, "refused")
-        return wait
+        return self.backend.allow(name)
 
     def record(self, name: str, outcome: str) -> None:
         """Count a start's outcome: ``success``, ``failure`` or ``none``."""
         self.backend.record(name, outcome)
-        self._tell(name, outcome)
 
-    def admit(self, name: str | None) -> Callable[[Event | None], None] | None:
-        """Before a start on ``name``: raise :class:`UpstreamUnavailable` when its circuit
-        refuses it, else the hook that records the start's outcome (given the first token, or
-        the end when none came); ``None`` for a name without a circuit (the demo)."""
-        if name not in self.names:
-            return None
-        wait = self.allow(name)
-        if wait > 0:
-            raise UpstreamUnavailable(name, wait)
-        return lambda event: self._judge(name, verdict(event))
-
-    def _judge(self, name: str, outcome: str) -> None:
-        # A first token never waits on Redis: a success with nothing to reset is recorded at
-        # once, any other in the background. A start that failed is recorded before its client
-        # hears of it, so the next start sees it.
+    def judge(self, name: str, outcome: str) -> None:
+        """Record a start's outcome without holding up a first token: a success with nothing
+        to reset is recorded at once (no Redis call), any other success in the background; a
+        failure before its client hears of it, so the next start sees it."""
         if outcome == "success" and not self.backend.trusted(name):
             gevent.spawn(self.record, name, outcome)
         else:
@@ -293,13 +275,6 @@ class Circuits:
             state, left = self.backend.state(name)
             out[name] = {"state": state, "retry_after": math.ceil(left)} if left else {"state": state}
         return out
-
-    def _tell(self, name: str, outcome: str) -> None:
-        for listener in self.listeners:
-            try:
-                listener(name, outcome)
-            except Exception:  # noqa: BLE001 - an observer must never break a start
-                logger.exception("a circuit listener failed")
 
 
 def init_app(app: Flask) -> None:
@@ -315,13 +290,3 @@ def init_app(app: Flask) -> None:
         if failures else []  # 0: no breakers
     app.extensions[EXTENSION] = Circuits(backend, names)
 
-
-def admit(name: str | None, held: Any = None) -> Callable[[Event | None], None] | None:
-    """:meth:`Circuits.admit` of the current app; ``held`` (a stream slot the caller took, or
-    ``None``) is given back (its ``release()``) when the start is refused."""
-    try:
-        return current_app.extensions[EXTENSION].admit(name)
-    except UpstreamUnavailable:
-        if held is not None:
-            held.release()
-        raise

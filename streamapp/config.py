@@ -65,6 +65,10 @@ DEFAULTS: dict[str, Any] = {
     "ALLOWED_MODELS": "",              # "openai:gpt-4o-mini,gpt-4o;ollama:llama3.2"; "" = any
     "CIRCUIT_FAILURES": 5,             # start failures in a row opening an upstream's circuit; 0: none
     "CIRCUIT_COOLDOWN_S": 30.0,        # an open circuit refuses starts this long, then lets one probe
+    # Failover before the first token (streamapp/failover.py), for models with several targets.
+    "FIRST_TOKEN_TIMEOUT_S": 30.0,     # a target left: an attempt with no first token this long is given up
+    "START_BUDGET_S": 60.0,            # no attempt starts later than this after the first; 0: no failover
+    "RETRY_AFTER_CAP_S": 5.0,          # a target asking to wait (Retry-After) up to this is retried last
     "READY_PROVIDERS": "",             # providers /readyz checks; "": the default one (+ openai with a key)
     "READY_CACHE_S": 2.0,              # GET /readyz reuses its last answer this long
     "METRICS_ALLOW": "127.0.0.1/8,::1",  # who may GET /metrics: addresses, CIDRs (comma-separated), "*"
@@ -81,7 +85,8 @@ DEFAULTS: dict[str, Any] = {
 _FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "STALL_TIMEOUT_S", "HEARTBEAT_S", "HEADER_WAIT_S",
            "BODY_TIMEOUT_S", "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S",
            "STREAM_MAX_DURATION_S", "SESSION_TTL_S", "SLOT_LEASE_S", "WS_PING_S", "READY_CACHE_S",
-           "QUEUE_WAIT_S", "CIRCUIT_COOLDOWN_S", "INSPECT_LIVE_S")
+           "QUEUE_WAIT_S", "CIRCUIT_COOLDOWN_S", "INSPECT_LIVE_S", "FIRST_TOKEN_TIMEOUT_S", "START_BUDGET_S",
+           "RETRY_AFTER_CAP_S")
 # Taken as written from the environment (Flask parses STREAMAPP_* values as JSON: a key "1e5" stays text).
 _RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "ADMIN_KEYS", "SECRET_KEY", "CORS_ORIGINS", "READY_PROVIDERS",
                 "UPSTREAMS_FILE")

@@ -7,12 +7,14 @@
      │    ├── Forbidden       403: a cookie or socket from another site, another client's stream
      │    ├── TooManyStreams  429 with ``Retry-After``: over a concurrent-stream cap
      │    │    └── TooManyDetachedStreams   over the cap on detached (``on_disconnect=finish``) ones
-     │    └── UpstreamUnavailable  503 with ``Retry-After``: the upstream's circuit is open
+     │    └── UpstreamUnavailable  503 with ``Retry-After``: the circuits of every upstream of the
+     │                             model are open
      ├── StoreError           503 with ``Retry-After``: the stream store (Redis) failed; clients see
      │                        one fixed message, the log the backend's detail with the request id
      └── UpstreamError        an LLM upstream failed (unreachable, timeout, HTTP status, bad
                               response, auth, in-band error): before the first byte a 502 (504
-                              on timeout) JSON response, after it the stream's final error event
+                              on timeout, 429 with its ``Retry-After`` when the upstream said 429)
+                              JSON response, after it the stream's final error event
 
 :func:`init_app` registers the app's handlers in one place: every ``StreamappError`` raised in a
 view, Werkzeug's HTTP errors (404, 405...) and Flask-Limiter's ``RateLimitExceeded`` (429
@@ -69,15 +71,20 @@ class ApiError(StreamappError):
 
 
 class UpstreamUnavailable(ApiError):
-    """The upstream's circuit is open: 503 with ``Retry-After`` (whole seconds, at least 1)."""
+    """The circuit of the upstream (of every upstream ``names``) is open: 503 with
+    ``Retry-After`` (whole seconds, at least 1: the shortest wait)."""
 
     status = 503
     code = "upstream_unavailable"
 
-    def __init__(self, name: str, retry_after: float) -> None:
+    def __init__(self, names: str | list[str], retry_after: float) -> None:
         self.retry_after = max(1, math.ceil(retry_after))
-        super().__init__(f"the upstream {name} is failing: its circuit is open, "
-                         f"retry in {self.retry_after} s")
+        if isinstance(names, str) or len(names) == 1:
+            name = names if isinstance(names, str) else names[0]
+            told = f"the upstream {name} is failing: its circuit is open"
+        else:
+            told = f"the upstreams {', '.join(names)} are failing: their circuits are open"
+        super().__init__(f"{told}, retry in {self.retry_after} s")
 
     def headers(self) -> dict[str, str]:
         """``Retry-After``: the seconds left of the cool-down (or of the probe's turn)."""
@@ -123,17 +130,31 @@ class UpstreamError(StreamappError):
     ``message`` goes to clients: it names the upstream by its role ("OpenAI
     upstream") and may relay the upstream's own error message, never our hosts,
     ports or exception reprs. ``detail`` is the whole story for the log.
+
+    The status: 504 on a timeout, 429 when the upstream answered 429 (its client may slow
+    down: the upstream's ``Retry-After``, in seconds, is ``retry_after``), else 502.
     """
 
     status = 502
     code = "upstream_error"
 
     def __init__(self, message: str, *, code: str | None = None,
-                 upstream_status: int | None = None, detail: str | None = None) -> None:
-        status = 504 if code == "upstream_timeout" else 502
+                 upstream_status: int | None = None, detail: str | None = None,
+                 retry_after: float | None = None) -> None:
+        status = 504 if code == "upstream_timeout" else 429 if upstream_status == 429 else 502
         super().__init__(message, code=code, status=status)
         self.upstream_status = upstream_status
+        self.retry_after = retry_after
         self.detail = detail or message
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` when the upstream asked for one."""
+        return retry_after_header(self.retry_after)
+
+
+def retry_after_header(seconds: float | None) -> dict[str, str]:
+    """``{"Retry-After": whole seconds, at least 1}``, or ``{}`` when ``seconds`` is ``None``."""
+    return {} if seconds is None else {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 class BodyRefused(ApiError):

@@ -92,6 +92,7 @@ class Failed:
     status: int = 502
     upstream_status: int | None = None  # the upstream's own HTTP status, when it answered one
     usage: dict[str, Any] | None = None  # the stream's usage record (the producer's), even so
+    retry_after: float | None = None  # seconds the upstream asked its clients to wait (Retry-After)
     kind: str = "error"
 
 

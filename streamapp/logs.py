@@ -13,7 +13,9 @@ name, a path is logged without its query string (prompts stay out of the log).
   metrics scrapes are logged at DEBUG.
 - ``stream ended``: ``stream_id``, ``request_id``, ``route``, ``provider``, ``model``,
   ``client``, ``outcome``, ``finish_reason``, ``error_code``, ``ttft_ms``, ``events``,
-  ``tokens``, ``duration_ms``, ``usage`` (the stream's usage record, with its ``source``).
+  ``tokens``, ``duration_ms``, ``usage`` (the stream's usage record, with its ``source``),
+  ``upstream`` (the one that answered) and ``attempts`` (each upstream its start tried:
+  ``upstream/model outcome [status] ms``, ``;``-separated).
 """
 
 from __future__ import annotations
@@ -140,7 +142,16 @@ class StreamLog:
                    "outcome": s.outcome, "finish_reason": s.finish_reason, "error_code": s.error_code,
                    "ttft_ms": None if s.ttft_s is None else round(s.ttft_s * 1000, 1),
                    "events": s.events, "tokens": s.tokens, "duration_ms": round(s.duration_s * 1000, 1),
-                   "usage": s.usage})
+                   "usage": s.usage, "upstream": meta.get("upstream"),
+                   "attempts": attempts_text(meta.get("attempts"))})
+
+
+def attempts_text(attempts: list[dict[str, Any]] | None) -> str | None:
+    """A stream's upstream attempts on one line: ``a/m upstream_http_error 503 12ms; b/m success 40ms``."""
+    if not attempts:
+        return None
+    parts = ((f"{a['upstream']}/{a['model']}", a["outcome"], a["status"], f"{a['ms']:g}ms") for a in attempts)
+    return "; ".join(" ".join(str(p) for p in part if p is not None) for part in parts)
 
 
 def init_app(app: Flask) -> None:

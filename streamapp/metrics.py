@@ -24,9 +24,12 @@ never a model a client named, a stream id or a key.
 - ``streamapp_upstream_circuit_state{upstream}``: each upstream's circuit breaker
   (``streamapp.circuits``): 0 closed, 1 half-open, 2 open, -1 unknown (Redis out of reach).
   Read at the scrape: shared by every worker with Redis; without it, the answering worker's.
-- ``streamapp_upstream_attempts_total{upstream,outcome}``: stream starts on an upstream with a
-  circuit, by outcome: ``success`` (a first token), ``failure`` (a failure that counts),
-  ``none`` (no verdict: the client's fault, or stopped), ``refused`` (its circuit was open).
+- ``streamapp_upstream_attempts_total{upstream,outcome}``: each start of a stream on an upstream
+  (``streamapp.failover``: every target tried or skipped), by outcome: ``success`` (a first
+  token, or a proper end), ``circuit_open`` (skipped: its circuit was open), ``first_token_timeout``,
+  ``stopped`` (the stream was stopped meanwhile), ``internal_error``, or the upstream's error
+  code (``upstream_unreachable``, ``upstream_http_error``, ``upstream_timeout``, ...). The
+  upstream is a provider or an upstream of the upstreams file, never a model's name.
 
 Nothing is counted per event: the observer works at a stream's start, resume and end, and
 the two limit handlers count their refusals.
@@ -65,6 +68,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from .circuits import STATES, Circuits
 from .errors import error_response
+from .failover import OUTCOMES as ATTEMPT_OUTCOMES
 from .streams import get_manager
 from .streams.observe import StreamSummary
 
@@ -74,7 +78,6 @@ EXTENSION = "streamapp.metrics"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OUTCOMES = ("completed", "cancelled", "client_gone", "upstream_error", "error", "shutdown")
 REJECTIONS = ("rate_limited", "too_many_streams")
-ATTEMPT_OUTCOMES = ("success", "failure", "none", "refused")
 # LLM streams: a first token in tens of milliseconds (a local model) to many seconds (a long
 # prompt, a reasoning model); answers from a fraction of a second to the hour STREAM_MAX_DURATION_S allows.
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -128,11 +131,10 @@ class StreamMetrics:
         self.rejections = Counter("streamapp_rejections_total", "Stream starts refused, by reason.",
                                   ["reason"], registry=own)
         self.attempts = Counter("streamapp_upstream_attempts_total",
-                                "Stream starts on an upstream with a circuit, by outcome.",
+                                "Stream starts on an upstream (each target tried or skipped), by outcome.",
                                 ["upstream", "outcome"], registry=own)
         if circuits is not None:
             self.registry.register(CircuitCollector(circuits))
-            circuits.listeners.append(lambda name, outcome: self.attempts.labels(name, outcome).inc())
             for name in circuits.names:
                 for outcome in ATTEMPT_OUTCOMES:
                     self.attempts.labels(name, outcome)
@@ -171,6 +173,10 @@ class StreamMetrics:
         return provider if provider in self.providers else "other"
 
     # -- the rest ------------------------------------------------------------------------------
+    def attempted(self, upstream: str, outcome: str) -> None:
+        """Count a stream's attempt on ``upstream`` (``failover.Failover``'s ``observe``)."""
+        self.attempts.labels(upstream, outcome if outcome in ATTEMPT_OUTCOMES else "internal_error").inc()
+
     def rejected(self, reason: str) -> None:
         """Count a refused stream start (``reason`` one of ``REJECTIONS``; others are ignored)."""
         if reason in REJECTIONS:

@@ -16,7 +16,9 @@ Modes:
 - ``hang``        accept the request and never answer (a read timeout), for
                   ``silence_s`` (default 60)
 - ``reset``       close the connection before any response byte
-- ``status``      answer ``status`` (default 429) with the upstream's JSON error body
+- ``status``      answer ``status`` (default 429) with the upstream's JSON error body; with
+                  ``retry_after=N`` also a ``Retry-After: N`` header (OpenAI sends one with its
+                  429s and 503s; an Ollama behind a proxy may)
 - ``inband``      200, ``at`` tokens (default 0), then an in-band ``{"error": ...}``
 - ``malformed``   200, ``at`` tokens (default 0), then a line that is not JSON
 - ``drop``        200, ``at`` tokens (default 2), then close mid-stream (no end)
@@ -162,9 +164,9 @@ def http_chunk(data: bytes) -> bytes:
 
 
 def head(status: int, ctype: str, reason: str = "OK", length: int | None = None,
-         keep_alive: bool = False) -> bytes:
+         keep_alive: bool = False, extra: tuple[str, ...] = ()) -> bytes:
     lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}",
-             "Connection: keep-alive" if keep_alive else "Connection: close"]
+             "Connection: keep-alive" if keep_alive else "Connection: close", *extra]
     lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
@@ -427,7 +429,8 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
         return
     if mode == "status":
         body = BAD_MESSAGE[api] if p.get("message") == "bad" else STATUS_BODY[api]
-        sock.sendall(head(int(p.get("status", 429)), "application/json", "Error", len(body), keep) + body)
+        extra = (f"Retry-After: {p['retry_after']}",) if "retry_after" in p else ()
+        sock.sendall(head(int(p.get("status", 429)), "application/json", "Error", len(body), keep, extra) + body)
         return
     if mode == "errorpage":
         ctype, body = ERROR_PAGES[p.get("body", "html")]

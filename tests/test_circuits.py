@@ -120,9 +120,10 @@ def test_a_refusing_upstream_is_skipped_on_every_door(start_server) -> None:
     assert chat(server, None, provider="demo").status_code == 200  # the demo has no circuit
     assert metric(server, "streamapp_upstream_circuit_state") == {
         'upstream="openai"': 2.0, 'upstream="ollama"': 0.0}
-    attempts = metric(server, "streamapp_upstream_attempts_total")
-    assert attempts['outcome="failure",upstream="openai"'] == 2
-    assert attempts['outcome="refused",upstream="openai"'] == 4
+    attempts = metric(server, "streamapp_upstream_attempts_total")  # each start's attempt, by outcome
+    assert attempts['outcome="upstream_unreachable",upstream="openai"'] == 2
+    assert attempts['outcome="circuit_open",upstream="openai"'] == 4
+    assert attempts['outcome="success",upstream="openai"'] == 0
 
 
 def test_open_then_half_open_then_closed(start_server, fake_upstream, tag) -> None:

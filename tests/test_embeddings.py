@@ -146,8 +146,11 @@ def test_an_unknown_model_is_not_found(client, model):
 @pytest.mark.parametrize("provider", ["openai", "ollama"])
 def test_an_upstream_refusal_is_a_502_with_its_message_only(client, provider):
     with pytest.raises(openai.InternalServerError) as caught:
-        client.embeddings.create(model=f"{provider}/status?status=429", input="hi")
+        client.embeddings.create(model=f"{provider}/status?status=503", input="hi")
     assert caught.value.status_code == 502 and caught.value.body["code"] == "upstream_http_error"
+    with pytest.raises(openai.RateLimitError) as limited:  # an upstream's 429 stays one
+        client.embeddings.create(model=f"{provider}/status?status=429", input="hi")
+    assert limited.value.status_code == 429 and limited.value.body["code"] == "upstream_http_error"
     assert ("Rate limit reached" if provider == "openai" else "not found") in caught.value.message
 
 

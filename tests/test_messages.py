@@ -247,9 +247,13 @@ def test_an_unknown_model_is_not_found(client, model, stream):
 
 def test_an_upstream_failure_before_the_first_token_is_a_server_error(client):
     with pytest.raises(anthropic.InternalServerError) as caught:
-        client.messages.create(model="openai/status?status=429", max_tokens=10, messages=MESSAGES,
+        client.messages.create(model="openai/status?status=503", max_tokens=10, messages=MESSAGES,
                                stream=True)
     assert caught.value.status_code == 502 and caught.value.body["error"]["type"] == "api_error"
+    with pytest.raises(anthropic.RateLimitError) as limited:  # an upstream's 429 stays one
+        client.messages.create(model="openai/status?status=429", max_tokens=10, messages=MESSAGES,
+                               stream=True)
+    assert limited.value.status_code == 429 and limited.value.body["error"]["type"] == "rate_limit_error"
 
 
 def test_the_shared_hooks_answer_in_anthropics_shape(client, srv):

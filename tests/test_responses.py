@@ -170,9 +170,9 @@ def test_errors_before_the_stream_are_openai_shaped(client, srv, stream) -> None
         with pytest.raises(openai.NotFoundError) as caught:
             client.responses.create(model=model, input="hi", stream=stream)
         assert caught.value.body["code"] == "model_not_found" and caught.value.body["param"] == "model"
-    with pytest.raises(openai.InternalServerError) as failed:
+    with pytest.raises(openai.RateLimitError) as failed:
         client.responses.create(model="openai/status?status=429", input="hi", stream=stream)
-    assert failed.value.status_code == 502 and "Rate limit reached" in failed.value.message
+    assert failed.value.status_code == 429 and "Rate limit reached" in failed.value.message
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_nosuchstream")
     resp = requests.post(f"{srv.url}/v1/responses", json={"model": "demo", "input": "x" * 1001}, timeout=10)

@@ -159,7 +159,7 @@ def test_upstream_split_multibyte_arrives_intact(server, path) -> None:
 
 @pytest.mark.parametrize("provider", ["openai", "ollama"])
 @pytest.mark.parametrize("model, status, code", [
-    ("status?status=429", 502, "upstream_http_error"),
+    ("status?status=429", 429, "upstream_http_error"),  # the upstream's rate limit, passed on
     ("status?status=401", 502, "upstream_auth"),
     ("reset", 502, "upstream_unreachable"),
     ("hang?silence_s=10", 504, "upstream_timeout"),

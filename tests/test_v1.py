@@ -115,8 +115,17 @@ def test_an_unknown_model_is_not_found(client, model, stream):
 @pytest.mark.parametrize("stream", [True, False])
 def test_an_upstream_failure_before_the_first_token_is_a_502(client, stream):
     with pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model="openai/status?status=429", messages=MESSAGES, stream=stream)
+        client.chat.completions.create(model="openai/status?status=503", messages=MESSAGES, stream=stream)
     assert caught.value.status_code == 502
+    assert "Rate limit reached" in caught.value.message
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_upstream_rate_limit_is_a_429_with_its_retry_after(client, stream):
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="openai/status?status=429&retry_after=7", messages=MESSAGES,
+                                       stream=stream)
+    assert caught.value.status_code == 429 and caught.value.response.headers["Retry-After"] == "7"
     assert "Rate limit reached" in caught.value.message
 
 

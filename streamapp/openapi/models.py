@@ -81,6 +81,19 @@ class UsageRecord(BaseModel):
     method: str | None = Field(None, description="how the counts that are not the upstream's were made")
 
 
+class UpstreamAttempt(_Strict):
+    """One target a stream's start tried (or skipped), in order (``streamapp.failover``)."""
+
+    upstream: str = Field(description="the upstream's name (a provider, or one of the upstreams file)")
+    model: str = Field(description="the model asked of it")
+    outcome: str = Field(description="success, circuit_open, first_token_timeout, stopped, internal_error, "
+                                     "or the upstream's error code (upstream_unreachable, "
+                                     "upstream_http_error, upstream_timeout, ...)")
+    status: int | None = Field(description="the upstream's HTTP status, when it answered one")
+    started_ms: float = Field(description="when the attempt began, in ms after the stream's start")
+    ms: float = Field(description="how long the attempt took to its first token or its failure, in ms")
+
+
 class StreamInfo(_Strict):
     """``GET /api/streams/{sid}/info``."""
 
@@ -91,6 +104,10 @@ class StreamInfo(_Strict):
     readers: int = Field(ge=0, description="readers attached now")
     events: int = Field(ge=0, description="events in the stream's log")
     usage: UsageRecord | None = Field(description="the stream's usage record once it ended")
+    upstream: str | None = Field(description="the upstream whose answer the stream carries; null before its "
+                                             "first token, or when every attempt failed")
+    attempts: list[UpstreamAttempt] = Field(description="the upstreams its start tried, in order; empty "
+                                                        "until its first token or its end")
 
 
 class StreamRow(_Strict):

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
@@ -110,7 +112,22 @@ def post_stream(session: requests.Session, what: str, url: str, payload: dict[st
     message = status_message(what, status, body)
     code = "upstream_auth" if status in (401, 403) else "upstream_http_error"
     raise UpstreamError(message, code=code, upstream_status=status,
-                        detail=f"{message} (POST {url}: {body[:500]!r})")
+                        detail=f"{message} (POST {url}: {body[:500]!r})",
+                        retry_after=retry_after(resp.headers.get("Retry-After")))
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (RFC 9110 10.2.3: delay-seconds or an HTTP-date);
+    ``None`` when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def post_json(session: requests.Session, what: str, url: str, payload: dict[str, Any],

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
-from ..events import Event
+from ..failover import Failover
 from ..limits import check_chat_input
 from ..openapi import describe
 from ..openapi.models import ChatFormatQuery, ResumeQuery
@@ -16,14 +15,15 @@ from ..providers import ChatRequest
 from ..schemas import ChatBody, parse
 from ..usage.record import usage_meta
 from .body import read_json_body
+from .door import answer
 from .model import request_model
 from .streaming import resume_if_asked, start_stream
 
 bp = Blueprint("chat", __name__)
 
 
-def chat_events(body: ChatBody) -> tuple[dict[str, Any], Iterator[Event]]:
-    """The stream metadata (``provider``, ``model``, ``uid``) and the events of the provider's
+def chat_events(body: ChatBody) -> tuple[dict[str, Any], Failover]:
+    """The stream metadata (``provider``, ``model``, ``uid``) and the events of the model's
     answer to ``body`` (input limits checked: ``ApiError`` naming the field). Shared by
     ``POST /api/chat`` and WebSocket chats. Without ``provider``, ``model`` names one as on ``/v1``."""
     resolved = request_model(body.model, body.provider)
@@ -31,11 +31,10 @@ def chat_events(body: ChatBody) -> tuple[dict[str, Any], Iterator[Event]]:
     params = {"max_tokens": body.max_tokens} if body.max_tokens is not None else {}
     check_chat_input("history", [*((f"history.{i}.content", m.content) for i, m in enumerate(body.history)),
                                  ("message", body.message)], name, model, params)
-    provider = current_app.extensions["providers"][name]
     messages = [m.model_dump() for m in body.history]
     messages.append({"role": "user", "content": body.message})
     meta = {"uid": body.uid, "provider": name, "model": model, **usage_meta(messages, params)}
-    return meta, provider.stream(ChatRequest(messages, model=model, params=params))
+    return meta, answer(resolved, ChatRequest(messages, model=model, params=params))
 
 
 @describe("Stream a chat answer", "streams",

@@ -1,6 +1,9 @@
 """The Flask side of every front door's streams (not a blueprint): who is asking.
 
-Starting a stream (:func:`launch`) takes the current client's stream slot (waiting in the
+A door turns its request into a model (``routes.model.request_model``) and a chat request,
+and :func:`answer` into the answer's events over the model's targets
+(:class:`~streamapp.failover.Failover`). Starting the stream (:func:`launch`) admits it
+through the targets' circuits, takes the current client's stream slot (waiting in the
 client's queue up to ``QUEUE_WAIT_S`` when its caps are full: :mod:`streamapp.queue`) and
 records the client (an API key's name, never the key) and the request id in the
 stream's metadata; resuming one (:func:`find`) checks that client owns it. The
@@ -9,19 +12,19 @@ lifecycle itself (``streams.lifecycle``) knows nothing of requests.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import gevent.event
 from flask import current_app, g
 
 from ..auth import require_owner
-from ..circuits import admit
-from ..errors import ApiError, TooManyStreams
-from ..events import Event
+from ..errors import ApiError, TooManyStreams, UpstreamUnavailable
+from ..failover import Failover, Settings
 from ..limits import client_identity
 from ..metrics import EXTENSION as METRICS
 from ..metrics import count_rejection
+from ..models import Resolved
+from ..providers import ChatRequest
 from ..queue import SlotQueue, Ticket
 from ..slots import Slot
 from ..streams import get_lifecycle
@@ -93,21 +96,37 @@ def wait_slot(ticket: Ticket, gone: gevent.event.Event | None = None) -> Slot:
     return slot
 
 
-def launch(events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "cancel", *,
-           slot: Slot | None = None, gone: gevent.event.Event | None = None) -> str:
-    """Start a stream for the current client in one of its stream slots (``slot`` when the
-    caller took it); its id.
+def answer(resolved: Resolved, chat: ChatRequest) -> Failover:
+    """The events of the answer to ``chat`` from ``resolved``'s targets, each asked for its own
+    model, failing over before the first token (``streamapp.failover``): what every door starts."""
+    ext = current_app.extensions
+    metrics = ext.get(METRICS)
+    return Failover(resolved.targets, resolved.strategy, ext["providers"], chat,
+                    Settings.from_config(current_app.config), circuits=ext.get("circuits"),
+                    observe=metrics.attempted if metrics is not None else None)
 
-    503 (``UpstreamUnavailable``) when the upstream's circuit is open (``slot`` given back).
-    Caps full: waits in the queue up to ``QUEUE_WAIT_S``, then 429 (``TooManyStreams``);
-    ``LeftQueue`` once ``gone`` is set while it waits. The slot is given back when the
-    producer exits, however the stream ends."""
-    on_first = admit(meta.get("provider"), slot)  # 503 when the upstream's circuit is open
+
+def launch(events: Failover, meta: dict[str, Any], on_disconnect: str = "cancel", *,
+           slot: Slot | None = None, gone: gevent.event.Event | None = None) -> str:
+    """Start a stream of ``events`` (:func:`answer`) for the current client in one of its
+    stream slots (``slot`` when the caller took it); its id.
+
+    503 (``UpstreamUnavailable``) at once when the circuit of every target is open (``slot``
+    given back). Caps full: waits in the queue up to ``QUEUE_WAIT_S``, then 429
+    (``TooManyStreams``); ``LeftQueue`` once ``gone`` is set while it waits. The slot is given
+    back when the producer exits, however the stream ends. The upstream attempts go to the
+    stream's metadata (``upstream``, ``attempts``) at its first token, or its end before one."""
+    try:
+        events.admit()  # before any slot or upstream request
+    except UpstreamUnavailable:
+        if slot is not None:
+            slot.release()
+        raise
     if slot is None:
         taken = take_slot(on_disconnect)
         slot = taken if isinstance(taken, Slot) else wait_slot(taken, gone)
-    return get_lifecycle().start(events, client_meta(meta), on_disconnect, on_exit=slot.release,
-                                 on_first=on_first)
+    return get_lifecycle().start(events.events, client_meta(meta), on_disconnect, on_exit=slot.release,
+                                 on_first=events.decided)
 
 
 def find(sid: str, after: int, route: str | None = None) -> Resumable | None:

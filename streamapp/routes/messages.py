@@ -31,8 +31,9 @@ from ..providers import ChatRequest
 from ..schemas import parse
 from ..usage.record import usage_meta
 from .body import read_json_body
+from .door import answer
 from .model import request_model
-from .streaming import collect_stream, resume_if_asked, start_stream
+from .streaming import collect_stream, failure_headers, resume_if_asked, start_stream
 
 bp = Blueprint("messages", __name__, url_prefix="/v1/messages")
 ROUTE = "messages"
@@ -62,16 +63,15 @@ def messages() -> Response:
     resolved = request_model(body.model)
     name, model = resolved.provider, resolved.model
     check_chat_input("messages", input_texts(body), name, model, {"max_tokens": body.max_tokens})
-    provider = current_app.extensions["providers"][name]
     chat = chat_request(body, model)
     meta: dict[str, Any] = {"route": ROUTE, "provider": name, "model": body.model,
                             **usage_meta(chat.messages, chat.params)}
     if body.stream:
-        return start_stream(provider.stream(chat), "messages", meta, body.on_disconnect, fail=_fail)
-    sid, events = collect_stream(provider.stream(chat), {**meta, "format": "messages"}, body.on_disconnect)
+        return start_stream(answer(resolved, chat), "messages", meta, body.on_disconnect, fail=_fail)
+    sid, events = collect_stream(answer(resolved, chat), {**meta, "format": "messages"}, body.on_disconnect)
     end = events[-1] if events else Failed("client_gone", "the client left", 499)
     if isinstance(end, Failed):
-        return _fail(end, {"X-Stream-Id": sid})
+        return _fail(end, failure_headers(sid, end))
     resp = jsonify(message(sid, body.model, events))
     resp.headers["X-Stream-Id"] = sid
     return resp

@@ -22,7 +22,7 @@ import time
 from typing import Annotated, Any
 
 import gevent
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..auth import require_owner
@@ -42,9 +42,16 @@ from ..schemas import MAX_UID, parse
 from ..streams import get_lifecycle
 from ..usage.record import usage_meta
 from .body import read_json_body
-from .door import find, launch
+from .door import answer, find, launch
 from .model import request_model
-from .streaming import SSE_TYPE, collect_stream, resume_if_asked, start_stream, stream_response
+from .streaming import (
+    SSE_TYPE,
+    collect_stream,
+    failure_headers,
+    resume_if_asked,
+    start_stream,
+    stream_response,
+)
 
 bp = Blueprint("responses", __name__, url_prefix="/v1")
 ROUTE = "responses"
@@ -164,19 +171,18 @@ def create() -> Response:
                             **usage_meta(chat.messages, chat.params)}
     if body.store:
         meta["context"] = [*context, *new]
-    provider = current_app.extensions["providers"][name]
     on_disconnect = "finish" if body.background else "cancel"
     if body.stream:
-        return start_stream(provider.stream(chat), ROUTE, meta, on_disconnect, fail=_fail)
+        return start_stream(answer(resolved, chat), ROUTE, meta, on_disconnect, fail=_fail)
     meta["format"] = ROUTE
     if body.background:
-        sid = launch(provider.stream(chat), {**meta, "stream": False}, on_disconnect)
+        sid = launch(answer(resolved, chat), {**meta, "stream": False}, on_disconnect)
         get_lifecycle().publish(sid)
         return _answer(sid, build_response(sid, meta, []))
-    sid, events = collect_stream(provider.stream(chat), meta, on_disconnect)
+    sid, events = collect_stream(answer(resolved, chat), meta, on_disconnect)
     end = events[-1] if events else Failed("client_gone", "the client left", 499)
     if isinstance(end, Failed) and all(isinstance(e, (Opened, Failed)) for e in events):
-        return _fail(end, {"X-Stream-Id": sid})  # nothing was generated: an HTTP error
+        return _fail(end, failure_headers(sid, end))  # nothing was generated: an HTTP error
     return _answer(sid, build_response(sid, meta, events))
 
 

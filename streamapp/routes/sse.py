@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..auth import require_owner
 from ..errors import ApiError
+from ..models import Resolved
 from ..openapi import describe
 from ..openapi.models import CancelResult, ResumeQuery, StreamInfo
 from ..openapi.parts import GET_STREAM, LAST_EVENT_ID, NO_CONTENT, RESUMED, SID, errors, json_body
@@ -16,6 +17,7 @@ from ..schemas import PromptQuery, StreamQuery, parse
 from ..streams import get_manager
 from ..usage.record import usage_meta
 from ..wire import is_stream_id
+from .door import answer
 from .model import request_model
 from .streaming import requested_resume, resume_if_asked, resume_stream, start_stream
 
@@ -42,23 +44,20 @@ def stream() -> Response:
     if len(text) > config["STREAM_MAX_TEXT"]:
         raise ApiError(f"text must be at most {config['STREAM_MAX_TEXT']} characters", field="text")
     options = {"text": text, "delay_ms": min(delay, config["STREAM_MAX_DELAY_MS"])}
-    provider = current_app.extensions["providers"]["demo"]
     chat = ChatRequest([{"role": "user", "content": text}], options=options)
     meta = {"route": "stream", "provider": "demo", "model": "demo", **usage_meta(chat.messages, {})}
-    return _resume_or("stream", lambda: start_stream(provider.stream(chat), "plain", meta,
-                                                     query.on_disconnect))
+    return _resume_or("stream", lambda: start_stream(answer(Resolved("demo", "demo", "demo"), chat), "plain",
+                                                     meta, query.on_disconnect))
 
 
 def _prompt_stream(provider_name: str) -> Response:
     def start() -> Response:
         query = parse(PromptQuery, request.args.to_dict())
         resolved = request_model(query.model, provider_name)  # with an upstreams file: a route's kind
-        model = resolved.model
-        provider = current_app.extensions["providers"][resolved.provider]
-        chat = ChatRequest([{"role": "user", "content": query.prompt}], model=model)
-        meta = {"route": provider_name, "provider": resolved.provider, "model": model,
+        chat = ChatRequest([{"role": "user", "content": query.prompt}], model=resolved.model)
+        meta = {"route": provider_name, "provider": resolved.provider, "model": resolved.model,
                 **usage_meta(chat.messages, {})}
-        return start_stream(provider.stream(chat), "plain", meta, query.on_disconnect)
+        return start_stream(answer(resolved, chat), "plain", meta, query.on_disconnect)
     return _resume_or(provider_name, start)
 
 
@@ -94,11 +93,13 @@ def _unknown(sid: str) -> ApiError:
 
 
 @describe("A stream's state", "stream API",
-          {"200": json_body(StreamInfo, "The stream's state, route, readers and number of events."),
+          {"200": json_body(StreamInfo, "The stream's state, route, readers, number of events, and the "
+                                        "upstream attempts of its start."),
            **errors("404", "503")}, path_params=SID)
 @bp.get("/api/streams/<sid>/info")
 def info(sid: str) -> Response:
-    """A stream's state, reader count, number of events and, once it ended, its usage record."""
+    """A stream's state, reader count, number of events, the upstreams its start tried and, once
+    it ended, its usage record."""
     manager = get_manager()
     meta = manager.store.meta(sid) if is_stream_id(sid) else None
     if meta is None:
@@ -107,7 +108,8 @@ def info(sid: str) -> Response:
     return jsonify({"stream_id": sid, "state": meta.get("state"), "route": meta.get("route"),
                     "pid": os.getpid(),  # the worker answering, handy when tracing a stream
                     "readers": manager.store.readers(sid),
-                    "events": manager.store.count(sid), "usage": _final_usage(sid, meta)})
+                    "events": manager.store.count(sid), "usage": _final_usage(sid, meta),
+                    "upstream": meta.get("upstream"), "attempts": meta.get("attempts") or []})
 
 
 def _final_usage(sid: str, meta: dict) -> dict | None:

@@ -26,8 +26,9 @@ import gevent.event
 from flask import Response, current_app, request, stream_with_context
 
 from .. import sse
-from ..errors import ApiError, StoreError, TooManyStreams, error_response
+from ..errors import ApiError, StoreError, TooManyStreams, error_response, retry_after_header
 from ..events import Event, Failed
+from ..failover import Failover
 from ..queue import Ticket
 from ..slots import Slot
 from ..streams import get_lifecycle
@@ -92,6 +93,12 @@ def stream_response(sid: str, after: int, enc: Encoder) -> Response:
 ErrorBody = Callable[[Failed, dict[str, str]], Response]  # a failure before the first byte, as a response
 
 
+def failure_headers(sid: str, failed: Failed) -> dict[str, str]:
+    """The headers of a failure before the first byte: the stream's id, and the upstream's
+    ``Retry-After`` when it gave one (an upstream's 429 is a 429 with it)."""
+    return {"X-Stream-Id": sid, **retry_after_header(failed.retry_after)}
+
+
 def json_error(failed: Failed, headers: dict[str, str]) -> Response:
     """Our JSON error body for a failure before the first byte."""
     return error_response(failed.status, failed.code, failed.message, headers=headers)
@@ -102,7 +109,7 @@ def _watch_departure(on_gone: Callable[[], None]) -> DepartureWatch | None:
     return DepartureWatch(sock, on_gone) if sock is not None else None
 
 
-def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
+def start_stream(events: Failover, fmt: str, meta: dict[str, Any],
                  on_disconnect: str = "cancel", fail: ErrorBody = json_error) -> Response:
     """Start a generation in wire format ``fmt`` and answer with its stream (or its early
     failure, shaped by ``fail``).
@@ -140,7 +147,7 @@ def start_stream(events: Iterator[Event], fmt: str, meta: dict[str, Any],
     if first is None:
         return Response(status=204)  # the client left before it learnt the stream id
     if isinstance(first, Failed):
-        return fail(first, {"X-Stream-Id": sid})
+        return fail(first, failure_headers(sid, first))
     return stream_response(sid, 0, enc)
 
 
@@ -189,7 +196,7 @@ def resume_stream(sid: str, after: int, route: str | None = None) -> Response:
     return stream_response(sid, found.after, encoder(found.fmt, current_app.config["RETRY_MS"], found.meta))
 
 
-def collect_stream(events: Iterator[Event], meta: dict[str, Any],
+def collect_stream(events: Failover, meta: dict[str, Any],
                    on_disconnect: str = "cancel") -> tuple[str, list[Event]]:
     """Start a generation and read it whole in this request (a non-streaming answer).
 

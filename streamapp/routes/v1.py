@@ -33,8 +33,9 @@ from ..schemas import V1ChatRequest, parse
 from ..usage.record import usage_meta
 from ..wire import completion
 from .body import read_json_body
+from .door import answer
 from .model import request_model
-from .streaming import collect_stream, resume_if_asked, start_stream
+from .streaming import collect_stream, failure_headers, resume_if_asked, start_stream
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -65,7 +66,6 @@ def chat_completions() -> Response:
     check_chat_input("messages", [(f"messages.{i}.content", m.content) for i, m in enumerate(body.messages)],
                      name, model, {"max_tokens": body.max_tokens,
                                    "max_completion_tokens": body.max_completion_tokens})
-    provider = current_app.extensions["providers"][name]
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     chat = ChatRequest(messages, model=model, params=body.upstream_params())
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -73,11 +73,11 @@ def chat_completions() -> Response:
                             "created": int(time.time()), "include_usage": include_usage,
                             **usage_meta(messages, chat.params)}
     if body.stream:
-        return start_stream(provider.stream(chat), "openai", meta, body.on_disconnect, fail=_fail)
-    sid, events = collect_stream(provider.stream(chat), {**meta, "format": "openai"}, body.on_disconnect)
+        return start_stream(answer(resolved, chat), "openai", meta, body.on_disconnect, fail=_fail)
+    sid, events = collect_stream(answer(resolved, chat), {**meta, "format": "openai"}, body.on_disconnect)
     end = events[-1] if events else Failed("client_gone", "the client left", 499)
     if isinstance(end, Failed):
-        return _fail(end, {"X-Stream-Id": sid})
+        return _fail(end, failure_headers(sid, end))
     resp = jsonify(completion(sid, meta, events))
     resp.headers["X-Stream-Id"] = sid
     return resp

@@ -40,7 +40,9 @@ def init_app(app: Flask) -> None:
         stall=config["STALL_TIMEOUT_S"])
     app.extensions["streams"] = manager
     timing = Timing(header_wait=config["HEADER_WAIT_S"],
-                    first_limit=config["CONNECT_TIMEOUT_S"] + config["READ_TIMEOUT_S"] + 5,
+                    # a failover may try several upstreams, each up to its timeouts
+                    first_limit=config["START_BUDGET_S"] + config["CONNECT_TIMEOUT_S"]
+                    + config["READ_TIMEOUT_S"] + 5,
                     heartbeat=config["HEARTBEAT_S"])
     app.extensions["lifecycle"] = Lifecycle(manager, timing)
     app.extensions["inspector"] = Inspector(manager, config["INSPECT_MAX_STREAMS"])

@@ -80,7 +80,7 @@ class Lifecycle:
     # -- start ---------------------------------------------------------------------------
     def start(self, events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "cancel",
               on_exit: Callable[[], None] | None = None,
-              on_first: Callable[[Event | None], None] | None = None) -> str:
+              on_first: Callable[[Event | None], dict[str, Any] | None] | None = None) -> str:
         """Launch a stream of ``events``; its id. ``on_exit`` runs once when its producer exits;
         ``on_first`` once with the first token, or with the end when none came (``Producer``)."""
         return self.manager.start(events, meta, on_disconnect, on_exit=on_exit, on_first=on_first)

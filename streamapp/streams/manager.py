@@ -143,7 +143,7 @@ class StreamManager:
     # -- producing ---------------------------------------------------------
     def start(self, events: Iterator[Event], meta: dict[str, Any], on_disconnect: str = "cancel",
               on_exit: Callable[[], None] | None = None,
-              on_first: Callable[[Event | None], None] | None = None) -> str:
+              on_first: Callable[[Event | None], dict[str, Any] | None] | None = None) -> str:
         """Register a stream, start its producer, return its id. ``on_exit`` is called once
         when the producer exits, however the stream ends (a stream slot's release); ``on_first``
         is the producer's (an upstream's circuit)."""

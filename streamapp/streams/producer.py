@@ -70,7 +70,8 @@ class Producer:
     ``on_exit(sid, summary)`` gets the stream's :class:`StreamSummary` (``meta`` is
     the stream's metadata, for it). ``on_first`` is called once with the first token
     (it must be quick), or with the final event before it is appended when the stream ends
-    before a token (the start's outcome).
+    before a token (the start's outcome); the fields it returns, if any, are added to the
+    stream's metadata (``Store.annotate``: the upstream attempts), and to ``meta``.
     """
 
     def __init__(self, sid: str, events: Iterator[Event], store: Store,
@@ -78,7 +79,7 @@ class Producer:
                  max_bytes: int = 0, on_disconnect: str = "cancel", started_at: float = 0.0,
                  meta: dict[str, Any] | None = None, stall: float = 0.0,
                  clock: Callable[[], float] = time.monotonic,
-                 on_first: Callable[[Event | None], None] | None = None) -> None:
+                 on_first: Callable[[Event | None], dict[str, Any] | None] | None = None) -> None:
         self.sid = sid
         self.store = store
         self.on_disconnect = on_disconnect
@@ -164,7 +165,7 @@ class Producer:
                     self.first_at = self.clock()  # the first token (text, reasoning or a tool call)
                     self.first_seq = self.seq
                     if self._on_first is not None:
-                        self._on_first(event)
+                        self._annotate(self._on_first(event))
                 run += 1
                 if self.seq == 2:
                     # The first token: its reader writes it now, and whatever it waits for
@@ -213,6 +214,12 @@ class Producer:
             self._watch.stop()
             self.greenlet.kill(StreamStalled(), block=False)
 
+    def _annotate(self, fields: dict[str, Any] | None) -> None:
+        """Add ``fields`` to the stream's metadata (the store's and ``meta``)."""
+        if fields:
+            self.meta = {**self.meta, **fields}
+            self.store.annotate(self.sid, fields)
+
     def _failure(self, exc: Exception) -> Failed:
         """The final event for a failure of the provider (a read timeout after the first
         token is a stall)."""
@@ -222,7 +229,7 @@ class Producer:
                 code = "upstream_stalled"
             logger.warning("stream %s: %s: %s", self.sid, code, exc.detail,
                            extra={"stream_id": self.sid, "request_id": self.meta.get("request_id")})
-            return Failed(code, exc.message, exc.status, exc.upstream_status)
+            return Failed(code, exc.message, exc.status, exc.upstream_status, retry_after=exc.retry_after)
         # A provider bug must end the stream, not hang it.
         logger.error("producer of stream %s failed", self.sid, exc_info=exc)
         return Failed("internal_error", f"internal error: {type(exc).__name__}", 500)
@@ -234,7 +241,7 @@ class Producer:
             self._watch.close()
         if self.first_at is None and self._on_first is not None:
             try:  # no token came: the end is the start's outcome, told before any reader sees it
-                self._on_first(final if final is not None else self._ended_with)
+                self._annotate(self._on_first(final if final is not None else self._ended_with))
             except Exception:  # noqa: BLE001 - a hook must not keep the end from being recorded
                 logger.exception("the start hook of stream %s failed", self.sid)
         try:
