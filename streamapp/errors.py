@@ -148,13 +148,16 @@ class UpstreamError(StreamappError):
         self.detail = detail or message
 
     def headers(self) -> dict[str, str]:
-        """``Retry-After`` when the upstream asked for one."""
-        return retry_after_header(self.retry_after)
+        """``Retry-After`` when the upstream asked for one, and on every 429."""
+        return retry_after_header(self.retry_after, self.status)
 
 
-def retry_after_header(seconds: float | None) -> dict[str, str]:
-    """``{"Retry-After": whole seconds, at least 1}``, or ``{}`` when ``seconds`` is ``None``."""
-    return {} if seconds is None else {"Retry-After": str(max(1, math.ceil(seconds)))}
+def retry_after_header(seconds: float | None, status: int | None = None) -> dict[str, str]:
+    """``{"Retry-After": whole seconds, at least 1}``; ``{}`` when ``seconds`` is ``None``,
+    except for a 429 (``status``), which always says when to come back (1 s when unknown)."""
+    if seconds is None:
+        return {"Retry-After": "1"} if status == 429 else {}
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 class BodyRefused(ApiError):

@@ -430,7 +430,8 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
     if mode == "status":
         body = BAD_MESSAGE[api] if p.get("message") == "bad" else STATUS_BODY[api]
         extra = (f"Retry-After: {p['retry_after']}",) if "retry_after" in p else ()
-        sock.sendall(head(int(p.get("status", 429)), "application/json", "Error", len(body), keep, extra) + body)
+        status = int(p.get("status", 429))
+        sock.sendall(head(status, "application/json", "Error", len(body), keep, extra) + body)
         return
     if mode == "errorpage":
         ctype, body = ERROR_PAGES[p.get("body", "html")]

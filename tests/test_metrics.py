@@ -189,7 +189,8 @@ def test_counts_match_what_was_done_summed_over_two_workers(start_server, redis_
     wait_for(server, expected)
 
     # An upstream error before the first token: its code by provider, a duration but no TTFT.
-    failed = requests.get(f"{url}/ai-stream", params={"prompt": "hi", "model": "status?status=503"}, timeout=10)
+    failed = requests.get(f"{url}/ai-stream", params={"prompt": "hi", "model": "status?status=503"},
+                          timeout=10)
     assert failed.status_code == 502 and failed.json()["error"]["code"] == "upstream_http_error"
     expected.update({key("streamapp_streams_total", outcome="upstream_error"): 1,
                      key("streamapp_upstream_errors_total", code="upstream_http_error", **openai): 1,

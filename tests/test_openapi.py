@@ -257,11 +257,14 @@ def test_answers_random_data_cannot_reach_match_the_document(quick, api, doc) ->
     assert call("POST", "/api/chat", data="hi", headers={"Content-Type": "text/plain"}).status_code == 415
     assert call("POST", "/api/chat", json={"uid": 1, "message": "x" * 5000}).status_code == 413
     assert call("POST", "/api/chat", json={"uid": 0, "message": "hi"}).json()["error"]["field"] == "uid"
-    failed = call("GET", "/ai-stream?prompt=hi&model=status", "/ai-stream")
+    failed = call("GET", "/ai-stream?prompt=hi&model=status%3Fstatus%3D503", "/ai-stream")
     assert failed.status_code == 502 and "X-Stream-Id" in failed.headers
+    limited = call("GET", "/ai-stream?prompt=hi&model=status", "/ai-stream")  # the upstream's 429
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "1"
     assert call("GET", "/local-ai?prompt=hi&model=hang", "/local-ai").status_code == 504
     assert call("POST", "/v1/chat/completions", json={"model": "demo"}).json()["error"]["param"] == "messages"
-    assert call("POST", "/v1/chat/completions", json={**v1, "model": "openai/status"}).status_code == 502
+    busy = {**v1, "model": "openai/status?status=503"}
+    assert call("POST", "/v1/chat/completions", json=busy).status_code == 502
     assert call("GET", "/v1/models/nosuch", "/v1/models/{model}").json()["error"]["type"]
     for model in call("GET", "/v1/models").json()["data"]:
         call("GET", f"/v1/models/{model['id']}", "/v1/models/{model}")

@@ -96,7 +96,7 @@ ErrorBody = Callable[[Failed, dict[str, str]], Response]  # a failure before the
 def failure_headers(sid: str, failed: Failed) -> dict[str, str]:
     """The headers of a failure before the first byte: the stream's id, and the upstream's
     ``Retry-After`` when it gave one (an upstream's 429 is a 429 with it)."""
-    return {"X-Stream-Id": sid, **retry_after_header(failed.retry_after)}
+    return {"X-Stream-Id": sid, **retry_after_header(failed.retry_after, failed.status)}
 
 
 def json_error(failed: Failed, headers: dict[str, str]) -> Response:
