@@ -254,8 +254,9 @@ def test_the_document_describes_the_route_and_its_answers(emb, tag):
                raw(emb, {"model": f"openai/normal?tag={tag}", "input": ["a"], "encoding_format": "base64"}),
                raw(emb, {"model": "ollama/nousage", "input": "a"}),
                raw(emb, {"model": "demo", "input": []}), raw(emb, {"model": "nope", "input": "a"}),
+               raw(emb, {"model": "openai/status?status=503", "input": "a"}),
                raw(emb, {"model": "openai/status", "input": "a"})]
-    assert [a.status_code for a in answers] == [200, 200, 200, 400, 404, 502]
+    assert [a.status_code for a in answers] == [200, 200, 200, 400, 404, 502, 429]
     for resp in answers:
         assert str(resp.status_code) in entry["responses"]
         operation.validate_response(resp)
