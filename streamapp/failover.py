@@ -81,19 +81,19 @@ class Settings:
 
 @dataclass
 class Attempt:
-    """One target tried (or skipped): ``started_ms`` after the stream's start, ``ms`` long."""
+    """One target tried (or skipped): ``start_ms`` after the stream's start, ``ms`` long."""
 
     upstream: str
     model: str
     outcome: str = "pending"
     status: int | None = None  # the upstream's HTTP status, when it answered one
-    started_ms: float = 0.0
+    start_ms: float = 0.0
     ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """As the stream's metadata holds it."""
         return {"upstream": self.upstream, "model": self.model, "outcome": self.outcome,
-                "status": self.status, "started_ms": self.started_ms, "ms": self.ms}
+                "status": self.status, "start_ms": self.start_ms, "ms": self.ms}
 
 
 class FirstTokenLate(Exception):
@@ -190,7 +190,7 @@ class Failover:
                 continue
             checked = False
             started = self.clock()
-            attempt = Attempt(target.upstream, target.model, started_ms=self._ms(started))
+            attempt = Attempt(target.upstream, target.model, start_ms=self._ms(started))
             timeout = self.settings.first_token_timeout
             last = not self._line or not timeout or started + timeout >= end
             deadline = None if last else started + timeout

@@ -136,7 +136,7 @@ def test_a_refused_connection_goes_to_the_next_target(srv, fleet) -> None:
     assert outcomes(found) == [("down", "upstream_unreachable", None), ("a", "success", None)]
     assert found["upstream"] == "a"
     assert [a["model"] for a in found["attempts"]] == ["normal", f"normal?tokens=4&tag={tag('refused')}"]
-    assert found["attempts"][1]["started_ms"] >= found["attempts"][0]["started_ms"]
+    assert found["attempts"][1]["start_ms"] >= found["attempts"][0]["start_ms"]
 
 
 def test_a_503_goes_to_the_next_target(srv, fleet) -> None:
@@ -154,7 +154,7 @@ def test_a_short_retry_after_is_honoured_once_after_the_others(srv, fleet) -> No
     assert resp.status_code == 502 and resp.headers["Retry-After"] == "1", resp.text
     found = info(srv, resp.headers["X-Stream-Id"])
     assert outcomes(found) == [("a", "upstream_http_error", 503)] * 2
-    assert found["attempts"][1]["started_ms"] >= 1000  # not before the wait was over
+    assert found["attempts"][1]["start_ms"] >= 1000  # not before the wait was over
     records = asked(fleet, "a", "alone")
     assert len(records) == 2 and records[1]["opened"] - records[0]["opened"] >= 1.0
 

@@ -90,7 +90,7 @@ class UpstreamAttempt(_Strict):
                                      "or the upstream's error code (upstream_unreachable, "
                                      "upstream_http_error, upstream_timeout, ...)")
     status: int | None = Field(description="the upstream's HTTP status, when it answered one")
-    started_ms: float = Field(description="when the attempt began, in ms after the stream's start")
+    start_ms: float = Field(description="when the attempt began, in ms after the stream's start")
     ms: float = Field(description="how long the attempt took to its first token or its failure, in ms")
 
 
