@@ -142,8 +142,8 @@ class StreamLog:
                    "outcome": s.outcome, "finish_reason": s.finish_reason, "error_code": s.error_code,
                    "ttft_ms": None if s.ttft_s is None else round(s.ttft_s * 1000, 1),
                    "events": s.events, "tokens": s.tokens, "duration_ms": round(s.duration_s * 1000, 1),
-                   "usage": s.usage, "upstream": meta.get("upstream"),
-                   "attempts": attempts_text(meta.get("attempts"))})
+                   "upstream": meta.get("upstream"), "attempts": attempts_text(meta.get("attempts")),
+                   "usage": s.usage})
 
 
 def attempts_text(attempts: list[dict[str, Any]] | None) -> str | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import gevent
@@ -265,7 +266,7 @@ class Producer:
         if isinstance(end, Done):
             return Done(end.finish_reason, self.usage)
         if isinstance(end, Failed):
-            return Failed(end.code, end.message, end.status, end.upstream_status, self.usage)
+            return replace(end, usage=self.usage)  # its Retry-After kept
         return end
 
     def content_events(self) -> int:
