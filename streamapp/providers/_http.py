@@ -38,6 +38,7 @@ import urllib3
 from ..errors import UpstreamError
 from ..events import Done, Event, Opened
 from ..sse import LineTooLong
+from ._chunked import dechunk
 from .base import has_surrogate_escape, well_formed
 
 READ_SIZE = 65536
@@ -243,14 +244,22 @@ def iter_chunks(resp: requests.Response, what: str) -> Iterator[bytes]:
     """The body's bytes as they arrive, no line waiting for a buffer to fill (requests
     #3577, #5536).
 
-    A chunked body (what streaming upstreams send) is read chunk by chunk with urllib3's
-    ``read_chunked``: each HTTP chunk as soon as it is whole, in one generator step (a
-    ``read1`` also returns one chunk at most, through several layers per call). Any other
-    body: ``read1``, what one read gave.
+    A chunked body without a content coding (what streaming upstreams send) is read
+    off the connection's buffered socket reader by :func:`._chunked.dechunk`: one
+    block per read of the socket, however many HTTP chunks it held; at its end the
+    connection goes back to the pool as urllib3 would put it. A compressed chunked
+    body goes through urllib3's ``read_chunked``, which decodes it; any other body
+    through ``read1``, what one read gave.
     """
     raw = resp.raw
     decode = bool(resp.headers.get("Content-Encoding"))  # skip the decoder when there is none
+    reader = None if decode or not raw.chunked else _socket_reader(raw)
     with translate_errors(what):
+        if reader is not None:
+            yield from dechunk(reader.read1, READ_SIZE)
+            raw._original_response.close()  # http.client's end of body: the socket stays open
+            raw.release_conn()
+            return
         if raw.chunked and raw.supports_chunked_reads():
             yield from raw.read_chunked(READ_SIZE, decode_content=decode)  # a huge chunk in pieces
             return
@@ -259,6 +268,16 @@ def iter_chunks(resp: requests.Response, what: str) -> Iterator[bytes]:
             if not chunk:
                 return
             yield chunk
+
+
+def _socket_reader(raw: urllib3.HTTPResponse) -> Any:
+    """The buffered socket reader under urllib3's response (http.client's ``fp``), if it
+    has not been read from yet and offers ``read1``; else ``None``."""
+    original = getattr(raw, "_original_response", None)
+    fp = getattr(original, "fp", None)
+    if fp is None or not hasattr(fp, "read1") or getattr(raw, "chunk_left", None) is not None:
+        return None
+    return fp
 
 
 def stream_response(resp: requests.Response, what: str,
