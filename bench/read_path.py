@@ -7,9 +7,10 @@ Usage (from the repository root)::
 
 One fake upstream (``tests/fake_upstream.py``, its own process: its CPU is not counted) and,
 in this process (gevent-patched, as a worker is), the OpenAI provider's path over a real
-socket, timed from the response's headers to the body's end (the request apart). Figures are CPU time of this process (``time.process_time``) per token event, so
-other processes on the machine do not count; the variants alternate within each round (one
-order, then the reverse) and the report gives median [min-max] over rounds.
+socket, timed from the response's headers to the body's end (the request apart). Figures
+are CPU time of this process (``time.process_time``) per token event, so other processes
+on the machine do not count; the variants alternate within each round (one order, then
+the reverse) and the report gives median [min-max] over rounds.
 
 Shapes: ``burst`` (the whole answer in one write: reads as full as they get, pure CPU),
 ``at once`` (``normal``: every token its own HTTP chunk, written at once, so one

@@ -212,21 +212,44 @@ def iter_events(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iter
     """Decode a byte stream into events (an unterminated last event is dropped); a line
     longer than ``max_line`` bytes raises :class:`LineTooLong`.
 
-    A chunk of whole ``data: ...`` events (LF endings, each one line, nothing pending,
-    no longer than ``max_line``) is decoded a block at a time: an upstream's usual
+    The whole events of a chunk (LF endings, no longer than ``max_line``) are decoded a
+    block at a time, each ``data: ...`` line a default event: an upstream's usual
     chunk, and the same events as line by line (``EventParser``), which decodes
-    everything else.
+    everything else: the end of an event begun in an earlier chunk, the start of one
+    that a later chunk ends (a read of the socket ends anywhere), any other field.
     """
     splitter = LineSplitter(max_line)
     parser = EventParser()
     feed_line = parser.feed_line
+
+    def by_line(data: bytes) -> Iterator[ServerSentEvent]:
+        for line in splitter.feed(data):
+            event = feed_line(line)
+            if event is not None:
+                yield event
+
     for chunk in chunks:
-        if chunk.endswith(b"\n\n") and len(chunk) <= max_line and splitter.at_line_start \
-                and parser.between_events and b"\r" not in chunk:
-            for block in chunk[:-2].split(b"\n\n"):
+        if b"\r" in chunk or len(chunk) > max_line:
+            yield from by_line(chunk)
+            continue
+        start = 0
+        if not (splitter.at_line_start and parser.between_events):
+            start = chunk.find(b"\n\n") + 2  # the end of the event in progress
+            if start == 1:
+                yield from by_line(chunk)
+                continue
+            yield from by_line(chunk[:start])
+            if not (splitter.at_line_start and parser.between_events):
+                yield from by_line(chunk[start:])
+                continue
+        last = chunk.rfind(b"\n\n", start)  # whole events: chunk[start:last + 2]
+        end = start
+        if last >= 0:
+            end = last + 2
+            for block in chunk[start:last].split(b"\n\n"):
                 if block.startswith(b"data: ") and b"\n" not in block:
-                    data = block[6:].decode("utf-8", "replace")
-                    yield ServerSentEvent(data, "message", parser.last_event_id)
+                    yield ServerSentEvent(block[6:].decode("utf-8", "replace"), "message",
+                                          parser.last_event_id)
                     continue
                 for line in block.split(b"\n"):  # anything else: line by line
                     event = feed_line(line.decode("utf-8", "replace"))
@@ -235,8 +258,5 @@ def iter_events(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iter
                 event = feed_line("")
                 if event is not None:
                     yield event
-            continue
-        for line in splitter.feed(chunk):
-            event = feed_line(line)
-            if event is not None:
-                yield event
+        if end < len(chunk):
+            yield from by_line(chunk[end:])  # the start of an event a later chunk ends
