@@ -1,7 +1,7 @@
 """Benchmark plumbing shared by ``run.py`` and ``latency.py``.
 
 Starting and stopping the processes under test (fake upstream, the service under
-gunicorn with ``conf/gunicorn.conf.py``, the tutorial relay), reading their CPU
+gunicorn with ``conf/gunicorn.conf.py``, the relays), reading their CPU
 time and memory from ``/proc``, a blocking SSE client, a WebSocket client, and small
 statistics. Every wait is bounded.
 """
@@ -253,14 +253,16 @@ def start_service(upstream: Proc, logdir: Path, name: str = "service", redis_url
     return proc
 
 
-def start_relay(upstream: Proc, logdir: Path, name: str = "relay", workers: int = 1) -> Proc:
-    """The tutorial relay under the same gunicorn gevent worker settings as the service."""
+def start_relay(upstream: Proc, logdir: Path, name: str = "relay", workers: int = 1,
+                app: str = "tutorial_relay:app") -> Proc:
+    """A relay of ``bench/`` (``app``: the parsing tutorial relay, or ``passthrough_relay:app``)
+    under the same gunicorn gevent worker settings as the service."""
     port = free_port()
     env = clean_env()
     env.update({"OPENAI_BASE_URL": f"{upstream.url}/v1", "OPENAI_API_KEY": "x"})
     args = [GUNICORN, "--chdir", str(BENCH), "-k", "gevent", "-w", str(workers),
             "--worker-connections", "10000", "--timeout", "60", "--graceful-timeout", GRACEFUL_S,
-            "--keep-alive", "5", "--no-control-socket", "-b", f"127.0.0.1:{port}", "tutorial_relay:app"]
+            "--keep-alive", "5", "--no-control-socket", "-b", f"127.0.0.1:{port}", app]
     proc = Proc(name, args, env, logdir)
     proc.port, proc.url = port, f"http://127.0.0.1:{port}"
     proc.wait_http("/healthz", 30)

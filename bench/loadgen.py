@@ -4,8 +4,9 @@ Run by ``bench/run.py`` as ``python bench/loadgen.py SPEC.json OUT.json``. Raw
 sockets, a minimal chunked-transfer and SSE splitter, and one
 ``time.monotonic()`` stamp per received token event. Spec keys:
 
-- ``host``, ``port``; ``kind``: ``"sse"`` (GET ``path``, the service or the relay)
-  or ``"openai"`` (POST ``/v1/chat/completions`` with ``model``: the upstream itself)
+- ``host``, ``port``; ``kind``: ``"sse"`` (GET ``path``, the service or the parsing relay),
+  ``"openai"`` (POST ``/v1/chat/completions`` with ``model``: the upstream itself) or
+  ``"passthrough"`` (GET ``path``, the upstream's own events: the pass-through relay)
 - ``streams`` (how many), ``concurrency`` (at most this many at once)
 - ``mode``: ``"full"`` (read to the end), ``"hold"`` (open all, each until its first
   token, ``concurrency`` opening at once; print ``ready``; hold ``hold_s``; print
@@ -106,7 +107,7 @@ class Body:
                 if block.startswith(b": stream "):
                     st.sid = block[9:].decode()
                 continue
-            if self.kind == "openai":
+            if self.kind != "sse":  # the upstream's own events (openai, passthrough)
                 if b"data: [DONE]" in block:
                     st.end = "end"
                     self.terminal = True
