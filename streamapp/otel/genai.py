@@ -62,6 +62,10 @@ SUCCESS = ("success", "ok", "completed")  # an attempt's outcome that is not an 
 PROPAGATOR = TraceContextTextMapPropagator()
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def usage_counts(usage: Mapping[str, Any] | None) -> dict[str, int]:
     """The ``gen_ai.usage.*`` attributes of a usage record (OpenAI's names, or the
     conventions' own), only the counts it has."""
@@ -77,11 +81,7 @@ def usage_counts(usage: Mapping[str, Any] | None) -> dict[str, int]:
         "gen_ai.usage.cache_read.input_tokens": details_in.get("cached_tokens")
         if isinstance(details_in, Mapping) else None,
     }
-    return {k: int(v) for k, v in found.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return {k: int(v) for k, v in found.items() if _number(v)}
 
 
 def _set(attributes: dict[str, Any], key: str, value: Any) -> None:
