@@ -21,7 +21,7 @@ from streamapp.otel import signals
 from streamapp.otel.genai import StreamTelemetry
 from streamapp.streams.observe import StreamSummary
 from tests.conftest import ROOT
-from tests.helpers import SSEClient, poll_until
+from tests.helpers import SSEClient, free_port, poll_until
 from tests.otlp_receiver import OTLPReceiver, Span
 
 SERVER, CLIENT = 2, 3  # Span.SpanKind in the OTLP protobuf
@@ -314,3 +314,33 @@ def test_a_callers_traceparent_makes_the_stream_span_its_child(otel_server, rece
         client.read_all()
     span = span_of(receiver, sid)
     assert span.trace_id != trace_id and span.parent_span_id == ""
+
+
+def test_a_failover_is_a_client_span_per_attempt(start_server, receiver, fake_upstream, tmp_path,
+                                                 tag) -> None:
+    """A route whose first target refuses connections: the stream's span has a CLIENT child per
+    attempt, the refused one an error, the second the one that answered."""
+    path = tmp_path / "upstreams.toml"
+    path.write_text(f'[upstreams.down]\nkind = "openai"\nbase_url = "http://127.0.0.1:{free_port()}/v1"\n\n'
+                    f'[upstreams.primary]\nkind = "openai"\nbase_url = "{fake_upstream}/v1"\n\n'
+                    f'[routes.fo]\ntargets = ["down/normal", "primary/normal?tokens=3&tag={tag}"]\n')
+    server = start_server(UPSTREAMS_FILE=path, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, **QUICK)
+    with SSEClient(f"{server.url}/v1/chat/completions", "POST",
+                   {"model": "fo", "messages": MESSAGES, "stream": True}) as client:
+        assert client.status == 200, client.body()
+        sid = client.headers["X-Stream-Id"]
+        client.read_all()
+    stream = span_of(receiver, sid)
+    children = poll_until(lambda: len(found := [s for s in receiver.spans()
+                                                if s.parent_span_id == stream.span_id]) == 2 and found,
+                          15, "the two attempt spans")
+    first, second = sorted(children, key=lambda s: s.start_ns)
+    assert (first.kind, second.kind) == (CLIENT, CLIENT)
+    assert first.attributes["streamapp.upstream"] == "down"
+    assert first.attributes["error.type"] == "upstream_unreachable" and first.status_code == STATUS_ERROR
+    assert second.attributes["streamapp.upstream"] == "primary"
+    assert second.attributes["gen_ai.request.model"] == f"normal?tokens=3&tag={tag}"
+    assert "error.type" not in second.attributes
+    assert first.end_ns <= second.start_ns and second.end_ns == stream.end_ns
+    assert stream.attributes["streamapp.upstream"] == "primary"
+    assert stream.attributes["gen_ai.response.model"] == f"normal?tokens=3&tag={tag}"
