@@ -29,6 +29,9 @@ Body readers:
 - ``dechunk``: ``_chunked.dechunk`` over the socket reader's ``read1`` (one block per read)
 - ``requests``: ``Response.iter_content(None)``, requests' own layers over urllib3's
   ``stream``: what a relay built on ``requests`` reads through
+- ``recv``: ``dechunk`` over the socket's own ``recv`` after the first read, without the
+  ``BufferedReader`` and ``SocketIO`` under ``read1`` (reaches into urllib3's private
+  members, so only here: what those two layers cost)
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ sys.path.insert(0, str(h.ROOT))
 
 from streamapp.events import Delta  # noqa: E402
 from streamapp.providers import _http  # noqa: E402
+from streamapp.providers._chunked import dechunk  # noqa: E402
 from streamapp.providers.base import ChatRequest  # noqa: E402
 from streamapp.providers.openai import OpenAIProvider  # noqa: E402
 
@@ -69,7 +73,26 @@ def requests_reader(resp, what: str) -> Iterator[bytes]:
         yield from resp.iter_content(None)
 
 
-READERS: dict[str, Callable] = {"urllib3": urllib3_reader, "dechunk": LEAN, "requests": requests_reader}
+def recv_reader(resp, what: str) -> Iterator[bytes]:
+    """``dechunk`` over the socket's own ``recv`` past the first read (no ``BufferedReader``,
+    no ``SocketIO``): what the two layers left under ``dechunk`` cost."""
+    fp = resp.raw._original_response.fp
+    sock = resp.raw._connection.sock
+    first = [True]
+
+    def read1(n: int) -> bytes:
+        if first[0]:  # what the reader holds past the headers; after it, its buffer is empty
+            first[0] = False
+            return fp.read1(n)
+        return sock.recv(n)
+    with _http.translate_errors(what):
+        yield from dechunk(read1, _http.READ_SIZE)
+        resp.raw._original_response.close()
+        resp.raw.release_conn()
+
+
+READERS: dict[str, Callable] = {"urllib3": urllib3_reader, "dechunk": LEAN, "requests": requests_reader,
+                                 "recv": recv_reader}
 
 
 def one_read(provider: OpenAIProvider, model: str) -> tuple[int, float]:

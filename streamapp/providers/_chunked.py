@@ -61,7 +61,12 @@ def dechunk(read1: Callable[[int], bytes], read_size: int) -> Iterator[bytes]:
                 break
             if not first and data[pos:start] != b"\r\n":
                 raise ProtocolError("chunk data not followed by CRLF")
-            size = _size(data[start:nl])
+            try:  # a bare hex size: the usual line, without a call
+                size = int(data[start:nl], 16)
+            except ValueError:
+                size = _size(data[start:nl])  # extensions, or no size at all
+            if size < 0:
+                raise ProtocolError(f"invalid chunk size line {data[start:nl][:40]!r}")
             first = False
             pos = nl + 2
             if size == 0:
