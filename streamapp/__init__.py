@@ -14,6 +14,7 @@ from . import config as settings
 from .models import build_models
 from .providers import build_providers
 from .ready import Readiness, providers_to_check
+from .usage import service as usage
 
 __all__ = ["create_app"]
 
@@ -49,8 +50,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     auth.init_app(app)  # then every request is authenticated
     metrics.init_app(app)  # GET /metrics, fed by the streams' observer and the limits' refusals
     otel.init_app(app)  # OpenTelemetry spans and GenAI metrics at each stream's end, when OTEL_* asks
+    usage.init_app(app)  # the usage ledger and token budgets, settled once per stream at its end
 
     from .routes import chat, embeddings, inspect, messages, pages, responses, session, sse, v1, ws
+    from .routes import usage as usage_api
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(sse.bp)
@@ -61,6 +64,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(messages.bp)
     app.register_blueprint(session.bp)
     app.register_blueprint(inspect.bp)
+    app.register_blueprint(usage_api.bp)
     ws.init_app(app)
     limits.init_app(app)  # rate limits and stream caps, on the views registered above
     if app.config["TRUSTED_PROXIES"]:  # the client's address from X-Forwarded-For, through these hops only

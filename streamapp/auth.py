@@ -36,9 +36,11 @@ Keys (``API_KEYS``, comma-separated, or ``API_KEYS_FILE``, one a line, ``#`` com
     sha256:<64 hex digits>
 
 Limits, all optional: ``rpm=N`` (``N/minute``) or ``rate=<flask-limiter string>``,
-``streams=N`` (concurrent streams), ``models=a,b`` (allowed models); and ``admin`` (a bare word:
-the key may see every client's streams and usage). ``STREAMAPP_ADMIN_KEYS`` (comma-separated key
-names) marks keys admin too. Without any key the service is open, and every caller is admin.
+``streams=N`` (concurrent streams), ``models=a,b`` (allowed models), ``tokens=N/day`` (a token
+budget, ``/hour`` and ``/minute`` too, several allowed: ``streamapp.usage.budgets``); and
+``admin`` (a bare word: the key may see every client's streams and usage).
+``STREAMAPP_ADMIN_KEYS`` (comma-separated key names) marks keys admin too. Without any key the
+service is open, and every caller is admin.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from flask import Flask, current_app, g, request, session
 from flask_cors import CORS
 
 from .errors import Forbidden, Unauthorized
+from .usage.budgets import parse_limit
 
 __all__ = ["Client", "Forbidden", "Keys", "Unauthorized", "init_app", "is_admin", "page_viewer",
            "require_admin", "require_owner", "SharedSecret", "session_secret", "shared_secret"]
@@ -91,6 +94,7 @@ class Client:
     max_streams: int | None = None       # concurrent streams
     models: frozenset[str] | None = None  # allowed models
     admin: bool = False                  # may see and cancel every client's streams and usage
+    token_budgets: tuple[tuple[int, str], ...] | None = None  # (tokens, period); None: TOKEN_BUDGET's
 
 
 def _digest(key: str) -> bytes:
@@ -131,11 +135,13 @@ def _parse_entry(spec: str, limits: list[str], where: str) -> tuple[bytes, Clien
                 opts["max_streams"] = int(value)
             elif opt == "models" and value:
                 opts["models"] = frozenset(v for v in value.split(",") if v)
+            elif opt == "tokens":  # several allowed: one per period
+                opts["token_budgets"] = (*opts.get("token_budgets", ()), parse_limit(value, where))
             else:
                 raise ValueError
         except ValueError:
             raise ValueError(f"{where}: bad option {opt!r} (rpm=N, rate=N/unit, streams=N, "
-                             "models=a,b, admin)") from None
+                             "models=a,b, tokens=N/day, admin)") from None
     return digest, Client(name, **opts)
 
 

@@ -56,6 +56,12 @@ DEFAULTS: dict[str, Any] = {
     "MAX_DETACHED_PER_CLIENT": 4,      # running on_disconnect=finish streams per key (per IP when open)
     "QUEUE_WAIT_S": 0.0,               # a stream at a full cap waits this long for a slot; 0: 429 at once
     "SLOT_LEASE_S": 15.0,              # a stream slot's lease in Redis, renewed every third of it
+    # Usage and token budgets (streamapp/usage/).
+    "TOKEN_BUDGET": "",                # token budgets of keys without tokens=: "N/day,M/hour"; "" = none
+    "BUDGET_DEFAULT_MAX_TOKENS": 4096,  # reserved for a stream without max_tokens (plus its input)
+    "BUDGET_LEASE_S": 60.0,            # a reservation's lease in Redis, renewed every third of it
+    "USAGE_RETENTION_DAYS": 400,       # the ledger keeps a day this long after its last stream (Redis)
+    "USAGE_METRICS_BY_KEY": False,     # /metrics: streamapp_usage_tokens_total{key,kind}, a series per key
     "MAX_MESSAGE_CHARS": 100_000,      # characters of one message
     "MAX_MESSAGES": 500,               # messages of one request (history and the new message)
     "MAX_INPUT_CHARS": 400_000,        # characters of all the messages of one request
@@ -86,17 +92,17 @@ _FLOATS = ("CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "STALL_TIMEOUT_S", "HEARTBEAT_
            "BODY_TIMEOUT_S", "RESUME_TTL_S", "RESUME_GRACE_S", "WRITE_TIMEOUT_S", "LEASE_S",
            "STREAM_MAX_DURATION_S", "SESSION_TTL_S", "SLOT_LEASE_S", "WS_PING_S", "READY_CACHE_S",
            "QUEUE_WAIT_S", "CIRCUIT_COOLDOWN_S", "INSPECT_LIVE_S", "FIRST_TOKEN_TIMEOUT_S", "START_BUDGET_S",
-           "RETRY_AFTER_CAP_S")
+           "RETRY_AFTER_CAP_S", "BUDGET_LEASE_S")
 # Taken as written from the environment (Flask parses STREAMAPP_* values as JSON: a key "1e5" stays text).
 _RAW_STRINGS = ("API_KEYS", "API_KEYS_FILE", "ADMIN_KEYS", "SECRET_KEY", "CORS_ORIGINS", "READY_PROVIDERS",
-                "UPSTREAMS_FILE")
+                "UPSTREAMS_FILE", "TOKEN_BUDGET")
 _INTS = ("DEMO_DELAY_MS", "STREAM_DEFAULT_DELAY_MS", "STREAM_MAX_DELAY_MS",
          "STREAM_MAX_TEXT", "MAX_BODY_BYTES", "RETRY_MS", "STREAM_MAX_EVENTS", "STREAM_MAX_BYTES",
          "REDIS_POOL_SIZE", "REDIS_BLOCKING_POOL_SIZE", "TRUSTED_PROXIES", "MAX_STREAMS_PER_KEY",
          "MAX_STREAMS_PER_PROCESS", "MAX_DETACHED_PER_CLIENT", "MAX_MESSAGE_CHARS", "MAX_MESSAGES",
          "MAX_INPUT_CHARS", "MAX_TOKENS_CEILING", "WS_MAX_FRAME_BYTES", "REDIS_COMMIT_MS",
          "MAX_EMBED_INPUTS", "MAX_EMBED_CHARS", "CIRCUIT_FAILURES",
-         "INSPECT_MAX_STREAMS")
+         "INSPECT_MAX_STREAMS", "BUDGET_DEFAULT_MAX_TOKENS", "USAGE_RETENTION_DAYS")
 PROVIDERS = ("demo", "openai", "ollama")
 
 
@@ -146,7 +152,7 @@ def validate(config: dict[str, Any]) -> None:
     if not 0 <= config["REDIS_COMMIT_MS"] <= 1000:
         raise ValueError("STREAMAPP_REDIS_COMMIT_MS must be between 0 and 1000")
     for key in ("SLOT_LEASE_S", "WS_PING_S", "WRITE_TIMEOUT_S", "CIRCUIT_COOLDOWN_S", "INSPECT_LIVE_S",
-                "INSPECT_MAX_STREAMS"):
+                "INSPECT_MAX_STREAMS", "BUDGET_LEASE_S", "USAGE_RETENTION_DAYS"):
         if config[key] <= 0:
             raise ValueError(f"STREAMAPP_{key} must be > 0")
     if not 0 <= config["QUEUE_WAIT_S"] <= 600:
@@ -156,6 +162,7 @@ def validate(config: dict[str, Any]) -> None:
         raise ValueError("STREAMAPP_WS_MAX_FRAME_BYTES must be >= STREAMAPP_MAX_BODY_BYTES")
     for key in ("RATE_LIMIT", "ALLOWED_MODELS"):  # from_prefixed_env parses "0" or 60 as a number
         config[key] = "" if config[key] in (None, 0, False) else str(config[key])
+    config["USAGE_METRICS_BY_KEY"] = config["USAGE_METRICS_BY_KEY"] in (True, 1, "1", "true", "yes")
     config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
 
 

@@ -7,6 +7,7 @@
      │    ├── Forbidden       403: a cookie or socket from another site, another client's stream
      │    ├── TooManyStreams  429 with ``Retry-After``: over a concurrent-stream cap
      │    │    └── TooManyDetachedStreams   over the cap on detached (``on_disconnect=finish``) ones
+     │    ├── BudgetExceeded  429 with ``Retry-After``: a key's token budget cannot cover a new stream
      │    └── UpstreamUnavailable  503 with ``Retry-After``: the circuits of every upstream of the
      │                             model are open
      ├── StoreError           503 with ``Retry-After``: the stream store (Redis) failed; clients see
@@ -203,6 +204,22 @@ class TooManyDetachedStreams(TooManyStreams):
     """Over the cap on running detached streams (``on_disconnect=finish``): 429 naming it."""
 
     code = "too_many_detached_streams"
+
+
+class BudgetExceeded(ApiError):
+    """A key's token budget cannot cover a new stream (``streamapp.usage.budgets``): 429 with
+    ``Retry-After``, the seconds until the budget's window resets."""
+
+    status = 429
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After``."""
+        return {"Retry-After": str(self.retry_after)}
 
 
 def log_store_error(exc: StoreError) -> None:

@@ -20,7 +20,11 @@ never a model a client named, a stream id or a key.
 - ``streamapp_upstream_errors_total{provider,code}``: streams that ended ``upstream_error``,
   by the error's code (``upstream_http_error``, ``upstream_timeout``, ``upstream_auth``, ...).
 - ``streamapp_rejections_total{reason}``: stream starts refused with 429 (HTTP) or an error
-  message (WebSocket): ``rate_limited`` or ``too_many_streams`` (either concurrent cap).
+  message (WebSocket): ``rate_limited``, ``too_many_streams`` (either concurrent cap) or
+  ``budget_exceeded`` (a key's token budget).
+- ``streamapp_usage_tokens_total{key,kind}``: only with ``USAGE_METRICS_BY_KEY`` (a series per
+  key name: the operator's choice of cardinality): the tokens of each stream's usage record
+  (``kind`` ``prompt`` or ``completion``), added once per stream at its end.
 - ``streamapp_upstream_circuit_state{upstream}``: each upstream's circuit breaker
   (``streamapp.circuits``): 0 closed, 1 half-open, 2 open, -1 unknown (Redis out of reach).
   Read at the scrape: shared by every worker with Redis; without it, the answering worker's.
@@ -77,7 +81,7 @@ __all__ = ["OUTCOMES", "REJECTIONS", "StreamMetrics", "count_rejection", "init_a
 EXTENSION = "streamapp.metrics"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OUTCOMES = ("completed", "cancelled", "client_gone", "upstream_error", "error", "shutdown")
-REJECTIONS = ("rate_limited", "too_many_streams")
+REJECTIONS = ("rate_limited", "too_many_streams", "budget_exceeded")
 # LLM streams: a first token in tens of milliseconds (a local model) to many seconds (a long
 # prompt, a reasoning model); answers from a fraction of a second to the hour STREAM_MAX_DURATION_S allows.
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -92,7 +96,8 @@ class StreamMetrics:
     """One app's metrics, the registry ``GET /metrics`` reads, and the manager's observer."""
 
     def __init__(self, providers: Iterable[str], allow: tuple[Network, ...] | None,
-                 multiproc_dir: str | None = None, circuits: Circuits | None = None) -> None:
+                 multiproc_dir: str | None = None, circuits: Circuits | None = None,
+                 by_key: bool = False) -> None:
         self.providers = frozenset(providers)
         self.allow = allow  # None: anyone
         if multiproc_dir:
@@ -133,6 +138,9 @@ class StreamMetrics:
         self.attempts = Counter("streamapp_upstream_attempts_total",
                                 "Stream starts on an upstream (each target tried or skipped), by outcome.",
                                 ["upstream", "outcome"], registry=own)
+        self.usage_tokens = Counter("streamapp_usage_tokens_total", "Tokens of streams' usage records, by "
+                                    "key name and kind (prompt, completion).", ["key", "kind"],
+                                    registry=own) if by_key else None
         if circuits is not None:
             self.registry.register(CircuitCollector(circuits))
             for name in circuits.names:
@@ -164,6 +172,12 @@ class StreamMetrics:
             self.ttft.labels(provider).observe(s.ttft_s)
         if s.tokens:
             self.tokens.labels(provider).inc(s.tokens)
+        if self.usage_tokens is not None and s.usage:
+            key = str(s.meta.get("client") or "-")
+            for kind in ("prompt", "completion"):
+                count = s.usage.get(f"{kind}_tokens")
+                if count:
+                    self.usage_tokens.labels(key, kind).inc(count)
         if s.outcome == "upstream_error":
             # Codes are the app's own constants (errors.UpstreamError), never upstream text.
             self.upstream_errors.labels(provider, s.error_code or "unknown").inc()
@@ -256,7 +270,8 @@ def init_app(app: Flask) -> None:
     """Create the app's metrics, observe its streams and serve ``GET /metrics``
     (after ``streams.init_app``)."""
     state = StreamMetrics(app.extensions.get("providers", {}), parse_allow(app.config["METRICS_ALLOW"]),
-                          os.environ.get(MULTIPROC_ENV) or None, app.extensions.get("circuits"))
+                          os.environ.get(MULTIPROC_ENV) or None, app.extensions.get("circuits"),
+                          app.config["USAGE_METRICS_BY_KEY"])
     app.extensions[EXTENSION] = state
     with app.app_context():
         get_manager().observers.append(state)

@@ -94,6 +94,31 @@ class UpstreamAttempt(_Strict):
     ms: float = Field(description="how long the attempt took to its first token or its failure, in ms")
 
 
+class UsageCounts(_Strict):
+    """Tokens and streams added up."""
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+    streams: int = Field(ge=0, description="streams that ended")
+
+
+class UsageDay(UsageCounts):
+    """One day's (UTC) usage of one model (and key, with `all`)."""
+
+    day: str = Field(description="YYYY-MM-DD, UTC")
+    key: str | None = Field(None, description="with `all=1`: the key's name (null: open service)")
+    model: str
+
+
+class UsageAnswer(_Strict):
+    """``GET /api/usage``."""
+
+    key: str | None = Field(description="the key's name; null with `all=1`, or for an open service")
+    days: list[UsageDay]
+    total: UsageCounts
+
+
 class StreamInfo(_Strict):
     """``GET /api/streams/{sid}/info``."""
 

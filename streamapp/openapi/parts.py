@@ -185,8 +185,9 @@ ERRORS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "401": ("API keys are configured and the request has none, a wrong one, or no valid session cookie "
             "(`unauthorized`).", {"WWW-Authenticate": header("`Bearer realm=\"streamapp\"`", True)}),
     "403": ("A session cookie from a page of another origin (`origin_not_allowed`), a stream another "
-            "client started (`not_stream_owner`), or a model the API key may not use "
-            "(`model_not_allowed`).", None),
+            "client started (`not_stream_owner`), a model the API key may not use "
+            "(`model_not_allowed`), or another key's usage asked by a key that is not admin (`admin_only`).",
+            None),
     "405": ("The route does not take this method (`method_not_allowed`); `Allow` lists those it does.",
             {"Allow": header("the methods the route takes", True)}),
     "408": ("The declared body did not arrive within {BODY_TIMEOUT_S} s (BODY_TIMEOUT_S; "
@@ -199,7 +200,8 @@ ERRORS: dict[str, tuple[str, dict[str, Any] | None]] = {
             "concurrent streams (`too_many_streams`; MAX_STREAMS_PER_KEY: {MAX_STREAMS_PER_KEY}, or the "
             "key's own; MAX_STREAMS_PER_PROCESS: {MAX_STREAMS_PER_PROCESS}) or running detached streams, "
             "`on_disconnect: finish` (`too_many_detached_streams`; MAX_DETACHED_PER_CLIENT: "
-            "{MAX_DETACHED_PER_CLIENT}); the message names the limit.",
+            "{MAX_DETACHED_PER_CLIENT}), or the key's token budget (`budget_exceeded`, `Retry-After` "
+            "until its window resets; TOKEN_BUDGET, or the key's `tokens=`); the message names the limit.",
             _RATE_LIMITED),
     "502": ("The upstream failed before the first token (`upstream_unreachable`, `upstream_http_error`, "
             "`upstream_auth`, `upstream_bad_response`, `upstream_error`, `upstream_cut`).",

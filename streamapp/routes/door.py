@@ -29,6 +29,7 @@ from ..queue import SlotQueue, Ticket
 from ..slots import Slot
 from ..streams import get_lifecycle
 from ..streams.lifecycle import Resumable
+from ..usage.service import release_budget, reserve_budget
 
 
 class LeftQueue(ApiError):
@@ -115,18 +116,25 @@ def launch(events: Failover, meta: dict[str, Any], on_disconnect: str = "cancel"
     given back). Caps full: waits in the queue up to ``QUEUE_WAIT_S``, then 429
     (``TooManyStreams``); ``LeftQueue`` once ``gone`` is set while it waits. The slot is given
     back when the producer exits, however the stream ends. The upstream attempts go to the
-    stream's metadata (``upstream``, ``attempts``) at its first token, or its end before one."""
+    stream's metadata (``upstream``, ``attempts``) at its first token, or its end before one.
+    A key with a token budget reserves the stream's tokens first (429 ``budget_exceeded``,
+    ``slot`` given back), settled when the stream ends (``usage.service``)."""
+    meta = reserve_budget(meta, slot)  # 429 when the key's token budget cannot cover the stream
     try:
-        events.admit()  # before any slot or upstream request
-    except UpstreamUnavailable:
-        if slot is not None:
-            slot.release()
+        try:
+            events.admit()  # before any slot or upstream request
+        except UpstreamUnavailable:
+            if slot is not None:
+                slot.release()
+            raise
+        if slot is None:
+            taken = take_slot(on_disconnect)
+            slot = taken if isinstance(taken, Slot) else wait_slot(taken, gone)
+        return get_lifecycle().start(events.events, client_meta(meta), on_disconnect, on_exit=slot.release,
+                                     on_first=events.decided)
+    except BaseException:
+        release_budget(meta)  # not started: nothing to settle
         raise
-    if slot is None:
-        taken = take_slot(on_disconnect)
-        slot = taken if isinstance(taken, Slot) else wait_slot(taken, gone)
-    return get_lifecycle().start(events.events, client_meta(meta), on_disconnect, on_exit=slot.release,
-                                 on_first=events.decided)
 
 
 def find(sid: str, after: int, route: str | None = None) -> Resumable | None:

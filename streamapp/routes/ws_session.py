@@ -29,7 +29,7 @@ from flask import current_app
 from flask_limiter.errors import RateLimitExceeded
 from simple_websocket import ConnectionClosed
 
-from ..errors import ApiError, StoreError, log_store_error
+from ..errors import ApiError, BudgetExceeded, StoreError, log_store_error
 from ..limits import count_stream_start, retry_after
 from ..queue import Ticket
 from ..schemas import ChatBody, WsResume, load_json, parse
@@ -131,6 +131,8 @@ class WsSession:
             refusal = {"type": "error", "code": exc.code, "message": exc.message}
             if exc.field:
                 refusal["field"] = exc.field
+            if isinstance(exc, BudgetExceeded):
+                refusal["retry_after"] = exc.retry_after  # seconds until the budget resets
             self.send(refusal)
         except RateLimitExceeded as exc:
             self.send({"type": "error", "code": "rate_limited",

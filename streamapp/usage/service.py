@@ -1,0 +1,117 @@
+"""The app's usage: its ledger, its token budgets, and the stream observer that settles each
+stream once, where it ends.
+
+:class:`UsageObserver` is registered on the stream manager: when a producer exits (once per
+stream, in the process that ran it) it adds the stream's usage record to the ledger under its
+key's name, model, upstream (``meta["upstream"]``, else its provider) and day (UTC), and
+settles the stream's budget reservation (``meta["budget"]``) to what it used. It works in the
+producer's greenlet after the stream's end reached its readers; a failure is logged, never
+raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Any
+
+import redis
+from flask import Flask, current_app, g
+
+from ..errors import BudgetExceeded
+from ..metrics import count_rejection
+from ..streams import get_manager
+from ..streams.observe import StreamSummary
+from .budgets import Budgets, budget_limits
+from .ledger import ANONYMOUS, Entry, MemoryLedger, RedisLedger
+from .record import tokens
+
+logger = logging.getLogger(__name__)
+EXTENSION = "streamapp.usage"
+Ledger = MemoryLedger | RedisLedger
+Pricer = Callable[[str, str, int, int], int]  # (model, upstream, prompt, completion) -> cost, billionths
+
+
+def today(clock: Callable[[], float] = time.time) -> date:
+    """The UTC day now."""
+    return datetime.fromtimestamp(clock(), UTC).date()
+
+
+class UsageObserver:
+    """Adds each ended stream to the ledger and settles its budget reservation."""
+
+    def __init__(self, ledger: Ledger, budgets: Budgets, price: Pricer | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.ledger, self.budgets, self.price, self.clock = ledger, budgets, price, clock
+
+    def stream_started(self, sid: str, meta: dict[str, Any]) -> None:
+        pass
+
+    def stream_resumed(self, sid: str, meta: dict[str, Any]) -> None:
+        pass  # a resume never counts again
+
+    def stream_ended(self, s: StreamSummary) -> None:
+        meta = s.meta
+        prompt, completion, total = tokens(s.usage)
+        model = str(meta.get("model") or "-")
+        upstream = str(meta.get("upstream") or meta.get("provider") or "-")
+        cost = self.price(model, upstream, prompt, completion) if self.price is not None else 0
+        entry = Entry(s.sid, str(meta.get("client") or ANONYMOUS), model, upstream, today(self.clock),
+                      prompt, completion, total, cost)
+        try:
+            self.ledger.add(entry)
+        except redis.RedisError as exc:
+            logger.warning("stream %s: could not add its usage to the ledger: %s", s.sid, exc,
+                           extra={"stream_id": s.sid, "request_id": meta.get("request_id")})
+        reservation = meta.get("budget")
+        if reservation:
+            self.budgets.settle(reservation, total)
+
+
+def get_usage() -> UsageObserver:
+    """The current app's usage (ledger and budgets)."""
+    return current_app.extensions[EXTENSION]
+
+
+def init_app(app: Flask) -> None:
+    """Make the app's ledger and budgets (in Redis with ``REDIS_URL``) and observe its streams."""
+    config = app.config
+    url, prefix = config["REDIS_URL"], config["REDIS_PREFIX"]
+    ledger: Ledger = RedisLedger(url, prefix, config["USAGE_RETENTION_DAYS"]) if url else MemoryLedger()
+    budgets = Budgets(budget_limits(config["TOKEN_BUDGET"], "STREAMAPP_TOKEN_BUDGET"),
+                      config["BUDGET_LEASE_S"], url, prefix)
+    observer = UsageObserver(ledger, budgets, app.extensions.get("prices"))
+    app.extensions[EXTENSION] = observer
+    with app.app_context():
+        get_manager().observers.append(observer)
+
+
+def reserve_budget(meta: dict[str, Any], slot: Any = None) -> dict[str, Any]:
+    """``meta`` with the current client's budget reservation for a new stream (``budget``: its
+    token) when it has a budget: its ``max_tokens`` (else ``BUDGET_DEFAULT_MAX_TOKENS``) plus
+    its ``prompt_estimate``. 429 :class:`BudgetExceeded` (counted; ``slot``, a stream slot the
+    caller took, given back) when the budget cannot cover it."""
+    usage: UsageObserver | None = current_app.extensions.get(EXTENSION)
+    if usage is None:
+        return meta
+    client = g.get("client")
+    amount = int(meta.get("max_tokens") or current_app.config["BUDGET_DEFAULT_MAX_TOKENS"]) \
+        + int(meta.get("prompt_estimate") or 0)
+    try:
+        token = usage.budgets.reserve(client.name if client is not None else ANONYMOUS,
+                                      client.token_budgets if client is not None else None, amount)
+    except BudgetExceeded:
+        count_rejection("budget_exceeded")
+        if slot is not None:
+            slot.release()
+        raise
+    return {**meta, "budget": token} if token else meta
+
+
+def release_budget(meta: dict[str, Any]) -> None:
+    """Give back the reservation of a stream that did not start."""
+    token = meta.get("budget")
+    if token:
+        get_usage().budgets.settle(token, 0)
