@@ -27,8 +27,16 @@ key (``upstreams.toml: [routes."gpt-4o-mini"] targets[1]: "nowhere/llama3.2" nam
 empty is refused too: the upstream would answer 401 to every request, and a 401 is not failed
 over (the key is wrong everywhere), so the route would be dead while /readyz said ready.
 
-A new section (``[prices]``, say) is one more entry in ``SECTIONS`` (its parser) and one more
-field of :class:`Fleet`; the top-level keys outside ``SECTIONS`` are refused.
+Optional prices turn the usage ledger's tokens into cost (``streamapp.usage.prices``)::
+
+    [prices]
+    currency = "USD"                     # optional (default "USD"): what the prices are in
+    [prices."gpt-4o-mini"]               # a public name, or "upstream/model"
+    input = 0.15                         # per million input (prompt) tokens
+    output = 0.60                        # per million output (completion) tokens
+
+A new section is one more entry in ``SECTIONS`` (its parser) and one more field of
+:class:`Fleet`; the top-level keys outside ``SECTIONS`` are refused.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
+
+from .usage.prices import Price, Prices
 
 __all__ = ["KINDS", "STRATEGIES", "Fleet", "Route", "Target", "Upstream", "load", "parse"]
 
@@ -93,6 +103,7 @@ class Fleet:
     upstreams: Mapping[str, Upstream]
     routes: Mapping[str, Route]
     default_route: str | None = None
+    prices: Prices | None = None  # [prices]: None without the table
 
     def describe(self) -> str:
         """A line per upstream (never its key) and per route, for the start-up log."""
@@ -274,12 +285,38 @@ def _default_route(where: _Where, raw: Any, _: Mapping[str, str], read: dict[str
     return name
 
 
+PRICE_KEYS = ("input", "output")
+
+
+def _prices(where: _Where, raw: Any, _: Mapping[str, str], __: dict[str, Any]) -> Prices:
+    raw = _table(where, None, "prices", raw)
+    currency = _text(where, "prices", "currency", raw.get("currency", "USD"))
+    models: dict[str, Price] = {}
+    for name, value in raw.items():
+        if name == "currency":
+            continue
+        table = f"prices.{_quoted(name)}"
+        value = _table(where, "prices", _quoted(name), value)
+        _only(where, table, value, PRICE_KEYS)
+        amounts = []
+        for key in PRICE_KEYS:
+            if key not in value:
+                raise where.fail(table, key, "missing (required): the price of a million tokens")
+            amount = float(_typed(where, table, key, value[key], (int, float), "a number"))
+            if not math.isfinite(amount) or amount < 0:
+                raise where.fail(table, key, f"must be a number >= 0, got {amount:g}")
+            amounts.append(amount)
+        models[name] = Price(*amounts)
+    return Prices(MappingProxyType(models), currency)
+
+
 # Each top-level key and its parser, in the order they are read (a later one sees the earlier
 # ones' results in ``read``): add a section here, and a field of Fleet.
 SECTIONS: dict[str, Callable[[_Where, Any, Mapping[str, str], dict[str, Any]], Any]] = {
     "upstreams": _upstreams,
     "routes": _routes,
     "default_route": _default_route,
+    "prices": _prices,
 }
 
 
@@ -301,7 +338,7 @@ def parse(text: str, source: str, environ: Mapping[str, str] | None = None) -> F
     if not read.get("routes"):
         raise where.fail(None, "routes", "no route: clients name routes ([routes.\"<public name>\"])")
     return Fleet(source, MappingProxyType(read.get("upstreams", {})), MappingProxyType(read["routes"]),
-                 read.get("default_route"))
+                 read.get("default_route"), read.get("prices"))
 
 
 def load(path: str, environ: Mapping[str, str] | None = None) -> Fleet:

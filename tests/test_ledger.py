@@ -52,9 +52,9 @@ def test_own_usage_admin_usage_and_another_key_refused(keyed, tag) -> None:
     chat(keyed, "bob", f"normal?tokens=2&tag={tag}")
     poll_until(lambda: streams_of(keyed, "alice") == 2 and streams_of(keyed, "bob") == 1, 5, "the ledger")
     own = usage(keyed, "alice").json()
-    model = f"normal?tokens=3&tag={tag}"
+    model = f"openai/normal?tokens=3&tag={tag}"  # as /v1 clients name it
     assert own["key"] == "alice"
-    assert {d["model"] for d in own["days"]} == {model, f"normal?tokens=4&tag={tag}"}
+    assert {d["model"] for d in own["days"]} == {model, f"openai/normal?tokens=4&tag={tag}"}
     row = next(d for d in own["days"] if d["model"] == model)
     assert row == {"day": row["day"], "model": model, "prompt_tokens": 7, "completion_tokens": 3,
                    "total_tokens": 10, "streams": 1}

@@ -101,6 +101,7 @@ class UsageCounts(_Strict):
     completion_tokens: int = Field(ge=0)
     total_tokens: int = Field(ge=0)
     streams: int = Field(ge=0, description="streams that ended")
+    cost: float | None = Field(None, ge=0, description="with a price table: what the tokens cost")
 
 
 class UsageDay(UsageCounts):
@@ -117,6 +118,7 @@ class UsageAnswer(_Strict):
     key: str | None = Field(description="the key's name; null with `all=1`, or for an open service")
     days: list[UsageDay]
     total: UsageCounts
+    currency: str | None = Field(None, description="with a price table: the currency of the costs")
 
 
 class StreamInfo(_Strict):

@@ -33,7 +33,8 @@ def chat_events(body: ChatBody) -> tuple[dict[str, Any], Failover]:
                                  ("message", body.message)], name, model, params)
     messages = [m.model_dump() for m in body.history]
     messages.append({"role": "user", "content": body.message})
-    meta = {"uid": body.uid, "provider": name, "model": model, **usage_meta(messages, params)}
+    meta = {"uid": body.uid, "provider": name, "model": model, "public_model": resolved.public_name,
+            **usage_meta(messages, params)}
     return meta, answer(resolved, ChatRequest(messages, model=model, params=params))
 
 

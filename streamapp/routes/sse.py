@@ -56,7 +56,7 @@ def _prompt_stream(provider_name: str) -> Response:
         resolved = request_model(query.model, provider_name)  # with an upstreams file: a route's kind
         chat = ChatRequest([{"role": "user", "content": query.prompt}], model=resolved.model)
         meta = {"route": provider_name, "provider": resolved.provider, "model": resolved.model,
-                **usage_meta(chat.messages, {})}
+                "public_model": resolved.public_name, **usage_meta(chat.messages, {})}
         return start_stream(answer(resolved, chat), "plain", meta, query.on_disconnect)
     return _resume_or(provider_name, start)
 

@@ -16,6 +16,7 @@ from ..openapi.models import UsageAnswer
 from ..openapi.parts import errors, json_body
 from ..schemas import parse
 from ..usage.ledger import ANONYMOUS, Row
+from ..usage.prices import Prices, units
 from ..usage.service import get_usage, today
 
 bp = Blueprint("usage", __name__)
@@ -40,24 +41,30 @@ def _name(key: str) -> str | None:
     return None if key == ANONYMOUS else key
 
 
-def _answer(rows: list[Row], every: bool) -> dict[str, Any]:
-    """Ledger rows (per upstream) as the answer's rows per day, key and model, and the total."""
+def _answer(rows: list[Row], every: bool, prices: Prices | None) -> dict[str, Any]:
+    """Ledger rows (per upstream) as the answer's rows per day, key and model, and the total;
+    with a price table, each with its ``cost`` and the answer with the ``currency``."""
     merged: dict[tuple[date, str, str], dict[str, int]] = {}
     for day, key, model, _upstream, counts in rows:
         row = merged.setdefault((day, key, model), dict.fromkeys(("prompt", "completion", "total", "streams",
                                                                   "cost"), 0))
         for name, value in counts.items():
             row[name] += value
-    days, total = [], dict.fromkeys(COUNTS, 0)
+    days, total, cost = [], dict.fromkeys(COUNTS, 0), 0
     for (day, key, model), counts in sorted(merged.items()):
         item: dict[str, Any] = {"day": day.isoformat(), **({"key": _name(key)} if every else {}),
                                 "model": model, "prompt_tokens": counts["prompt"],
                                 "completion_tokens": counts["completion"],
                                 "total_tokens": counts["total"], "streams": counts["streams"]}
+        if prices is not None:
+            item["cost"] = units(counts["cost"])
+            cost += counts["cost"]
         days.append(item)
         for name in COUNTS:
             total[name] += item[name]
-    return {"days": days, "total": total}
+    if prices is None:
+        return {"days": days, "total": total}
+    return {"days": days, "total": {**total, "cost": units(cost)}, "currency": prices.currency}
 
 
 @describe("Token usage of a key, per day and model", "usage",
@@ -69,7 +76,8 @@ def _answer(rows: list[Row], every: bool) -> dict[str, Any]:
                       "host. Tokens are the streams' usage records' (reported, partial or estimated; "
                       "a stream whose usage is unknown counts in `streams` only). `key` and `all` need "
                       "an admin key (STREAMAPP_ADMIN_KEYS, or `admin` in the keys file): 403 `admin_only` "
-                      "otherwise.")
+                      "otherwise. With a price table (`[prices]` of the upstreams file) each row and the "
+                      "total have their `cost`, and the answer its `currency`.")
 @bp.get("/api/usage")
 def usage() -> Response:
     """The caller's usage from ``from`` to ``to``; an admin's, another key's or every key's."""
@@ -89,4 +97,5 @@ def usage() -> Response:
         rows = get_usage().ledger.rows(None if query.all else [name], first, last)
     except redis.RedisError as exc:
         raise StoreError(f"the usage ledger failed: {exc}") from None
-    return jsonify({"key": None if query.all else _name(name), **_answer(rows, query.all)})
+    answer = _answer(rows, query.all, get_usage().prices)
+    return jsonify({"key": None if query.all else _name(name), **answer})

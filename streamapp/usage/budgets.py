@@ -138,6 +138,7 @@ class Budgets:
                  prefix: str = "streamapp", clock: Callable[[], float] = time.time) -> None:
         self.defaults, self.lease_s, self.prefix, self.clock = defaults, lease_s, prefix, clock
         self._windows: dict[tuple[str, str, int], _Window] = {}  # memory mode
+        self._next_sweep = 0.0  # memory mode: when past windows are next dropped
         self._held: dict[str, Reservation] = {}  # this process's reservations, by token
         self._renewer: gevent.Greenlet | None = None
         self.redis = None
@@ -185,6 +186,7 @@ class Budgets:
               amount: int) -> tuple[int, int] | None:
         """Reserve in every window or none: ``None``, or the first full window and what it holds."""
         if self.redis is None:
+            self._sweep()
             for i, window in enumerate(windows):
                 w = self._windows.get(window) or _Window()
                 held = w.spent + sum(w.reserved.values())
@@ -204,6 +206,17 @@ class Budgets:
             logger.warning("could not reserve a token budget in Redis (%s); not counting this stream", exc)
             return None
         return (int(index) - 1, int(held)) if index else None
+
+    def _sweep(self) -> None:
+        """Memory mode: drop the windows that ended, once a minute (their streams settle into
+        nothing that is read again)."""
+        now = self.clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 60
+        for window in [w for w in self._windows if w[2] + PERIODS[w[1]] <= now]:
+            if not self._windows[window].reserved:
+                del self._windows[window]
 
     def settle(self, token: str, used: int) -> None:
         """Give reservation ``token`` back and count ``used`` tokens (idempotent)."""

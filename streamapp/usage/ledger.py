@@ -28,6 +28,7 @@ import redis
 ANONYMOUS = "-"  # the key name of callers when no key is configured
 COUNTS = ("prompt", "completion", "total", "streams", "cost")
 COUNTED_TTL_S = 86_400  # how long a stream id stays marked as counted (a second add is a no-op)
+COUNTED_KEPT = 100_000  # memory mode: the latest stream ids remembered as counted
 
 # KEYS: the stream's counted mark, the day's hash of its key, the day's key set.
 # ARGV: retention (s), the key name, the counted mark's TTL, then field, amount pairs.
@@ -76,13 +77,15 @@ class MemoryLedger:
 
     def __init__(self) -> None:
         self._rows: dict[tuple[date, str, str, str], dict[str, int]] = {}
-        self._counted: set[str] = set()
+        self._counted: dict[str, None] = {}  # the latest COUNTED_KEPT ids, oldest first
 
     def add(self, entry: Entry) -> bool:
         """Add ``entry`` unless its stream was added already; whether it was added."""
         if entry.sid in self._counted:
             return False
-        self._counted.add(entry.sid)
+        self._counted[entry.sid] = None
+        if len(self._counted) > COUNTED_KEPT:
+            del self._counted[next(iter(self._counted))]
         where = (entry.day, entry.key, entry.model, entry.upstream)
         row = self._rows.setdefault(where, dict.fromkeys(COUNTS, 0))
         for name, amount in entry.amounts().items():

@@ -3,8 +3,10 @@ stream once, where it ends.
 
 :class:`UsageObserver` is registered on the stream manager: when a producer exits (once per
 stream, in the process that ran it) it adds the stream's usage record to the ledger under its
-key's name, model, upstream (``meta["upstream"]``, else its provider) and day (UTC), and
-settles the stream's budget reservation (``meta["budget"]``) to what it used. It works in the
+key's name, model (as clients name it: ``meta["public_model"]`` where a door's ``model`` is the
+upstream's), upstream (``meta["upstream"]``, else its provider) and day (UTC), and settles the
+stream's budget reservation (``meta["budget"]``) to what it used; with a price table
+(``[prices]`` of the upstreams file) the ledger counts the stream's cost too. It works in the
 producer's greenlet after the stream's end reached its readers; a failure is logged, never
 raised.
 """
@@ -26,12 +28,12 @@ from ..streams import get_manager
 from ..streams.observe import StreamSummary
 from .budgets import Budgets, budget_limits
 from .ledger import ANONYMOUS, Entry, MemoryLedger, RedisLedger
+from .prices import Prices
 from .record import tokens
 
 logger = logging.getLogger(__name__)
 EXTENSION = "streamapp.usage"
 Ledger = MemoryLedger | RedisLedger
-Pricer = Callable[[str, str, int, int], int]  # (model, upstream, prompt, completion) -> cost, billionths
 
 
 def today(clock: Callable[[], float] = time.time) -> date:
@@ -42,9 +44,9 @@ def today(clock: Callable[[], float] = time.time) -> date:
 class UsageObserver:
     """Adds each ended stream to the ledger and settles its budget reservation."""
 
-    def __init__(self, ledger: Ledger, budgets: Budgets, price: Pricer | None = None,
+    def __init__(self, ledger: Ledger, budgets: Budgets, prices: Prices | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self.ledger, self.budgets, self.price, self.clock = ledger, budgets, price, clock
+        self.ledger, self.budgets, self.prices, self.clock = ledger, budgets, prices, clock
 
     def stream_started(self, sid: str, meta: dict[str, Any]) -> None:
         pass
@@ -55,9 +57,9 @@ class UsageObserver:
     def stream_ended(self, s: StreamSummary) -> None:
         meta = s.meta
         prompt, completion, total = tokens(s.usage)
-        model = str(meta.get("model") or "-")
+        model = str(meta.get("public_model") or meta.get("model") or "-")  # the name clients send
         upstream = str(meta.get("upstream") or meta.get("provider") or "-")
-        cost = self.price(model, upstream, prompt, completion) if self.price is not None else 0
+        cost = self.prices.nano_cost(model, upstream, prompt, completion) if self.prices is not None else 0
         entry = Entry(s.sid, str(meta.get("client") or ANONYMOUS), model, upstream, today(self.clock),
                       prompt, completion, total, cost)
         try:
@@ -82,7 +84,9 @@ def init_app(app: Flask) -> None:
     ledger: Ledger = RedisLedger(url, prefix, config["USAGE_RETENTION_DAYS"]) if url else MemoryLedger()
     budgets = Budgets(budget_limits(config["TOKEN_BUDGET"], "STREAMAPP_TOKEN_BUDGET"),
                       config["BUDGET_LEASE_S"], url, prefix)
-    observer = UsageObserver(ledger, budgets, app.extensions.get("prices"))
+    fleet = app.extensions.get("upstreams")
+    prices = fleet.prices if fleet is not None else None
+    observer = UsageObserver(ledger, budgets, prices)
     app.extensions[EXTENSION] = observer
     with app.app_context():
         get_manager().observers.append(observer)
@@ -101,7 +105,7 @@ def reserve_budget(meta: dict[str, Any], slot: Any = None) -> dict[str, Any]:
         + int(meta.get("prompt_estimate") or 0)
     try:
         token = usage.budgets.reserve(client.name if client is not None else ANONYMOUS,
-                                      client.token_budgets if client is not None else None, amount)
+                                      getattr(client, "token_budgets", None), amount)
     except BudgetExceeded:
         count_rejection("budget_exceeded")
         if slot is not None:
