@@ -116,7 +116,8 @@ ROUTE = '[routes.r]\ntargets = ["local/llama3.2"]\n'
     # TOML itself, with its line
     ("oops =\n" + UPSTREAM + ROUTE, "not valid TOML: Invalid value (at line 1, column 7)"),
     # top level
-    ("colour = 1\n" + UPSTREAM + ROUTE, "colour: unknown key (known: upstreams, routes, default_route)"),
+    ("colour = 1\n" + UPSTREAM + ROUTE,
+     "colour: unknown key (known: upstreams, routes, default_route, prices)"),
     (UPSTREAM, "routes: no route"),
     ("upstreams = 3\n" + ROUTE, "upstreams: must be a table, got int 3"),
     ('default_route = "nope"\n' + UPSTREAM + ROUTE,
