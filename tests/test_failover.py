@@ -52,6 +52,7 @@ ROUTES = {
     "clean": [f"b/normal?tokens=4&tag={tag('clean')}"],
     "missing": [f"a/status?status=404&tag={tag('missing-a')}", f"b/normal?tokens=4&tag={tag('missing-b')}"],
     "leaving": ["down/normal", f"a/hang?silence_s=20&tag={tag('leaving')}"],
+    "waiting": [f"a/status?status=503&retry_after=2&tag={tag('waiting')}"],
     "cut-after": [f"a/drop?at=2&tag={tag('cut-a')}", f"b/normal?tokens=4&tag={tag('cut-b')}"],
 }
 
@@ -272,6 +273,23 @@ def test_a_client_leaving_during_failover_closes_the_upstream(srv, fleet) -> Non
     conn.close()
     records = upstream_log(fleet["a"], tag("leaving"), wait="closed_by_peer", timeout=10)
     assert records and records[0]["closed_by_peer"] is not None and records[0]["closed_by_peer"] > left
+
+
+def test_a_client_leaving_during_a_retry_after_wait_ends_the_wait(srv, fleet) -> None:
+    """The only target asked to wait 2 s: the client leaves meanwhile, and the stream ends
+    without asking it again (its summary line: one attempt, the client gone)."""
+    rid = f"{RUN}-waiting"
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    conn.request("POST", "/api/chat", body=json.dumps({"uid": 1, "message": "hi", "model": "waiting"}),
+                 headers={"Content-Type": "application/json", "X-Request-ID": rid})
+    upstream_log(fleet["a"], tag("waiting"), wait="finished", timeout=10)  # the first attempt failed
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    line = poll_until(lambda: next((x for x in srv.process.output().splitlines()
+                                    if "ended" in x and f"request_id={rid}" in x), None),
+                      10, "the stream's end")
+    assert "outcome=client_gone" in line and "attempts=\"a/status" in line and "; " not in line, line
+    assert len(asked(fleet, "a", "waiting")) == 1  # the stream ended: no retry can follow
 
 
 def test_the_summary_line_and_the_metric_show_the_attempts(srv, fleet) -> None:
