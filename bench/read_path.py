@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     .venv/bin/python bench/read_path.py                 # 9 rounds, both shapes, every variant
     .venv/bin/python bench/read_path.py --rounds 15 --tokens 400 --reps 20
+    .venv/bin/python bench/read_path.py --provider ollama   # NDJSON instead of SSE
 
 One fake upstream (``tests/fake_upstream.py``, its own process: its CPU is not counted) and,
 in this process (gevent-patched, as a worker is), the OpenAI provider's path over a real
@@ -56,9 +57,11 @@ from streamapp.events import Delta  # noqa: E402
 from streamapp.providers import _http  # noqa: E402
 from streamapp.providers._chunked import dechunk  # noqa: E402
 from streamapp.providers.base import ChatRequest  # noqa: E402
+from streamapp.providers.ollama import OllamaProvider  # noqa: E402
 from streamapp.providers.openai import OpenAIProvider  # noqa: E402
 
 LEAN = _http.iter_chunks
+Provider = OpenAIProvider | OllamaProvider
 
 
 def urllib3_reader(resp, what: str) -> Iterator[bytes]:
@@ -95,7 +98,7 @@ READERS: dict[str, Callable] = {"urllib3": urllib3_reader, "dechunk": LEAN, "req
                                  "recv": recv_reader}
 
 
-def one_read(provider: OpenAIProvider, model: str) -> tuple[int, float]:
+def one_read(provider: Provider, model: str) -> tuple[int, float]:
     """POST, then read the body's bytes to the end: (0, CPU s of the read, the request apart)."""
     payload = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
     resp = _http.post_stream(provider.session, provider.what, provider.url, payload, {}, provider.timeouts)
@@ -108,7 +111,7 @@ def one_read(provider: OpenAIProvider, model: str) -> tuple[int, float]:
         resp.close()
 
 
-def one_stream(provider: OpenAIProvider, model: str) -> tuple[int, float]:
+def one_stream(provider: Provider, model: str) -> tuple[int, float]:
     """The provider's whole stream: (token events, CPU s from ``Opened``, the request apart)."""
     events = provider.stream(ChatRequest(messages=[{"role": "user", "content": "hi"}], model=model))
     next(events)  # Opened: the request is sent and the headers are in
@@ -117,7 +120,7 @@ def one_stream(provider: OpenAIProvider, model: str) -> tuple[int, float]:
     return got, time.process_time() - t0
 
 
-def measure(provider: OpenAIProvider, level: str, model: str, tokens: int, reps: int) -> float:
+def measure(provider: Provider, level: str, model: str, tokens: int, reps: int) -> float:
     """CPU µs per token event over ``reps`` streams, reading the body only."""
     run = one_stream if level == "events" else one_read
     spent = 0.0
@@ -142,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paced-reps", type=int, default=3, help="streams per variant per round (paced)")
     p.add_argument("--delay-ms", type=int, default=2, help="paced: between tokens")
     p.add_argument("--readers", default=",".join(READERS))
+    p.add_argument("--provider", choices=("openai", "ollama"), default="openai",
+                   help="the OpenAI provider (SSE) or the Ollama one (NDJSON)")
     args = p.parse_args(argv)
     readers = [r for r in args.readers.split(",") if r]
     shapes = {"burst": (f"burst?tokens={args.tokens}", args.reps),
@@ -150,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     logdir = Path(tempfile.mkdtemp(prefix="read-path-"))
     upstream = h.start_upstream(logdir, "read-path-upstream")
     try:
-        provider = OpenAIProvider(f"{upstream.url}/v1", "x", "m", (5.0, 30.0))
+        provider = (OpenAIProvider(f"{upstream.url}/v1", "x", "m", (5.0, 30.0)) if args.provider == "openai"
+                    else OllamaProvider(upstream.url, "m", (5.0, 30.0)))
         results: dict[tuple[str, str, str], list[float]] = {}
         cells = [(s, lv, r) for s in shapes for lv in ("read", "events") for r in readers]
         for s, lv, r in cells:  # warm-up: imports, the pool's connection, caches
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         _http.iter_chunks = LEAN
     finally:
         upstream.stop()
-    print(f"CPU µs per token event, this process only; {args.tokens} tokens per stream; "
+    print(f"{args.provider}: CPU µs per token event, this process only; {args.tokens} tokens per stream; "
           f"median [min-max] over {args.rounds} rounds")
     print(f"{'shape':8s} {'level':7s} " + " ".join(f"{r:>22s}" for r in readers))
     for s in shapes:

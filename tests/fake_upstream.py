@@ -38,6 +38,10 @@ Modes:
                   server; a client that follows it gets a normal stream, recorded
                   with ``followed: true``
 - ``gzipbad``     200 with ``Content-Encoding: gzip`` and a body that is not gzip
+- ``gzip``        the ``normal`` answer with ``Content-Encoding: gzip`` (a compressing
+                  proxy), the gzip stream flushed after each event, one HTTP chunk each
+- ``unchunked``   the ``normal`` answer without chunked encoding: the body ends where the
+                  connection closes (an HTTP/1.0 proxy's way)
 - ``status`` with ``message=bad``: the error body's message holds a lone surrogate
   escape and bytes that are not UTF-8
 - ``tools``       200, the two calls of ``TOOL_CALLS``. OpenAI: a first chunk with
@@ -99,6 +103,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
+import zlib  # noqa: E402
 from urllib.parse import parse_qs, urlsplit  # noqa: E402
 
 import gevent  # noqa: E402
@@ -386,6 +391,14 @@ def end_frames(api: str, n: int) -> bytes:
     return OPENAI_STOP + http_chunk(openai_chunk(None, usage=usage)) + OPENAI_DONE
 
 
+def end_events(api: str, n: int) -> list[bytes]:
+    """The proper end of a stream of ``n`` tokens, as events (no HTTP framing)."""
+    if api != "openai":
+        return [ollama_line("", done=True, generate=api == "generate")]
+    usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
+    return [openai_chunk(None, "stop"), openai_chunk(None, usage=usage), b"data: [DONE]\n\n"]
+
+
 class PeerGone(Exception):
     pass
 
@@ -445,6 +458,22 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
     if mode == "gzipbad":
         gzip_head = head(200, "text/event-stream").replace(b"\r\n\r\n", b"\r\nContent-Encoding: gzip\r\n\r\n")
         sock.sendall(gzip_head + http_chunk(b"this is not gzip at all") + END)
+        return
+    if mode in ("gzip", "unchunked"):
+        ctype = "text/event-stream" if api == "openai" else "application/x-ndjson"
+        events = [token_event(api, t) for t in token_list(n)] + end_events(api, n)
+        if mode == "unchunked":
+            sock.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nConnection: close\r\n\r\n".encode())
+            for event in events:
+                sock.sendall(event)
+            record["sent"] = n
+            return
+        gz = zlib.compressobj(wbits=31)  # 31: the gzip container
+        sock.sendall(head(200, ctype, extra=("Content-Encoding: gzip",)))
+        for event in events:
+            sock.sendall(http_chunk(gz.compress(event) + gz.flush(zlib.Z_SYNC_FLUSH)))
+        sock.sendall(http_chunk(gz.flush()) + END)
+        record["sent"] = n
         return
     if mode == "burst":  # the benchmark's "upstream answers at once": everything in one write
         frames = b"".join(TOKEN_FRAMES[api][i % len(TOKENS)] for i in range(n))

@@ -193,6 +193,16 @@ def test_redirects_are_not_followed(provider, fake_upstream, tag, status) -> Non
     assert [r["followed"] for r in upstream_log(fake_upstream, tag)] == [False]
 
 
+@pytest.mark.parametrize("mode", ["gzip", "unchunked"])
+def test_a_compressed_or_unchunked_body_streams_like_a_chunked_one(provider, mode) -> None:
+    """A gzip body goes through urllib3's decoder, one without chunked encoding through read1:
+    the same events as the usual chunked body (read by ``_chunked.dechunk``)."""
+    events = run(provider, f"{mode}?tokens=6")
+    assert text_of(events) == "".join(token_list(6))
+    assert isinstance(events[-1], Done) and events[-1].finish_reason == "stop"
+    assert run(provider, "normal?tokens=6")[1:] == events[1:]
+
+
 def test_a_body_that_cannot_be_decoded_is_a_bad_response(provider) -> None:
     with pytest.raises(UpstreamError) as info:
         run(provider, "gzipbad")
