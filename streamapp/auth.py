@@ -16,8 +16,9 @@ One ``before_request`` hook (:func:`authenticate`) decides who is calling, for e
   is then a :class:`Client`: the key's name and limits, never the key.
 
 Checks the views call themselves, because only they know what is asked for:
-:func:`require_owner` (403 ``not_stream_owner`` on another client's stream, unless an admin's:
-resume, info, cancel), :func:`require_admin` (the inspector), :func:`require_allowed_origin`
+:func:`require_owner` (403 ``not_stream_owner`` on another client's stream: deleting or continuing
+a stored response), :func:`require_owner_or_admin` (the same, but an admin key passes: info, resume,
+retrieve, cancel), :func:`require_admin` (the inspector), :func:`require_allowed_origin`
 (the WebSocket handshake, from any page's ``Origin``) and :func:`page_viewer` (the inspector's
 page, public so that a browser without a session meets words, not a JSON 401).
 
@@ -38,7 +39,8 @@ Keys (``API_KEYS``, comma-separated, or ``API_KEYS_FILE``, one a line, ``#`` com
 Limits, all optional: ``rpm=N`` (``N/minute``) or ``rate=<flask-limiter string>``,
 ``streams=N`` (concurrent streams), ``models=a,b`` (allowed models), ``tokens=N/day`` (a token
 budget, ``/hour`` and ``/minute`` too, several allowed: ``streamapp.usage.budgets``); and
-``admin`` (a bare word: the key may see every client's streams and usage).
+``admin`` (a bare word: the key may list, inspect, watch, resume, retrieve and cancel every
+client's streams and see their usage; never delete another's response or continue it).
 ``STREAMAPP_ADMIN_KEYS`` (comma-separated key names) marks keys admin too. Without any key the
 service is open, and every caller is admin.
 """
@@ -65,7 +67,8 @@ from .errors import Forbidden, Unauthorized
 from .usage.budgets import parse_limit
 
 __all__ = ["Client", "Forbidden", "Keys", "Unauthorized", "init_app", "is_admin", "page_viewer",
-           "require_admin", "require_owner", "SharedSecret", "session_secret", "shared_secret"]
+           "require_admin", "require_owner", "require_owner_or_admin", "SharedSecret", "session_secret",
+           "shared_secret"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +96,8 @@ class Client:
     rate_limit: str | None = None        # a flask-limiter string, e.g. "60/minute"
     max_streams: int | None = None       # concurrent streams
     models: frozenset[str] | None = None  # allowed models
-    admin: bool = False                  # may see and cancel every client's streams and usage
+    admin: bool = False                  # may read and cancel every client's streams, see their usage;
+                                         # never delete or continue another's stored response
     token_budgets: tuple[tuple[int, str], ...] | None = None  # (tokens, period); None: TOKEN_BUDGET's
 
 
@@ -291,11 +295,20 @@ def require_admin() -> None:
 
 
 def require_owner(meta: dict[str, Any]) -> None:
-    """403 unless the caller started the stream of ``meta`` or is an admin (when keys are
-    configured)."""
+    """403 ``not_stream_owner`` unless the caller started the stream of ``meta`` (when keys are
+    configured), admin or not: what changes or spends a stream (deleting a stored response,
+    continuing one with ``previous_response_id`` or ``item_reference``) is its owner's only."""
     client = g.get("client")
-    if client is not None and not client.admin and meta.get("client") != client.name:
+    if client is not None and meta.get("client") != client.name:
         raise Forbidden("this stream was started by another client", code="not_stream_owner")
+
+
+def require_owner_or_admin(meta: dict[str, Any]) -> None:
+    """:func:`require_owner`, but an admin key passes too: for reading and stopping a stream
+    only (its info, resuming or retrieving it, cancelling it)."""
+    client = g.get("client")
+    if client is None or not client.admin:
+        require_owner(meta)
 
 
 class SharedSecret:

@@ -176,3 +176,37 @@ def test_only_its_client_sees_a_response_and_it_is_gone_after_its_retention(star
                 return True
             return False
         poll_until(gone, 10, "the response expired with its stream")
+
+
+def test_an_admin_reads_and_stops_anothers_response_but_never_deletes_or_continues_it(start_server) -> None:
+    """An admin may retrieve, resume, inspect and cancel another key's response; deleting it and
+    feeding it into its own generation (``previous_response_id``, ``item_reference``) stay the
+    owner's (403 ``not_stream_owner``)."""
+    server = start_server(API_KEYS="alice:sk-alice-1,root:sk-root-9", ADMIN_KEYS="root", DEMO_DELAY_MS=0,
+                          RESUME_GRACE_S=0)
+    root_auth = {"Authorization": "Bearer sk-root-9"}
+
+    def as_(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=20)
+
+    with as_("sk-alice-1") as alice, as_("sk-root-9") as root:
+        resp = alice.responses.create(model="demo", input="hi")
+        sid = resp.id.removeprefix("resp_")
+        assert root.responses.retrieve(resp.id).output_text == resp.output_text
+        assert [e.type for e in root.responses.retrieve(resp.id, stream=True)][-1] == "response.completed"
+        assert root.responses.cancel(resp.id).status == "completed"
+        info = requests.get(f"{server.url}/api/streams/{sid}/info", headers=root_auth, timeout=10)
+        assert info.status_code == 200 and info.json()["state"] == "finished"
+        resumed = requests.get(f"{server.url}/api/streams/{sid}", timeout=10,
+                               headers={**root_auth, "Last-Event-ID": f"{sid}-1"})
+        assert resumed.status_code == 200 and "data:" in resumed.text
+        refused = (lambda: root.responses.create(model="demo", input="x", previous_response_id=resp.id),
+                   lambda: root.responses.create(model="demo", input=[
+                       {"type": "item_reference", "id": resp.output[0].id}]),
+                   lambda: root.responses.delete(resp.id))
+        for call in refused:
+            with pytest.raises(openai.PermissionDeniedError) as caught:
+                call()
+            assert caught.value.body["code"] == "not_stream_owner"
+        assert alice.responses.retrieve(resp.id).status == "completed"  # still there
+        alice.responses.delete(resp.id)

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import gevent.event
 from flask import current_app, g
 
-from ..auth import require_owner
+from ..auth import require_owner_or_admin
 from ..errors import ApiError, TooManyStreams, UpstreamUnavailable
 from ..failover import Failover, Settings
 from ..limits import client_identity
@@ -42,8 +42,9 @@ class LeftQueue(ApiError):
 
 def client_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` with the client starting the stream (resuming, inspecting and cancelling it
-    then take the same client: ``auth.require_owner``) and the request id, for the logs; and
-    the request's W3C ``traceparent`` when tracing kept one (``streamapp.otel``)."""
+    then take the same client, or an admin key: ``auth.require_owner_or_admin``) and the
+    request id, for the logs; and the request's W3C ``traceparent`` when tracing kept one
+    (``streamapp.otel``)."""
     client = g.get("client")
     out = {**meta, "request_id": g.get("request_id")}
     if client is not None:
@@ -139,5 +140,6 @@ def launch(events: Failover, meta: dict[str, Any], on_disconnect: str = "cancel"
 
 def find(sid: str, after: int, route: str | None = None) -> Resumable | None:
     """The stream ``sid`` to resume after ``after`` for the current client (403 when it is
-    another client's), or ``None`` when there is nothing to resume (``Lifecycle.find``)."""
-    return get_lifecycle().find(sid, after, check_owner=require_owner, route=route)
+    another client's and the caller is not admin), or ``None`` when there is nothing to resume
+    (``Lifecycle.find``)."""
+    return get_lifecycle().find(sid, after, check_owner=require_owner_or_admin, route=route)

@@ -6,26 +6,27 @@ stream started, capped and rate limited as on ``/v1/chat/completions``; the log 
 written as Responses events (``responses.encoder``) or collected into the ``response``
 object (``responses.objects``). A response id is ``resp_<stream id>``: retrieving,
 resuming (``?stream=true&starting_after=N``, on any worker or host sharing Redis) and
-cancelling it are the stream API's, owner checked first, until the stream's retention
+cancelling it are the stream API's, owner (or an admin key) checked first, until the stream's retention
 (RESUME_TTL_S) ends or it is deleted (a running one is cancelled first, then forgotten
 on every instance: ``Lifecycle.forget``). ``background: true`` generates to the end
 with nobody reading (``on_disconnect: finish``); ``previous_response_id`` puts an
 earlier response's input and output before the new input, and an ``item_reference``
 input item stands for the output item it names, while that response is kept (not with
-``store: false``).
+``store: false``): deleting and continuing a response are its owner's only, admin or not.
 Errors are OpenAI's shape (``errors.error_response`` under ``/v1/``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import gevent
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..auth import require_owner
+from ..auth import require_owner, require_owner_or_admin
 from ..errors import ApiError, error_response
 from ..events import Event, Failed, Opened
 from ..limits import check_chat_input
@@ -78,17 +79,18 @@ def _not_found(rid: str, field: str | None = None, kind: str = "response") -> Ap
     return ApiError(f"no {kind} with id '{rid}'", code="not_found", status=404, field=field)
 
 
-def _kept(rid: str, field: str | None = None,
-          shown: tuple[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+def _kept(rid: str, field: str | None = None, shown: tuple[str, str] | None = None,
+          check: Callable[[dict[str, Any]], None] = require_owner) -> tuple[str, dict[str, Any]]:
     """The stream id and metadata of response ``rid`` of the current client, or 404 (403: another's).
 
-    ``shown``: the kind and id a 404 names (an item of ``rid``), instead of the response."""
+    ``shown``: the kind and id a 404 names (an item of ``rid``), instead of the response;
+    ``check``: who may have it (its owner; ``require_owner_or_admin`` where reading or stopping)."""
     sid = stream_of(rid)
     meta = get_lifecycle().manager.store.meta(sid) if sid else None
     kind, name = shown or ("response", rid)
     if meta is None:
         raise _not_found(name, field, kind)
-    require_owner(meta)
+    check(meta)
     if meta.get("route") != ROUTE:
         raise _not_found(name, field, kind)
     return sid, meta
@@ -214,7 +216,7 @@ def retrieve(response_id: str) -> Response:
             raise _not_found(response_id)
         after = -1 if query.starting_after is None else query.starting_after
         return stream_response(sid, 0, ResponsesSSE(0, found.meta, starting_after=after))
-    sid, meta = _kept(response_id)
+    sid, meta = _kept(response_id, check=require_owner_or_admin)
     return _answer(sid, build_response(sid, meta, _log(sid)))
 
 
@@ -225,7 +227,7 @@ def retrieve(response_id: str) -> Response:
 @bp.post("/responses/<response_id>/cancel")
 def cancel(response_id: str) -> Response:
     """Stop a response's generation wherever it runs; the response object after it stopped."""
-    sid, meta = _kept(response_id)
+    sid, meta = _kept(response_id, check=require_owner_or_admin)
     _stop(sid)
     return _answer(sid, build_response(sid, get_lifecycle().manager.store.meta(sid) or meta, _log(sid)))
 

@@ -6,7 +6,7 @@ import os
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from ..auth import require_owner
+from ..auth import require_owner_or_admin
 from ..errors import ApiError
 from ..models import Resolved
 from ..openapi import describe
@@ -104,7 +104,7 @@ def info(sid: str) -> Response:
     meta = manager.store.meta(sid) if is_stream_id(sid) else None
     if meta is None:
         raise _unknown(sid)
-    require_owner(meta)
+    require_owner_or_admin(meta)
     return jsonify({"stream_id": sid, "state": meta.get("state"), "route": meta.get("route"),
                     "pid": os.getpid(),  # the worker answering, handy when tracing a stream
                     "readers": manager.store.readers(sid),
@@ -131,7 +131,7 @@ def cancel(sid: str) -> Response:
     manager = get_manager()
     meta = manager.store.meta(sid) if is_stream_id(sid) else None
     if meta is not None:
-        require_owner(meta)
+        require_owner_or_admin(meta)
     state = manager.cancel(sid) if meta is not None else None
     if state is None:
         raise _unknown(sid)
