@@ -141,12 +141,13 @@ class UpstreamError(StreamappError):
 
     def __init__(self, message: str, *, code: str | None = None,
                  upstream_status: int | None = None, detail: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, usage: dict[str, Any] | None = None) -> None:
         status = 504 if code == "upstream_timeout" else 429 if upstream_status == 429 else 502
         super().__init__(message, code=code, status=status)
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.detail = detail or message
+        self.usage = usage  # the counts the upstream sent before it failed, if it sent any
 
     def headers(self) -> dict[str, str]:
         """``Retry-After`` when the upstream asked for one, and on every 429."""

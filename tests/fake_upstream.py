@@ -61,6 +61,12 @@ Modes:
                   ``message.thinking`` lines; with ``delay_ms``, that long before each piece
 - ``nousage``     ``tokens`` tokens and the end, without any usage (OpenAI: no usage
                   chunk; Ollama: a done line without counts)
+- ``cachedprompt`` ``tokens`` tokens and the end whose counts leave the prompt's out: Ollama's
+                  done line without ``prompt_eval_count`` (as it sends one for a prompt it
+                  served from its cache); OpenAI: the ``normal`` end (its usage has every count)
+- ``usagecut``    ``tokens`` tokens, then OpenAI's finish chunk and usage chunk, then close
+                  before ``[DONE]``; Ollama: close after the tokens (its counts come only
+                  with its end)
 - ``zerousage``   ``tokens`` tokens and the end with an explicit usage of 0 (OpenAI: a usage
                   chunk of zeros; Ollama: ``prompt_eval_count: 0, eval_count: 0``), as a
                   server that counts nothing says it
@@ -188,7 +194,7 @@ HEAD = {(api, keep): head(200, "text/event-stream" if api == "openai" else "appl
         + (http_chunk(b": fake upstream comment\n\n") if api == "openai" else b"")
         for api in APIS.values() for keep in (False, True)}
 KEEP_ALIVE_MODES = ("normal", "slow", "burst", "split", "silence", "status", "tools", "reasoning", "nousage",
-                    "zerousage")
+                    "zerousage", "cachedprompt")
 TOKEN_FRAMES = {api: [http_chunk(token_event(api, t)) for t in TOKENS] for api in APIS.values()}
 OPENAI_STOP = http_chunk(openai_chunk(None, "stop"))
 OPENAI_DONE = http_chunk(b"data: [DONE]\n\n") + END
@@ -383,6 +389,26 @@ def zerousage_frames(api: str, p: dict) -> bytes:
                                               eval_count=0)) + END
 
 
+def cachedprompt_frames(api: str, p: dict) -> bytes:
+    """``tokens`` tokens and an end whose counts leave the prompt's out (Ollama), after the head."""
+    n = int(p.get("tokens", 5))
+    tokens = b"".join(TOKEN_FRAMES[api][i % len(TOKENS)] for i in range(n))
+    if api == "openai":
+        return tokens + end_frames(api, n)
+    return tokens + http_chunk(ollama_message({}, done=True, done_reason="stop", eval_count=n)) + END
+
+
+def usagecut_frames(api: str, p: dict) -> bytes:
+    """``tokens`` tokens, then (OpenAI) the finish and usage chunks, and no end: the connection
+    closes before ``[DONE]`` (the last HTTP chunk is not sent either)."""
+    n = int(p.get("tokens", 5))
+    tokens = b"".join(TOKEN_FRAMES[api][i % len(TOKENS)] for i in range(n))
+    if api != "openai":
+        return tokens
+    usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
+    return tokens + OPENAI_STOP + http_chunk(openai_chunk(None, usage=usage))
+
+
 def end_frames(api: str, n: int) -> bytes:
     """The proper end of a stream of ``n`` tokens, up to the last HTTP chunk."""
     if api != "openai":
@@ -548,7 +574,7 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
 
 
 ANSWERS = {"tools": tools_frames, "reasoning": reasoning_frames, "nousage": nousage_frames,
-           "zerousage": zerousage_frames}
+           "zerousage": zerousage_frames, "cachedprompt": cachedprompt_frames, "usagecut": usagecut_frames}
 
 
 def bad_shape_frame(api: str, bad: str) -> bytes:

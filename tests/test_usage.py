@@ -81,6 +81,27 @@ def test_an_explicit_zero_stays_a_reported_zero(usage_server, provider, tag) -> 
     assert end["usage"] == {**zero, "source": "reported"}
 
 
+def test_a_count_ollama_left_out_stays_unknown_never_zero(usage_server, tag) -> None:
+    # Ollama's done line without prompt_eval_count (a prompt it served from its cache)
+    with chat(usage_server, "ollama", f"cachedprompt?tokens=3&tag={tag}") as client:
+        sid = client.headers["X-Stream-Id"]
+        _, end = ended(client)
+    assert end["usage"] == {"prompt_tokens": None, "completion_tokens": 3, "total_tokens": None,
+                            "source": "reported"}
+    assert info(usage_server, sid)["usage"] == end["usage"]
+
+
+def test_a_cut_after_the_usage_chunk_keeps_the_upstreams_counts(usage_server, tag) -> None:
+    # OpenAI's usage chunk came, then the connection closed before [DONE]
+    with chat(usage_server, "openai", f"usagecut?tokens=3&tag={tag}") as client:
+        sid = client.headers["X-Stream-Id"]
+        name, error = ended(client)
+    assert name == "error" and error["code"] == "upstream_cut"
+    assert error["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10,
+                              "source": "partial"}
+    assert info(usage_server, sid)["usage"] == error["usage"]
+
+
 @pytest.mark.parametrize("provider", ["openai", "ollama"])
 def test_a_cancelled_stream_counts_what_was_produced(usage_server, provider, tag) -> None:
     with chat(usage_server, provider, f"slow?tokens=50&delay_ms=100&tag={tag}") as client:

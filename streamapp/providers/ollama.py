@@ -269,13 +269,13 @@ class OllamaProvider:
                                 json.dumps(arguments or {}, ensure_ascii=False, separators=(",", ":"))))
         return out
 
-    def _usage(self, obj: dict[str, Any], line: str) -> dict[str, int] | None:
-        """Usage from the last line's counts; ``None`` when it has neither."""
+    def _usage(self, obj: dict[str, Any], line: str) -> dict[str, int | None] | None:
+        """Usage from the last line's counts (one it left out ``None``); ``None`` when it has neither."""
         prompt = token_count(obj, "prompt_eval_count", self.what, line)
         completion = token_count(obj, "eval_count", self.what, line)
         if prompt is None and completion is None:
             return None
-        # Ollama leaves a count out when it is 0 (a cached prompt, say).
-        prompt, completion = prompt or 0, completion or 0
+        # Ollama leaves a count out when it did not make one (a prompt served from its cache,
+        # say): that count stays unknown (None), never a 0 it did not report.
         return {"prompt_tokens": prompt, "completion_tokens": completion,
-                "total_tokens": prompt + completion}
+                "total_tokens": None if prompt is None or completion is None else prompt + completion}

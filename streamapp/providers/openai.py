@@ -122,58 +122,63 @@ class OpenAIProvider:
         index = 0
         finish_reason: str | None = None
         usage: dict[str, Any] | None = None  # None until a usage chunk: unknown, never zeros
-        for event in events:
-            if event.data == "[DONE]":
-                yield Done(finish_reason or "stop", usage)
-                return
-            if not event.data:
-                continue
-            chunk = parse_object(event.data, self.what)
-            counts = chunk.get("usage")
-            if counts is not None:
-                usage = self._usage(counts, event.data) or usage
-            choices = chunk.get("choices")
-            if choices is None:
-                continue
-            if not isinstance(choices, list):
-                raise bad_shape(self.what, "choices is not a list", event.data)
-            for choice in choices:
-                if not isinstance(choice, dict):
-                    raise bad_shape(self.what, "a choice is not an object", event.data)
-                delta = choice.get("delta")
-                if delta is not None:
-                    if not isinstance(delta, dict):
-                        raise bad_shape(self.what, "delta is not an object", event.data)
-                    text = delta.get("content")
-                    if text is not None and len(delta) == 1:  # the hot path: a plain text delta
-                        if not isinstance(text, str):
-                            raise bad_shape(self.what, "delta.content is not a string", event.data)
-                        if text:
-                            yield Delta(text, index)
-                            index += 1
-                    else:  # the first (with role), reasoning, tool calls, the last
-                        thought = delta.get("reasoning_content")
-                        if thought is None:
-                            thought = delta.get("reasoning")
-                        if thought is not None:
-                            if not isinstance(thought, str):
-                                raise bad_shape(self.what, "delta reasoning is not a string", event.data)
-                            if thought:
-                                yield Reasoning(thought)
-                        if text is not None and not isinstance(text, str):
-                            raise bad_shape(self.what, "delta.content is not a string", event.data)
-                        if text:
-                            yield Delta(text, index)
-                            index += 1
-                        calls = delta.get("tool_calls")
-                        if calls is not None:
-                            yield from self._tool_calls(calls, event.data)
-                reason = choice.get("finish_reason")
-                if reason is not None and not isinstance(reason, str):
-                    raise bad_shape(self.what, "finish_reason is not a string", event.data)
-                finish_reason = reason or finish_reason
+        try:
+            for event in events:
+                if event.data == "[DONE]":
+                    yield Done(finish_reason or "stop", usage)
+                    return
+                if not event.data:
+                    continue
+                chunk = parse_object(event.data, self.what)
+                counts = chunk.get("usage")
+                if counts is not None:
+                    usage = self._usage(counts, event.data) or usage
+                choices = chunk.get("choices")
+                if choices is None:
+                    continue
+                if not isinstance(choices, list):
+                    raise bad_shape(self.what, "choices is not a list", event.data)
+                for choice in choices:
+                    if not isinstance(choice, dict):
+                        raise bad_shape(self.what, "a choice is not an object", event.data)
+                    delta = choice.get("delta")
+                    if delta is not None:
+                        if not isinstance(delta, dict):
+                            raise bad_shape(self.what, "delta is not an object", event.data)
+                        text = delta.get("content")
+                        if text is not None and len(delta) == 1:  # the hot path: a plain text delta
+                            if not isinstance(text, str):
+                                raise bad_shape(self.what, "delta.content is not a string", event.data)
+                            if text:
+                                yield Delta(text, index)
+                                index += 1
+                        else:  # the first (with role), reasoning, tool calls, the last
+                            thought = delta.get("reasoning_content")
+                            if thought is None:
+                                thought = delta.get("reasoning")
+                            if thought is not None:
+                                if not isinstance(thought, str):
+                                    raise bad_shape(self.what, "delta reasoning is not a string", event.data)
+                                if thought:
+                                    yield Reasoning(thought)
+                            if text is not None and not isinstance(text, str):
+                                raise bad_shape(self.what, "delta.content is not a string", event.data)
+                            if text:
+                                yield Delta(text, index)
+                                index += 1
+                            calls = delta.get("tool_calls")
+                            if calls is not None:
+                                yield from self._tool_calls(calls, event.data)
+                    reason = choice.get("finish_reason")
+                    if reason is not None and not isinstance(reason, str):
+                        raise bad_shape(self.what, "finish_reason is not a string", event.data)
+                    finish_reason = reason or finish_reason
+        except UpstreamError as exc:  # cut, or a bad chunk, after the usage chunk: its counts kept
+            if exc.usage is None:
+                exc.usage = usage
+            raise
         raise UpstreamError(f"{self.what} ended the stream without [DONE]",
-                            code="upstream_cut")
+                            code="upstream_cut", usage=usage)
 
     def _tool_calls(self, calls: object, text: str) -> list[ToolCall]:
         """One ``ToolCall`` per ``delta.tool_calls[]`` entry, each checked before any is used."""

@@ -230,7 +230,9 @@ class Producer:
                 code = "upstream_stalled"
             logger.warning("stream %s: %s: %s", self.sid, code, exc.detail,
                            extra={"stream_id": self.sid, "request_id": self.meta.get("request_id")})
-            return Failed(code, exc.message, exc.status, exc.upstream_status, retry_after=exc.retry_after)
+            # usage: the counts the upstream sent before it failed (final_usage keeps them)
+            return Failed(code, exc.message, exc.status, exc.upstream_status, usage=exc.usage,
+                          retry_after=exc.retry_after)
         # A provider bug must end the stream, not hang it.
         logger.error("producer of stream %s failed", self.sid, exc_info=exc)
         return Failed("internal_error", f"internal error: {type(exc).__name__}", 500)

@@ -11,6 +11,8 @@ Every stream ends with one record, ``{"prompt_tokens", "completion_tokens", "tot
 - ``partial``: the stream ended early after the upstream accepted it (cancelled, client gone,
   cut, stalled, a failure, our own length limit): the output counted from the chunks the
   upstream produced, the input estimated (the upstreams send their counts only at the end);
+  a count the upstream did send before the end (OpenAI's usage chunk, then a cut before
+  ``[DONE]``) is its own, kept as it sent it;
 - ``unknown``: the stream ended before the upstream accepted it (refused, unreachable, a
   timeout before its answer): every count ``null``, never a 0 standing for "unknown".
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..events import Done, Event
+from ..events import Done, Event, Failed
 
 SOURCES = ("reported", "partial", "estimated", "unknown")
 BYTES_PER_TOKEN = 4  # UTF-8 bytes per token, about, for English text and code
@@ -72,11 +74,25 @@ def usage_meta(messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[s
     return out
 
 
-def _counted(prompt: int | None, completion: int, source: str) -> dict[str, Any]:
-    methods = ([PROMPT_METHOD] if prompt is not None else []) + [COMPLETION_METHOD]
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": None if prompt is None else prompt + completion,
-            "source": source, "method": "; ".join(methods)}
+def _counted(prompt: int | None, completion: int, source: str,
+             sent: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A record of our counts, but for those the upstream ``sent`` (its own, kept)."""
+    methods = []
+    theirs = (sent or {}).get("prompt_tokens")
+    if type(theirs) is int:
+        prompt = theirs
+    elif prompt is not None:
+        methods.append(PROMPT_METHOD)
+    theirs = (sent or {}).get("completion_tokens")
+    if type(theirs) is int:
+        completion = theirs
+    else:
+        methods.append(COMPLETION_METHOD)
+    record = {"prompt_tokens": prompt, "completion_tokens": completion,
+              "total_tokens": None if prompt is None else prompt + completion, "source": source}
+    if methods:
+        record["method"] = "; ".join(methods)
+    return record
 
 
 def final_usage(end: Event, *, from_upstream: bool, opened: bool, chunks: int,
@@ -85,7 +101,8 @@ def final_usage(end: Event, *, from_upstream: bool, opened: bool, chunks: int,
 
     ``from_upstream``: the upstream ended it (its ``Done``); ``opened``: the upstream accepted
     the request; ``chunks``: the content chunks (text, reasoning, tool-call fragments) it
-    produced; ``prompt_estimate``: :func:`estimate_input` of the request, when known."""
+    produced; ``prompt_estimate``: :func:`estimate_input` of the request, when known. A
+    ``Failed`` end's ``usage`` is what the upstream counted before it failed, if anything."""
     if from_upstream and isinstance(end, Done):
         reported = end.usage
         if reported:
@@ -99,7 +116,7 @@ def final_usage(end: Event, *, from_upstream: bool, opened: bool, chunks: int,
         return _counted(prompt_estimate, chunks, "estimated")
     if not opened and not chunks:
         return {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None, "source": "unknown"}
-    return _counted(prompt_estimate, chunks, "partial")
+    return _counted(prompt_estimate, chunks, "partial", end.usage if isinstance(end, Failed) else None)
 
 
 def openai_usage(record: dict[str, Any] | None) -> dict[str, Any] | None:
