@@ -11,7 +11,15 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from .errors import ApiError
 from .providers.base import has_surrogate_escape, well_formed
@@ -131,6 +139,12 @@ class StreamsQuery(BaseModel):
         description="only streams of this model")] = None
     limit: Annotated[int, Field(ge=1, le=1000, description="at most this many, newest first"),
                      BeforeValidator(_bounded_digits)] = 100
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_absent(cls, data: Any) -> Any:
+        """``?state=&key=&model=&limit=`` (a form's empty fields): an empty value is one not given."""
+        return {k: v for k, v in data.items() if v != ""} if isinstance(data, dict) else data
 
 
 # -- POST /v1/chat/completions: OpenAI's request, the fields upstreams understand ---------------

@@ -112,6 +112,9 @@ def test_filters_limit_and_a_resume_counted(pair, tag) -> None:
     assert [r["stream_id"] for r in mine] == [sid]
     assert listing(a, state="running", model=f"normal?tokens=3&tag={tag}")["streams"] == []
     assert len(listing(a, limit=1)["streams"]) == 1
+    # Empty values (a form's empty fields, the README's `?state=&key=&model=&limit=`) are not given.
+    everything = listing(a, ALICE, state="", key="", model="", limit="")["streams"]
+    assert sid in {r["stream_id"] for r in everything}
     for query, field in (({"limit": 0}, "limit"), ({"limit": "x"}, "limit"), ({"state": "done"}, "state")):
         resp = requests.get(f"{a.url}/api/streams", params=query, headers=ROOT, timeout=10)
         assert resp.status_code == 400 and resp.json()["error"]["field"] == field, resp.text
@@ -153,6 +156,21 @@ def test_a_key_that_is_not_admin_sees_its_own_streams_and_is_refused_the_rest(pa
         assert other.status_code == 401
         assert requests.post(f"{a.url}/api/streams/{sid}/cancel", headers=ROOT, timeout=5).status_code == 202
         assert running.read_all()[-1].event == "end"
+
+
+def test_only_an_admins_listing_has_the_processes_publish_figures(start_server, shared, redis_url) -> None:
+    import redis
+
+    prefix = f"streamapp-test-{uuid.uuid4().hex[:8]}"
+    server = start_server(**dict(shared, REDIS_PREFIX=prefix))
+    inspecting = f"{prefix}:inspecting"
+    with redis.Redis.from_url(redis_url) as client:
+        listing(server, ALICE, state="running")
+        listing(server, ALICE)
+        assert not client.exists(inspecting)  # a key's own streams: nobody publishes for it
+        listing(server, ROOT)
+        assert client.exists(inspecting)
+        client.delete(inspecting)
 
 
 def test_a_stall_shows_and_a_stream_whose_process_died_is_lost(pair, start_server, shared, tag) -> None:
@@ -424,3 +442,57 @@ def scenario_recent_set(url: str, prefix: str) -> None:
 
 def test_redis_recent_set_notes_resumes_and_live_figures(redis_url, redis_prefix) -> None:
     run_patched("test_inspector", "scenario_recent_set", url=redis_url, prefix=redis_prefix)
+
+
+class _Counted:
+    """A Redis client that notes the commands it sends about processes' liveness keys."""
+
+    def __init__(self, client, prefix: str) -> None:
+        self.client, self.owners, self.calls = client, f"{prefix}:owner:", []
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.client, name)
+        if name not in ("exists", "mget"):
+            return attr
+
+        def counted(*args, **kwargs):
+            keys = [k for a in args for k in (a if isinstance(a, list) else [a])]
+            if any(str(k).startswith(self.owners) for k in keys):
+                self.calls.append(name)
+            return attr(*args, **kwargs)
+        return counted
+
+
+def scenario_liveness_read_once(url: str, prefix: str) -> None:
+    """Running streams of several other processes without published figures: the listing asks
+    whether their processes live in one command, and those whose key expired are lost."""
+    from types import SimpleNamespace
+
+    from streamapp.streams.inspect import Inspector
+    from streamapp.streams.redis_store import RedisStore
+
+    stores = [RedisStore(url, prefix, ttl=60, running_ttl=60, lease=5, recent_max=20) for _ in range(4)]
+    producers, watcher = stores[:3], stores[3]
+    try:
+        for n, producer in enumerate(producers):
+            producer.start(f"producer-{n}")
+            for k in range(2):
+                producer.create(f"p{n}s{k}", {"state": "running", "format": "plain", "started": time.time()})
+                producer.published(f"p{n}s{k}", 5)
+        watcher.start("watcher")
+        for n in (0, 1):  # their processes die: keys no longer renewed, expired
+            producers[n].close()
+            watcher.redis.delete(f"{prefix}:owner:producer-{n}")
+        counted = watcher.liveness.client = _Counted(watcher.liveness.client, prefix)
+        manager = SimpleNamespace(store=watcher, pulse=SimpleNamespace(figures={}), owner="watcher")
+        rows = {r["stream_id"]: r["state"] for r in Inspector(manager, 100).rows()}
+        assert rows == {f"p{n}s{k}": "lost" if n < 2 else "running" for n in range(3) for k in range(2)}, rows
+        assert counted.calls == ["mget"], counted.calls  # three owners, six streams: one command
+    finally:
+        watcher.redis.delete(*watcher.redis.keys(f"{prefix}:*"))
+        for store in stores:
+            store.close()
+
+
+def test_the_liveness_of_other_processes_is_read_in_one_command(redis_url, redis_prefix) -> None:
+    run_patched("test_inspector", "scenario_liveness_read_once", url=redis_url, prefix=redis_prefix)

@@ -65,8 +65,8 @@ def page() -> tuple[str, int]:
     return render_template("inspect.html", viewer="admin", client=client.name), 200
 
 
-def _listing(filters: Filters, limit: int | None = None) -> dict[str, Any]:
-    return {"now": round(time.time(), 3), "streams": get_inspector().rows(filters, limit)}
+def _listing(filters: Filters, limit: int | None = None, publish: bool = True) -> dict[str, Any]:
+    return {"now": round(time.time(), 3), "streams": get_inspector().rows(filters, limit, publish=publish)}
 
 
 @describe("Recent streams, every process's", "inspector", {
@@ -74,19 +74,23 @@ def _listing(filters: Filters, limit: int | None = None) -> dict[str, Any]:
                                  "view has every client's, another key's only its own."),
     **errors("400", "403", "503")}, query=(StreamsQuery,),
     description="Admin keys see every stream (STREAMAPP_ADMIN_KEYS); any other key only its own, "
-                "and a 403 (`admin_only`) when it names another `key`. At most "
-                "{INSPECT_MAX_STREAMS} recent streams (INSPECT_MAX_STREAMS).")
+                "and a 403 (`admin_only`) when it names another `key`; its running streams of other "
+                "processes have their live figures only while an admin inspects. At most "
+                "{INSPECT_MAX_STREAMS} recent streams (INSPECT_MAX_STREAMS). An empty parameter "
+                "(`?state=`) is one not given.")
 @bp.get("/api/streams")
 def streams() -> Response:
     """Recent streams as JSON, filtered by ``state``, ``key`` and ``model``."""
     query = parse(StreamsQuery, request.args.to_dict())
     key = query.key
     client = g.get("client")
-    if client is not None and not client.admin:
+    admin = client is None or client.admin
+    if not admin:
         if key is not None and key != client.name:
             raise Forbidden("only an admin key may list another key's streams", code="admin_only")
         key = client.name
-    return jsonify(_listing(Filters(query.state, key, query.model), query.limit))
+    # Only an admin's listing has every process publish its figures (``Store.inspected``).
+    return jsonify(_listing(Filters(query.state, key, query.model), query.limit, publish=admin))
 
 
 LIVE_EVENTS = response(

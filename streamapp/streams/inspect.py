@@ -10,8 +10,9 @@ Where each figure comes from, none of it written per event:
   producer's own figures, sampled once a second (``streams.live``), read here from the
   producer for this process's streams and from the figures its process published for the
   others' (so "the last event" is late by at most a second; with Redis, processes publish
-  them only while someone inspects: for a second after the first listing, the others'
-  running streams show without them);
+  them only while an admin inspects: for a second after the first admin listing, and in a
+  listing of a key that is not admin unless an admin inspects too, the others' running
+  streams show without them);
 - an ended stream's figures: what its producer added to its metadata once, at its end
   (``ended``, ``outcome``, ``finish_reason``, ``error``, ``ttft_s``, ``tokens``, and
   ``usage``: its usage record, ``streamapp.usage.record``);
@@ -20,7 +21,7 @@ Where each figure comes from, none of it written per event:
 - resumes: a count in the metadata, one write per resume.
 
 A running stream whose process is gone (no figures published, its liveness key expired)
-shows as ``lost``.
+shows as ``lost``: the liveness of every such owner is read in one round trip.
 """
 
 from __future__ import annotations
@@ -46,9 +47,15 @@ class Filters:
     model: str | None = None
 
     def keep(self, row: dict[str, Any]) -> bool:
-        return (self.state is None or row["state"] == self.state) and \
-            (self.key is None or row["client"] == self.key) and \
-            (self.model is None or row["model"] == self.model)
+        return (self.state is None or row["state"] == self.state) and self.early(row)
+
+    def early(self, meta: dict[str, Any]) -> bool:
+        """Whether a stream's metadata (or row) passes the filters known before its row is made
+        (``state`` needs its liveness: :meth:`keep`)."""
+        return (self.key is None or meta.get("client") == self.key) and \
+            (self.model is None or meta.get("model") == self.model) and \
+            (self.state != "finished" or meta.get("state") == "finished") and \
+            (self.state not in ("running", "lost") or meta.get("state") != "finished")
 
 
 class Inspector:
@@ -59,10 +66,16 @@ class Inspector:
         self._snapshot: tuple[float, list[dict[str, Any]]] | None = None
 
     def rows(self, filters: Filters | None = None, limit: int | None = None,
-             reuse: float = 0.0) -> list[dict[str, Any]]:
-        """The rows that pass ``filters``, newest first, at most ``limit``, from a snapshot at
-        most ``reuse`` seconds old."""
-        kept = [row for row in self.snapshot(reuse) if filters is None or filters.keep(row)]
+             reuse: float = 0.0, *, publish: bool = True) -> list[dict[str, Any]]:
+        """The rows that pass ``filters``, newest first, at most ``limit``: from a snapshot at
+        most ``reuse`` seconds old when ``reuse``, else read now (only the streams that pass
+        the metadata's filters get their readers and figures). ``publish``: every process
+        publishes its running streams' figures for a while (an admin inspects), which a
+        listing of a key that is not admin does not ask for."""
+        if reuse > 0:
+            kept = [row for row in self.snapshot(reuse) if filters is None or filters.keep(row)]
+        else:
+            kept = [row for row in self._read(filters, publish) if filters is None or filters.keep(row)]
         return kept if limit is None else kept[:limit]
 
     def snapshot(self, reuse: float = 0.0) -> list[dict[str, Any]]:
@@ -75,12 +88,14 @@ class Inspector:
         self._snapshot = (now, rows)
         return rows
 
-    def _read(self) -> list[dict[str, Any]]:
+    def _read(self, filters: Filters | None = None, publish: bool = True) -> list[dict[str, Any]]:
         store, manager = self.manager.store, self.manager
-        store.inspected()
+        if publish:
+            store.inspected()
         sids = store.recent(self.max_streams)
         found = [(sid, meta) for sid, meta in zip(sids, store.metas(sids, FIELDS), strict=True)
-                 if meta is not None and meta.get("state") is not None]
+                 if meta is not None and meta.get("state") is not None
+                 and (filters is None or filters.early(meta))]
         if not found:
             return []
         readers = store.reader_counts([sid for sid, _ in found])
@@ -89,14 +104,17 @@ class Inspector:
                   if meta.get("state") != "finished" and meta.get("owner") not in (None, manager.owner)}
         if others:
             figures = {**store.live(sorted(others)), **figures}
+        unseen = {meta.get("owner") for sid, meta in found
+                  if meta.get("state") != "finished" and sid not in figures}
+        alive = store.owners_alive(unseen)
         rows = []
         for (sid, meta), count in zip(found, readers, strict=True):
             live = figures.get(sid)
             if live is not None and meta.get("owner") not in (None, manager.owner):
                 count += live[4]  # its readers in its own process, which keeps their leases
             running = meta.get("state") != "finished"
-            alive = live is not None or not running or store.owner_alive(meta)
-            rows.append(row(sid, meta, count, live, alive))
+            rows.append(row(sid, meta, count, live, live is not None or not running
+                            or meta.get("owner") in alive))
         rows.sort(key=lambda r: r["started"] or 0, reverse=True)
         return rows
 

@@ -58,6 +58,10 @@ class Store:
         """Whether the process producing a stream (its ``meta``) still runs."""
         return True
 
+    def owners_alive(self, owners: set[str | None]) -> set[str | None]:
+        """Which of these producing processes (streams' ``owner``) still run, in one round trip."""
+        return set(owners)
+
     def cancelled(self, sids: list[str]) -> set[str]:
         """Which of these streams have a cancel request (a poll behind the messages)."""
         return set()

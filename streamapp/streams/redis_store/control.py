@@ -135,8 +135,21 @@ class Liveness:
         known = self._alive.get(owner)
         if known is not None and now - known[0] < ALIVE_CACHE_S:
             return known[1]
-        alive = bool(self.client.exists(self.keys("owner", owner)))
+        return owner in self.alive_many([owner])
+
+    def alive_many(self, owners: list[str]) -> set[str]:
+        """Which of ``owners`` renewed their key within ``OWNER_TTL_S``: those not asked within
+        ``ALIVE_CACHE_S`` in one ``MGET``."""
+        now = time.monotonic()
+        known = {o: self._alive.get(o) for o in owners}
+        ask = [o for o, k in known.items() if k is None or now - k[0] >= ALIVE_CACHE_S]
+        found = {o for o, k in known.items() if o not in ask and k is not None and k[1]}
+        if not ask:
+            return found
         if len(self._alive) > 1000:
             self._alive = {o: k for o, k in self._alive.items() if now - k[0] < ALIVE_CACHE_S}
-        self._alive[owner] = (now, alive)
-        return alive
+        for owner, value in zip(ask, self.client.mget([self.keys("owner", o) for o in ask]), strict=True):
+            self._alive[owner] = (now, value is not None)
+            if value is not None:
+                found.add(owner)
+        return found

@@ -193,6 +193,14 @@ class RedisStore(Store):
         with self.health.failing():
             return self.liveness.alive(owner)
 
+    def owners_alive(self, owners: set[str | None]) -> set[str | None]:
+        others = sorted(o for o in owners if o is not None and o != self.liveness.owner)
+        mine = owners.difference(others)  # our own, and local records (no owner)
+        if not others:
+            return mine
+        with self.health.failing():
+            return mine | self.liveness.alive_many(others)
+
     def cancelled(self, sids: list[str]) -> set[str]:
         """Cancels of our own streams; while Redis is down, those asked here only."""
         found = {sid for sid in sids if self.mirror.logs.cancel_requested(sid)}
