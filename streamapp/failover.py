@@ -122,6 +122,7 @@ class Failover:
         self._retried: set[Target] = set()
         self.attempts: list[Attempt] = []
         self.upstream: str | None = None  # the target that won
+        self.upstream_model: str | None = None  # the model it was asked for
         self.began = clock()
         self._admitted = False  # the head of the line passed its circuit
         self.events: Iterator[Event] = self._run()
@@ -166,9 +167,11 @@ class Failover:
 
     def decided(self, event: Event | None) -> dict[str, Any]:
         """The producer's ``on_first`` hook (the first token, or the end before one): the
-        fields for the stream's metadata, ``upstream`` (the target that won, else ``None``) and
-        ``attempts``."""
-        return {"upstream": self.upstream, "attempts": [a.to_dict() for a in self.attempts]}
+        fields for the stream's metadata, ``upstream`` (the target that won, else ``None``), the
+        model it was asked for (``upstream_model``: what the price table's ``upstream/model``
+        names) and ``attempts``."""
+        return {"upstream": self.upstream, "upstream_model": self.upstream_model,
+                "attempts": [a.to_dict() for a in self.attempts]}
 
     # -- the events --------------------------------------------------------------------------
     def _run(self) -> Iterator[Event]:
@@ -222,7 +225,7 @@ class Failover:
                 self._judge(target.upstream, None)
                 raise
             self._end(attempt, "success", None, started)
-            self.upstream = target.upstream
+            self.upstream, self.upstream_model = target.upstream, target.model
             self._judge(target.upstream, event)  # a success costs no Redis round trip here
             if held is not None:
                 yield held

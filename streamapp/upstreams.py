@@ -288,13 +288,19 @@ def _default_route(where: _Where, raw: Any, _: Mapping[str, str], read: dict[str
 PRICE_KEYS = ("input", "output")
 
 
-def _prices(where: _Where, raw: Any, _: Mapping[str, str], __: dict[str, Any]) -> Prices:
+def _prices(where: _Where, raw: Any, _: Mapping[str, str], read: dict[str, Any]) -> Prices:
     raw = _table(where, None, "prices", raw)
     currency = _text(where, "prices", "currency", raw.get("currency", "USD"))
+    routes: Mapping[str, Route] = read.get("routes", {})
+    priceable = {RESERVED, *routes, *(f"{t.upstream}/{t.model}" for r in routes.values() for t in r.targets)}
     models: dict[str, Price] = {}
     for name, value in raw.items():
         if name == "currency":
             continue
+        if name not in priceable:  # a price that could never match: a typo, or a model no route serves
+            known = ", ".join(sorted(priceable))
+            raise where.fail("prices", _quoted(name), f"names no route, {RESERVED!r} nor a route's target "
+                                                      f"(upstream/model); known: {known}")
         table = f"prices.{_quoted(name)}"
         value = _table(where, "prices", _quoted(name), value)
         _only(where, table, value, PRICE_KEYS)

@@ -1,10 +1,11 @@
 """The price table (``[prices]`` of the upstreams file): what a million input and output tokens
 of a model cost, so the ledger counts money beside tokens.
 
-A model is priced by the first of ``"<upstream>/<model>"`` and ``"<model>"`` (the model as the
-stream's metadata names it: a route's public name on the ``/v1`` doors) that the table has;
-a model it lacks costs nothing (its tokens are still counted). Costs are kept in billionths of
-the table's currency, integers that add up exactly.
+A stream is priced by the first of ``"<upstream>/<model>"`` (the target that answered it: its
+upstream and the model asked of that upstream) and ``"<public name>"`` (the model as clients
+name it: a route's name) that the table has; a model it lacks costs nothing (its tokens are
+still counted). The upstreams file refuses a price that could never match (``upstreams``).
+Costs are kept in billionths of the table's currency, integers that add up exactly.
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ class Prices:
     models: Mapping[str, Price]
     currency: str = "USD"
 
-    def nano_cost(self, model: str, upstream: str, prompt: int, completion: int) -> int:
-        """What ``prompt`` input and ``completion`` output tokens of ``model`` on ``upstream``
-        cost, in billionths of the currency (0 for a model without a price)."""
-        price = self.models.get(f"{upstream}/{model}") or self.models.get(model)
+    def nano_cost(self, model: str, upstream: str, upstream_model: str | None, prompt: int,
+                  completion: int) -> int:
+        """What ``prompt`` input and ``completion`` output tokens of public model ``model``,
+        answered by ``upstream``'s ``upstream_model``, cost, in billionths of the currency (0 for
+        a model without a price)."""
+        price = (self.models.get(f"{upstream}/{upstream_model}") if upstream_model else None) \
+            or self.models.get(model)
         if price is None:
             return 0
         return round((prompt * price.input + completion * price.output) * NANO / PER)

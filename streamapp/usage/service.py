@@ -6,9 +6,10 @@ stream, in the process that ran it) it adds the stream's usage record to the led
 key's name, model (as clients name it: ``meta["public_model"]`` where a door's ``model`` is the
 upstream's), upstream (``meta["upstream"]``, else its provider) and day (UTC), and settles the
 stream's budget reservation (``meta["budget"]``) to what it used; with a price table
-(``[prices]`` of the upstreams file) the ledger counts the stream's cost too. It works in the
-producer's greenlet after the stream's end reached its readers; a failure is logged, never
-raised.
+(``[prices]`` of the upstreams file) the ledger counts the stream's cost too, priced by the
+target that answered (``meta["upstream"]`` and ``meta["upstream_model"]``), else its public
+name. It works in the producer's greenlet after the stream's end reached its readers; a
+failure is logged, never raised.
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ class UsageObserver:
         prompt, completion, total = tokens(s.usage)
         model = str(meta.get("public_model") or meta.get("model") or "-")  # the name clients send
         upstream = str(meta.get("upstream") or meta.get("provider") or "-")
-        cost = self.prices.nano_cost(model, upstream, prompt, completion) if self.prices is not None else 0
+        cost = 0
+        if self.prices is not None:  # the target that answered (upstream_model: failover), else the name
+            answered = meta.get("upstream_model") or meta.get("model")
+            cost = self.prices.nano_cost(model, upstream, str(answered) if answered else None,
+                                         prompt, completion)
         entry = Entry(s.sid, str(meta.get("client") or ANONYMOUS), model, upstream, today(self.clock),
                       prompt, completion, total, cost)
         try:
