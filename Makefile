@@ -27,7 +27,7 @@ lint: $(VENV)/.installed-dev
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-bench: $(VENV)/.installed-dev  ## run the benchmarks (about 8 minutes); results in bench/results/
+bench: $(VENV)/.installed-dev  ## run the benchmarks (about 10 minutes); results in bench/results/
 	$(PY) bench/run.py
 
 bench-latency: $(VENV)/.installed-dev  ## 50 tries of disconnect and cancel latency

@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/run.py            # full default run (~8 min), writes bench/results/latest.*
+    .venv/bin/python bench/run.py            # full default run (~10 min), writes bench/results/latest.*
     .venv/bin/python bench/run.py --quick    # smoke run with small sizes, results in a temp dir
     .venv/bin/python bench/run.py --workloads w1,w1b --rounds 1 --out /tmp/bench
     .venv/bin/python bench/run.py --workloads w1,w2 --otel --out /tmp/bench-otel   # tracing on
@@ -403,8 +403,11 @@ class Bench:
         silence = min(115.0, ramp_timeout + hold_s + 15)
         upstream = self.upstream(f"{workload}-upstream-{self.seq}")
         proc = upstream
+        # Silent by design: streamapp's stall timer (STALL_TIMEOUT_S, 60 s by default) would end
+        # the first streams held when a slow ramp and the hold together pass it.
+        settings = {"STALL_TIMEOUT_S": silence + 60} if target.startswith("A") else {}
         try:
-            proc = self.start_target(target, upstream, workload)
+            proc = self.start_target(target, upstream, workload, **settings)
             pids = proc.workers()
             before = h.memory_kb_sum(pids)
             sample: dict = {}
