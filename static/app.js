@@ -334,10 +334,13 @@ $("es-start").addEventListener("click", () => {
     if (es.readyState !== EventSource.CLOSED) return;  // it reconnects by itself
     es.close();
     if (got) return;
-    const status = await fetch("/stream", { method: "HEAD" }).then((r) => r.status, () => 0);
+    // An EventSource tells no status: ask a request that starts nothing (a HEAD /stream would run
+    // the stream's view and start one), as refusedWords does.
+    const status = await fetch("/v1/models", { method: "GET" }).then((r) => r.status, () => 0);
     if (status === 401) { signedIn = false; needKey("Your session has ended: sign in again to go on."); }
     out.textContent = status === 401 ? "The stream was refused: your session has ended, sign in again."
-      : status ? `The stream was refused (HTTP ${status}).` : "The server did not answer.";
+      : status >= 400 ? `The stream was refused (HTTP ${status}).`
+      : status ? "The stream could not be opened." : "The server did not answer.";
   });
 });
 

@@ -240,12 +240,12 @@ def test_each_upstream_attempt_is_a_client_child_span(receiver, monkeypatch) -> 
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
     providers = Providers(("traces",))
-    attempts = [{"upstream": "primary", "model": "gpt-4o-mini", "outcome": "upstream_http_error",
-                 "status": 503, "started_ms": 0.0, "ms": 20},
-                {"upstream": "local", "model": "llama3.2", "outcome": "success", "status": None,
-                 "started_ms": 20.0, "ms": 50}]  # as streamapp.failover records them
+    from streamapp.failover import Attempt
+
+    attempts = [Attempt("primary", "gpt-4o-mini", "upstream_http_error", 503, start_ms=0.0, ms=20).to_dict(),
+                Attempt("local", "llama3.2", "success", None, start_ms=20.0, ms=50).to_dict()]  # as recorded
     meta = {"route": "v1", "provider": "primary", "model": "gpt-4o-mini", "request_id": "r-1",
-            "upstream": "local", "attempts": attempts}
+            "upstream": "local", "attempts": attempts, "stream": False}  # a whole answer
     summary = StreamSummary(sid="s-attempts", meta=meta,
                             outcome="completed", finish_reason="stop", error_code=None, ttft_s=0.06,
                             events=5, tokens=3, duration_s=0.5,
@@ -266,6 +266,7 @@ def test_each_upstream_attempt_is_a_client_child_span(receiver, monkeypatch) -> 
         assert child.parent_span_id == stream.span_id and child.trace_id == stream.trace_id
         assert child.attributes["gen_ai.operation.name"] == "chat"
         assert "gen_ai.usage.input_tokens" not in child.attributes  # counted once, on the stream's span
+        assert "gen_ai.request.stream" not in child.attributes  # the stream's own: a whole answer
     assert first.attributes["streamapp.upstream"] == "primary"
     assert first.attributes["gen_ai.provider.name"] == "openai"
     assert first.attributes["error.type"] == "upstream_http_error" and first.status_code == STATUS_ERROR
@@ -340,6 +341,7 @@ def test_a_failover_is_a_client_span_per_attempt(start_server, receiver, fake_up
     assert first.attributes["error.type"] == "upstream_unreachable" and first.status_code == STATUS_ERROR
     assert second.attributes["streamapp.upstream"] == "primary"
     assert second.attributes["gen_ai.request.model"] == f"normal?tokens=3&tag={tag}"
+    assert first.attributes["gen_ai.request.stream"] is second.attributes["gen_ai.request.stream"] is True
     assert "error.type" not in second.attributes
     assert first.end_ns <= second.start_ns and second.end_ns == stream.end_ns
     assert stream.attributes["streamapp.upstream"] == "primary"

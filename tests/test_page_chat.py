@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -388,9 +389,13 @@ def test_with_keys_an_ended_session_is_said_in_words(keyed, context, transport) 
     page.click("#auth-send")
     page.wait_for_function("() => document.querySelector('#auth-status').textContent === 'Signed in as web.'")
     context.clear_cookies()  # the session ends (it expired, or the secret was rotated)
+    asked: list[tuple[str, str]] = []
+    page.on("request", lambda r: asked.append((r.method, urlsplit(r.url).path)))
     page.click("#es-start")
     page.wait_for_function("(t) => document.querySelector('#es-out').textContent.includes(t)",
                            arg="session has ended")
+    # Why it was refused is asked of a request that starts no stream.
+    assert ("GET", "/v1/models") in asked and ("HEAD", "/stream") not in asked, asked
     page.fill("#api-key", KEY)
     page.click("#auth-send")
     page.wait_for_function("() => document.querySelector('#auth-status').textContent === 'Signed in as web.'")

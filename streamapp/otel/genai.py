@@ -25,9 +25,9 @@ With a ``traceparent`` in the stream's metadata (the request's W3C header) the s
 child of the caller's span, in the caller's trace; otherwise it starts a trace.
 
 When the stream's metadata has ``attempts`` (``streamapp.failover``: one per target tried, in
-order, ``upstream``, ``model``, ``outcome``, ``status``, ``started_ms``, ``ms``), each is a
+order, ``upstream``, ``model``, ``outcome``, ``status``, ``start_ms``, ``ms``), each is a
 CLIENT child span ``chat {model}`` with its upstream, model, outcome, the upstream's HTTP
-status (``http.response.status_code``) and its time; usage stays
+status (``http.response.status_code``), its time and the stream's ``gen_ai.request.stream``; usage stays
 on the stream's span only, so no backend counts it twice.
 
 Metrics (histograms, in the conventions' units and bucket boundaries): ``gen_ai.server.request.duration``
@@ -166,23 +166,25 @@ class StreamTelemetry:
         if s.error_code is not None:
             span.set_status(Status(StatusCode.ERROR, s.error_code))
         if attempts:
-            self._attempts(span, common, attempts, start_ns, end_ns)
+            self._attempts(span, common, attempts, start_ns, end_ns, streaming=bool(meta.get("stream", True)))
         span.end(end_time=end_ns)
 
     def _attempts(self, parent: trace.Span, common: dict[str, Any], attempts: list[Mapping[str, Any]],
-                  start_ns: int, end_ns: int) -> None:
-        """A CLIENT span per upstream attempt, from its ``started_ms`` after the stream's start
+                  start_ns: int, end_ns: int, *, streaming: bool) -> None:
+        """A CLIENT span per upstream attempt, from its ``start_ms`` after the stream's start
         (else right after the one before) for its ``ms``; the one that answered (``success``)
-        lasts to the stream's end: its upstream streamed the answer."""
+        lasts to the stream's end: its upstream streamed the answer. ``streaming``: the stream's
+        request asked for a stream (``gen_ai.request.stream``, set only then)."""
         context = trace.set_span_in_context(parent)
         at = start_ns
         for attempt in attempts:
-            started, ms, outcome = attempt.get("started_ms", attempt.get("start_ms")), attempt.get("ms"), \
-                attempt.get("outcome")
+            started, ms, outcome = attempt.get("start_ms"), attempt.get("ms"), attempt.get("outcome")
             if _number(started):
                 at = min(end_ns, start_ns + int(started * 1e6))
             until = end_ns if outcome in SUCCESS or not _number(ms) else min(end_ns, at + int(ms * 1e6))
-            attributes = {"gen_ai.operation.name": OPERATION, "gen_ai.request.stream": True}
+            attributes: dict[str, Any] = {"gen_ai.operation.name": OPERATION}
+            if streaming:
+                attributes["gen_ai.request.stream"] = True
             kind = attempt.get("kind") or self.kinds.get(attempt.get("upstream"))
             _set(attributes, "gen_ai.provider.name", kind or common.get("gen_ai.provider.name"))
             _set(attributes, "gen_ai.request.model", attempt.get("model"))
