@@ -40,6 +40,7 @@ import gevent
 from flask import Flask
 
 from .events import Done, Event, Failed
+from .streams import short_client
 
 logger = logging.getLogger(__name__)
 EXTENSION = "circuits"
@@ -178,7 +179,7 @@ class RedisCircuits:
     """The circuits every worker and host shares, in Redis (Redis's clock decides)."""
 
     def __init__(self, url: str, prefix: str, failures: int, cooldown: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, client: Any = None) -> None:
         import redis  # only needed with Redis
 
         self.failures, self.cooldown, self.prefix = failures, cooldown, prefix
@@ -186,9 +187,9 @@ class RedisCircuits:
         # No connection before the first command: gunicorn forks before any. A few connections
         # serve every start (a check, a record: one short script each); past them a start waits
         # its turn, at most the timeout, and then goes through unchecked.
-        pool = redis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=2,
-                                                     socket_timeout=2, socket_connect_timeout=2)
-        self.client = redis.Redis(connection_pool=pool)
+        # ``client``: the app's pool for short commands (the store's), else one of our own.
+        self.client = client or redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=2, socket_timeout=2, socket_connect_timeout=2))
         self._allow = self.client.register_script(_ALLOW)
         self._record = self.client.register_script(_RECORD)
         self._state = self.client.register_script(_STATE)
@@ -283,7 +284,7 @@ def init_app(app: Flask) -> None:
     failures, cooldown = config["CIRCUIT_FAILURES"], config["CIRCUIT_COOLDOWN_S"]
     if config["REDIS_URL"]:
         backend: MemoryCircuits | RedisCircuits = RedisCircuits(
-            config["REDIS_URL"], config["REDIS_PREFIX"], failures, cooldown)
+            config["REDIS_URL"], config["REDIS_PREFIX"], failures, cooldown, client=short_client(app))
     else:
         backend = MemoryCircuits(failures, cooldown)
     names = [name for name in app.extensions.get("providers", {}) if name != "demo"] \

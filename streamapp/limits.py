@@ -39,6 +39,7 @@ from .errors import ApiError, TooManyDetachedStreams, TooManyStreams
 from .metrics import count_rejection
 from .models import parse_allowed_models
 from .slots import Slot, StreamSlots
+from .streams import short_client
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +226,8 @@ def init_app(app: Flask) -> None:
     _init_limiter(app)
     app.extensions["streamapp.slots"] = StreamSlots(
         config["MAX_STREAMS_PER_KEY"], config["MAX_STREAMS_PER_PROCESS"], config["SLOT_LEASE_S"],
-        config["REDIS_URL"], config["REDIS_PREFIX"], per_detached=config["MAX_DETACHED_PER_CLIENT"])
+        config["REDIS_URL"], config["REDIS_PREFIX"], per_detached=config["MAX_DETACHED_PER_CLIENT"],
+        client=short_client(app))
 
 
 __all__ = ["STREAM_ENDPOINTS", "Slot", "StreamSlots", "TooManyDetachedStreams", "TooManyStreams",

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 import gevent
 import redis
@@ -85,7 +86,8 @@ class StreamSlots:
     or this process's memory), and per process."""
 
     def __init__(self, per_key: int, per_process: int, lease_s: float, redis_url: str = "",
-                 prefix: str = "streamapp", pool_size: int = 16, *, per_detached: int = 0) -> None:
+                 prefix: str = "streamapp", pool_size: int = 16, *, per_detached: int = 0,
+                 client: Any = None) -> None:
         self.per_key, self.per_process, self.lease_s = per_key, per_process, lease_s
         self.per_detached = per_detached
         self.prefix = prefix
@@ -96,7 +98,8 @@ class StreamSlots:
         self.on_release: Callable[[], None] | None = None  # called when a slot is given back (the queue)
         self.redis = None
         if redis_url:
-            self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            # ``client``: the app's pool for short commands (the store's), else one of our own.
+            self.redis = client or redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
                 redis_url, max_connections=pool_size, timeout=2, socket_timeout=2,
                 socket_connect_timeout=2))
             self._acquire = self.redis.register_script(_ACQUIRE)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask, current_app
 
 from .inspect import Inspector
@@ -46,6 +48,14 @@ def init_app(app: Flask) -> None:
                     heartbeat=config["HEARTBEAT_S"])
     app.extensions["lifecycle"] = Lifecycle(manager, timing)
     app.extensions["inspector"] = Inspector(manager, config["INSPECT_MAX_STREAMS"])
+
+
+def short_client(app: Flask) -> Any:
+    """The Redis client of the app's store for short commands (its pool of ``REDIS_POOL_SIZE``),
+    which the slots, circuits and ledger share so that a worker's connections do not grow with
+    each part; ``None`` with the memory store (or before :func:`init_app`)."""
+    manager = app.extensions.get("streams")
+    return getattr(manager.store, "redis", None) if manager is not None else None
 
 
 def get_manager() -> StreamManager:

@@ -103,9 +103,11 @@ class MemoryLedger:
 class RedisLedger:
     """The ledger every worker and host shares through Redis under ``prefix``."""
 
-    def __init__(self, url: str, prefix: str, retention_days: int, pool_size: int = 8) -> None:
+    def __init__(self, url: str, prefix: str, retention_days: int, pool_size: int = 8,
+                 client: redis.Redis | None = None) -> None:
         self.prefix, self.retention_s = prefix, retention_days * 86_400
-        self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+        # ``client``: the app's pool for short commands (the store's), else one of our own.
+        self.redis = client or redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
             url, max_connections=pool_size, timeout=2, socket_timeout=2, socket_connect_timeout=2))
         self._add = self.redis.register_script(_ADD)
 

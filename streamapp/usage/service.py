@@ -25,7 +25,7 @@ from flask import Flask, current_app, g
 
 from ..errors import BudgetExceeded
 from ..metrics import count_rejection
-from ..streams import get_manager
+from ..streams import get_manager, short_client
 from ..streams.observe import StreamSummary
 from .budgets import Budgets, budget_limits
 from .ledger import ANONYMOUS, Entry, MemoryLedger, RedisLedger
@@ -86,7 +86,8 @@ def init_app(app: Flask) -> None:
     """Make the app's ledger and budgets (in Redis with ``REDIS_URL``) and observe its streams."""
     config = app.config
     url, prefix = config["REDIS_URL"], config["REDIS_PREFIX"]
-    ledger: Ledger = RedisLedger(url, prefix, config["USAGE_RETENTION_DAYS"]) if url else MemoryLedger()
+    ledger: Ledger = RedisLedger(url, prefix, config["USAGE_RETENTION_DAYS"], client=short_client(app)) \
+        if url else MemoryLedger()
     budgets = Budgets(budget_limits(config["TOKEN_BUDGET"], "STREAMAPP_TOKEN_BUDGET"),
                       config["BUDGET_LEASE_S"], url, prefix)
     fleet = app.extensions.get("upstreams")
