@@ -97,10 +97,15 @@ function startInspector() {
     return (r.ended ?? serverNow()) - r.last_event_at;
   }
 
-  function cells(r) {
-    const now = serverNow();
-    const age = r.started ? now - r.started : null;
+  // The two cells that move with the clock alone: the age, and the time since the last event.
+  function clockTexts(r) {
+    const age = r.started ? serverNow() - r.started : null;
     const last = r.state === "running" ? sinceLast(r) : null;
+    return [fmtSeconds(age), last === null ? (r.state === "finished" ? "ended" : "") : `${fmtSeconds(last)} ago`];
+  }
+
+  function cells(r) {
+    const [age, last] = clockTexts(r);
     const outcome = [r.outcome, r.finish_reason, r.error].filter(Boolean);
     return [
       ["stream_id", r.stream_id],
@@ -109,11 +114,11 @@ function startInspector() {
       ["route", [r.route, r.format && r.format !== r.route ? `(${r.format})` : ""].join(" ").trim()],
       ["model", upstreamText(r)],
       ["state", r.state],
-      ["age", fmtSeconds(age)],
+      ["age", age],
       ["ttft", r.ttft_s === null ? "" : fmtSeconds(r.ttft_s)],
       ["tokens", r.tokens === null ? "" : String(r.tokens)],
       ["tps", r.tokens_per_s === null ? "" : r.tokens_per_s.toFixed(1)],
-      ["last", last === null ? (r.state === "finished" ? "ended" : "") : `${fmtSeconds(last)} ago`],
+      ["last", last],
       ["readers", String(r.readers)],
       ["resumes", String(r.resumes)],
       ["outcome", [...new Set(outcome)].join(" · ")],
@@ -152,35 +157,101 @@ function startInspector() {
     select.value = chosen;
   }
 
+  // The table's rows are kept and updated in place, keyed by stream id: a diff changes only the
+  // cells whose text changed and moves only the rows whose place changed, so a click, a text
+  // selection or the pointer over a row survives the live updates.
+  const body = $("streams").tBodies[0];
+  const trs = new Map(); // stream id -> its <tr>
+  const tds = new WeakMap(); // <tr> -> its cells by column
+  let shownRows = []; // the rows on screen, in order
+
+  function setText(td, text) {
+    if (td.textContent !== text) td.textContent = text;
+  }
+
+  function setTitle(td, title) {
+    if (td.title !== title) td.title = title;
+  }
+
+  // A stream's row: made once, then only its cells' texts change.
+  function rowElement(r) {
+    let tr = trs.get(r.stream_id);
+    if (tr) return tr;
+    tr = document.createElement("tr");
+    tr.dataset.sid = r.stream_id;
+    const byName = new Map();
+    for (const [name] of cells(r)) {
+      const td = document.createElement("td");
+      td.dataset.col = name;
+      byName.set(name, td);
+      tr.appendChild(td);
+    }
+    tds.set(tr, byName);
+    trs.set(r.stream_id, tr);
+    return tr;
+  }
+
+  // What moves with the clock alone: the age, the time since the last event, the stall mark.
+  function fillClock(tr, r) {
+    const [age, last] = clockTexts(r);
+    const byName = tds.get(tr);
+    setText(byName.get("age"), age);
+    setText(byName.get("last"), last);
+    const since = sinceLast(r);
+    tr.classList.toggle("stalled", r.state === "running" && since !== null && since >= 5);
+  }
+
+  function fillRow(tr, r) {
+    const byName = tds.get(tr);
+    if (tr.dataset.state !== r.state) tr.dataset.state = r.state;
+    for (const [name, text] of cells(r)) {
+      if (name === "age" || name === "last") continue; // fillClock's
+      const td = byName.get(name);
+      setText(td, text);
+      if (name === "process" || name === "usage") setTitle(td, text);
+      if (name === "model") setTitle(td, r.attempts ? `${text}\n${attemptsText(r.attempts)}` : text);
+    }
+    fillClock(tr, r);
+    tr.classList.toggle("selected", Boolean(watched && watched.sid === r.stream_id));
+  }
+
   function render() {
     const all = [...rows.values()];
     fillSelect($("f-key"), new Set(all.map((r) => r.client).filter(Boolean)));
     fillSelect($("f-model"), new Set(all.map((r) => r.model).filter(Boolean)));
-    const shown = all.filter(passes).sort(compare);
-    const body = $("streams").tBodies[0];
-    body.replaceChildren(...shown.map((r) => {
-      const tr = document.createElement("tr");
-      tr.dataset.sid = r.stream_id;
-      tr.dataset.state = r.state;
-      const last = sinceLast(r);
-      if (r.state === "running" && last !== null && last >= 5) tr.classList.add("stalled");
-      if (watched && watched.sid === r.stream_id) tr.classList.add("selected");
-      for (const [name, text] of cells(r)) {
-        const td = document.createElement("td");
-        td.dataset.col = name;
-        td.textContent = text;
-        if (name === "process" || name === "usage") td.title = text;
-        if (name === "model") td.title = r.attempts ? `${text}\n${attemptsText(r.attempts)}` : text;
-        tr.appendChild(td);
-      }
-      tr.addEventListener("click", () => watch(r.stream_id));
-      return tr;
-    }));
+    shownRows = all.filter(passes).sort(compare);
+    for (const sid of trs.keys()) if (!rows.has(sid)) trs.delete(sid); // gone from the table
+    let next = body.firstChild;
+    for (const r of shownRows) {
+      const tr = rowElement(r);
+      fillRow(tr, r);
+      if (tr === next) next = next.nextSibling;
+      else body.insertBefore(tr, next); // only a row whose place changed moves
+    }
+    while (next) { // rows filtered out or gone
+      const after = next.nextSibling;
+      next.remove();
+      next = after;
+    }
     const running = all.filter((r) => r.state === "running").length;
-    $("counts").textContent = `${shown.length} shown of ${all.length} · ${running} running`;
+    $("counts").textContent = `${shownRows.length} shown of ${all.length} · ${running} running`;
     $("empty").hidden = all.length > 0;
     if (watched) showMeta(rows.get(watched.sid));
   }
+
+  // Each second the age and "last event" cells move on (nothing else changes between diffs).
+  function tick() {
+    for (const r of shownRows) {
+      const tr = trs.get(r.stream_id);
+      if (tr) fillClock(tr, r);
+    }
+  }
+
+  // One listener for every row, present and future.
+  body.addEventListener("click", (ev) => {
+    const tr = ev.target instanceof Element ? ev.target.closest("tr") : null;
+    if (tr && tr.parentNode === body && tr.dataset.sid) watch(tr.dataset.sid);
+  });
 
   for (const th of document.querySelectorAll("th[data-sort]")) {
     th.addEventListener("click", () => {
@@ -217,7 +288,7 @@ function startInspector() {
     $("link").textContent = table.readyState === EventSource.CLOSED
       ? "disconnected (the session may have expired: reload the page)" : "reconnecting…";
   };
-  setInterval(render, 1000); // ages and "last event" move on between diffs
+  setInterval(tick, 1000); // ages and "last event" move on between diffs
 
   // -- one stream, live -------------------------------------------------------------------
   function showMeta(r) {
@@ -259,7 +330,19 @@ function startInspector() {
     tools.hidden = true;
     $("d-end").textContent = "";
     $("detail").dataset.done = "false";
-    const calls = [];
+    const calls = []; // by index: { name: its Text node, args: the element its fragments go into }
+    // A tool call's line, "name(arguments)", put in index order; fragments are appended to it.
+    const toolLine = (index) => {
+      const line = document.createElement("span");
+      line.className = "call";
+      line.dataset.index = String(index);
+      const name = document.createTextNode("");
+      const args = document.createElement("span");
+      line.append(name, "(", args, ")");
+      const after = [...tools.children].find((el) => Number(el.dataset.index) > index);
+      tools.insertBefore(line, after || null);
+      return { name, args };
+    };
     const source = new EventSource(`/api/streams/${encodeURIComponent(sid)}/watch`);
     watched = { sid, source };
     showMeta(rows.get(sid));
@@ -271,18 +354,17 @@ function startInspector() {
     source.onmessage = (ev) => {
       const data = JSON.parse(ev.data);
       if ("delta" in data) {
-        answer.textContent += data.delta;
+        answer.append(data.delta); // a text node each: appending stays linear in the answer's length
         answer.dataset.chunks = String(Number(answer.dataset.chunks) + 1);
       } else if ("reasoning" in data) {
         reasoning.hidden = false;
-        reasoning.textContent += data.reasoning;
+        reasoning.append(data.reasoning);
       } else if ("tool_call" in data) {
         const call = data.tool_call;
-        const seen = calls[call.index] || (calls[call.index] = { name: "", args: "" });
-        seen.name = call.function.name || seen.name;
-        seen.args += call.function.arguments || "";
+        const seen = calls[call.index] || (calls[call.index] = toolLine(call.index));
+        if (call.function.name) seen.name.data = call.function.name;
+        if (call.function.arguments) seen.args.append(call.function.arguments);
         tools.hidden = false;
-        tools.textContent = calls.filter(Boolean).map((c) => `${c.name}(${c.args})`).join("\n");
       } else if (data.is_end) {
         const usage = usageText(data.usage);
         end(`ended: ${data.finish_reason}${usage ? ` · usage: ${usage}` : ""}`);

@@ -290,8 +290,27 @@ def test_the_page_lists_streams_of_both_instances_and_watches_one_live(pair, sig
         page.wait_for_function(f"() => Number(document.querySelector(\"tr[data-sid='{sid_b}'] "
                                "td[data-col='tokens']\").textContent) >= 2", timeout=10000)
         page.screenshot(path="/tmp/inspector-two-instances.png", full_page=True)
+        # Rows are updated in place: across diffs a row stays the same element, a text selection in
+        # it stays, and a click whose button is held while a diff lands still opens the stream.
+        tokens_b = f"tr[data-sid='{sid_b}'] td[data-col='tokens']"
+        moved = f"(n) => document.querySelector(\"{tokens_b}\").textContent !== n"  # a diff landed
+        page.evaluate(f"""() => {{
+            window.__row = document.querySelector("tr[data-sid='{sid_a}']");
+            const range = document.createRange();
+            range.selectNodeContents(window.__row.querySelector("td[data-col='client']"));
+            getSelection().removeAllRanges();
+            getSelection().addRange(range);
+        }}""")
+        page.wait_for_function(moved, arg=page.locator(tokens_b).text_content(), timeout=10000)
+        assert page.evaluate(f"""() => window.__row === document.querySelector("tr[data-sid='{sid_a}']")
+                                 && window.__row.isConnected && getSelection().toString() === 'alice'""")
+        page.hover(f"tr[data-sid='{sid_b}'] td[data-col='model']")
+        page.mouse.down()
+        page.wait_for_function(moved, arg=page.locator(tokens_b).text_content(), timeout=10000)
+        page.mouse.up()
         # The stream of instance b, watched from a page of instance a: its tokens as they come.
-        page.click(f"tr[data-sid='{sid_b}']")
+        page.wait_for_function(f"() => document.querySelector('#d-sid').textContent === '{sid_b}'",
+                               timeout=5000)
         page.wait_for_function(SAMPLE_WATCH, polling=20, timeout=20000)
         samples = page.evaluate("window.__samples")
         final = page.locator("#d-answer").text_content()
