@@ -58,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "SLOT_LEASE_S": 15.0,              # a stream slot's lease in Redis, renewed every third of it
     # Usage and token budgets (streamapp/usage/).
     "TOKEN_BUDGET": "",                # token budgets of keys without tokens=: "N/day,M/hour"; "" = none
-    "BUDGET_DEFAULT_MAX_TOKENS": 4096,  # reserved for a stream without max_tokens (plus its input)
+    "BUDGET_DEFAULT_MAX_TOKENS": 4096,  # a budgeted stream without max_tokens: reserved, and its cap
     "BUDGET_LEASE_S": 60.0,            # a reservation's lease in Redis, renewed every third of it
     "USAGE_RETENTION_DAYS": 400,       # the ledger keeps a day this long after its last stream (Redis)
     "USAGE_METRICS_BY_KEY": False,     # /metrics: streamapp_usage_tokens_total{key,kind}, a series per key

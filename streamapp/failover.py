@@ -127,6 +127,14 @@ class Failover:
         self._admitted = False  # the head of the line passed its circuit
         self.events: Iterator[Event] = self._run()
 
+    def cap_output(self, tokens: int | None) -> None:
+        """Ask every target for at most ``tokens`` output tokens (a budget's reservation): a
+        request that set no limit gets ``max_tokens`` (each provider's own name for it: Ollama's
+        ``num_predict``); one that set one set it within the reservation. Before the stream starts."""
+        params = self.chat.params
+        if tokens and params.get("max_tokens") is None and params.get("max_completion_tokens") is None:
+            self.chat = replace(self.chat, params={**params, "max_tokens": tokens})
+
     # -- circuits ----------------------------------------------------------------------------
     def admit(self) -> None:
         """Skip the targets whose circuit is open (each an attempt ``circuit_open``) up to the

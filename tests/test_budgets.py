@@ -14,8 +14,8 @@ import pytest
 import requests
 from websockets.sync.client import connect
 
-from streamapp.usage.record import estimate_input
-from tests.helpers import SSEClient, first_deltas, poll_until, recv_until
+from streamapp.usage.record import estimate_input, usage_meta
+from tests.helpers import SSEClient, first_deltas, poll_until, recv_until, upstream_log
 
 KEYS = {"alice": "sk-alice-0123456789", "bob": "sk-bob-0123456789"}
 MESSAGE = "hi"
@@ -77,6 +77,55 @@ def test_exactly_the_allowed_streams_pass_across_two_instances(start_server, red
     resp = poll_until(lambda: started(b, f"normal?tokens=2&tag={tag}", 200), 5, "the settlements",
                       interval=0.2)
     resp.close()
+
+
+def _chat_end(server, model: str, provider: str = "openai", name: str = "alice",
+              **extra) -> tuple[int, dict | None]:
+    """A whole /api/chat stream of ``name``'s: its status and its last event's data."""
+    with SSEClient(f"{server.url}/api/chat", "POST", {"uid": 1, "message": MESSAGE, "provider": provider,
+                                                      "model": model, **extra}, headers=auth(name)) as client:
+        if client.status != 200:
+            return client.status, None
+        return 200, json.loads(client.read_all()[-1].data)
+
+
+def test_a_stream_without_max_tokens_spends_at_most_its_reservation(start_server, fake_upstream, tmp_path,
+                                                                     tag) -> None:
+    """The reviewer's repro: 100 tokens a day, 10 reserved for the output of a stream without
+    max_tokens, five streams at once against an upstream that writes 60 tokens whatever it is
+    asked (before: all five ran to 67 tokens each, 335 in the ledger). The upstream is asked for
+    10 at most; past them (it ignores the limit) the stream ends with ``length``."""
+    server = start_server(API_KEYS_FILE=keys_file(tmp_path, "tokens=100/day", "tokens=1000/day"),
+                          BUDGET_DEFAULT_MAX_TOKENS=10, HEADER_WAIT_S=0.2)
+    model = f"normal?tokens=60&tag={tag}"
+    with ThreadPoolExecutor(5) as pool:
+        ends = list(pool.map(lambda _: _chat_end(server, model), range(5)))
+    assert [status for status, _ in ends] == [200] * 5
+    for _, end in ends:
+        assert end["finish_reason"] == "length" and end["usage"]["source"] == "partial"
+        # the one chunk past the reservation that ended it was produced, so it is counted
+        assert end["usage"]["completion_tokens"] == 11
+    asked = [r["body"] for r in upstream_log(fake_upstream, tag)]
+    assert len(asked) == 5 and all(b["max_tokens"] == 10 for b in asked)
+    usage = poll_until(lambda: (a := requests.get(f"{server.url}/api/usage", headers=auth(), timeout=5)
+                                .json())["total"]["streams"] == 5 and a, 5, "five streams in the ledger")
+    assert usage["total"]["total_tokens"] == 5 * (PROMPT + 11) <= 100
+    # (bob) Ollama is asked by its own name (num_predict); a stream's own max_tokens is its own
+    _, end = _chat_end(server, f"normal?tokens=3&tag={tag}-ollama", "ollama", "bob")
+    assert end["usage"]["source"] == "reported"
+    assert upstream_log(fake_upstream, f"{tag}-ollama")[0]["body"]["options"] == {"num_predict": 10}
+    _chat_end(server, f"normal?tokens=3&tag={tag}-own", name="bob", max_tokens=4)
+    assert upstream_log(fake_upstream, f"{tag}-own")[0]["body"]["max_tokens"] == 4
+
+
+def test_the_input_estimate_counts_the_tools() -> None:
+    messages = [{"role": "user", "content": "what is the weather in Zürich?"}]
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "The weather now",
+                                                "parameters": {"type": "object",
+                                                               "properties": {"city": {"type": "string"}}}}}]
+    size = len(messages[0]["content"].encode()) + len(json.dumps(tools, separators=(",", ":")).encode())
+    assert usage_meta(messages, {"tools": tools})["prompt_estimate"] == -(-size // 4) + 4
+    assert usage_meta(messages, {})["prompt_estimate"] == estimate_input(messages) < -(-size // 4) + 4
 
 
 @pytest.fixture(scope="module")

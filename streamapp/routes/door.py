@@ -119,7 +119,8 @@ def launch(events: Failover, meta: dict[str, Any], on_disconnect: str = "cancel"
     back when the producer exits, however the stream ends. The upstream attempts go to the
     stream's metadata (``upstream``, ``attempts``) at its first token, or its end before one.
     A key with a token budget reserves the stream's tokens first (429 ``budget_exceeded``,
-    ``slot`` given back), settled when the stream ends (``usage.service``)."""
+    ``slot`` given back), settled when the stream ends (``usage.service``); the upstream is
+    then asked for no more output than the reservation holds (``budget_output``)."""
     meta = reserve_budget(meta, slot)  # 429 when the key's token budget cannot cover the stream
     try:
         try:
@@ -131,6 +132,7 @@ def launch(events: Failover, meta: dict[str, Any], on_disconnect: str = "cancel"
         if slot is None:
             taken = take_slot(on_disconnect)
             slot = taken if isinstance(taken, Slot) else wait_slot(taken, gone)
+        events.cap_output(meta.get("budget_output"))  # a budget's reservation: no more output asked
         return get_lifecycle().start(events.events, client_meta(meta), on_disconnect, on_exit=slot.release,
                                      on_first=events.decided)
     except BaseException:

@@ -7,7 +7,8 @@ upstream, the provider's ``finally`` closes the upstream response, and the
 stream ends with ``Done(finish_reason=reason)``. A stream that reaches its
 limits ends the same way with ``finish_reason: "length"``: ``max_events``
 events that carry content (text, reasoning, tool-call fragments), or
-``max_bytes`` of that content (UTF-8, :func:`~streamapp.events.content_bytes`).
+``max_bytes`` of that content (UTF-8, :func:`~streamapp.events.content_bytes`), or more
+content events than its budget reservation's output (``meta["budget_output"]``).
 Whatever happens, the exit path runs to its end: the final event is appended
 and ``on_exit`` is called. The final event, the upstream's or ours, carries the stream's usage
 record (:func:`streamapp.usage.record.final_usage`): the producer knows whether the upstream
@@ -86,8 +87,13 @@ class Producer:
         self.on_disconnect = on_disconnect
         self.started_at = started_at
         self.unread_since: float | None = started_at
-        self.max_events, self.max_bytes = max_events, max_bytes
         self.meta = meta or {}
+        # A budget's reservation (``meta["budget_output"]``) bounds the output too: an upstream
+        # that ignores the max_tokens it was asked for is cut when it passes it.
+        budget = self.meta.get("budget_output")
+        if isinstance(budget, int) and budget > 0:
+            max_events = min(max_events, budget) if max_events else budget
+        self.max_events, self.max_bytes = max_events, max_bytes
         self.clock = clock
         self.first_at: float | None = None  # when the first token was appended
         self.first_seq: int | None = None  # its sequence number: every event from it on is content

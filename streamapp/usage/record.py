@@ -22,6 +22,7 @@ record in their own shapes; ``/v1/chat/completions`` keeps OpenAI's (:func:`open
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..events import Done, Event, Failed
@@ -29,7 +30,7 @@ from ..events import Done, Event, Failed
 SOURCES = ("reported", "partial", "estimated", "unknown")
 BYTES_PER_TOKEN = 4  # UTF-8 bytes per token, about, for English text and code
 MESSAGE_OVERHEAD = 4  # tokens a chat template adds around each message, about
-PROMPT_METHOD = f"prompt: UTF-8 bytes/{BYTES_PER_TOKEN} + {MESSAGE_OVERHEAD} per message"
+PROMPT_METHOD = f"prompt: UTF-8 bytes/{BYTES_PER_TOKEN} + {MESSAGE_OVERHEAD} per message"  # tools as JSON
 COMPLETION_METHOD = "completion: 1 per streamed chunk"
 _COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -42,10 +43,12 @@ def _text(content: Any) -> str:
     return ""
 
 
-def estimate_input(messages: list[dict[str, Any]]) -> int:
+def estimate_input(messages: list[dict[str, Any]], tools: Any = None) -> int:
     """An estimate of the input tokens of chat ``messages``: the UTF-8 bytes of their text
-    (and of any tool calls) over :data:`BYTES_PER_TOKEN`, plus :data:`MESSAGE_OVERHEAD` each."""
-    size = 0
+    (and of any tool calls) and of the request's ``tools`` (their schemas as JSON: upstreams
+    put them in the prompt) over :data:`BYTES_PER_TOKEN`, plus :data:`MESSAGE_OVERHEAD` each."""
+    size = len(json.dumps(tools, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")) \
+        if tools else 0
     for message in messages:
         size += len(_text(message.get("content")).encode("utf-8", "replace"))
         calls = message.get("tool_calls")
@@ -66,8 +69,9 @@ def output_limit(params: dict[str, Any]) -> int | None:
 
 def usage_meta(messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, int]:
     """What a stream's metadata keeps of its request for its usage and its budget reservation:
-    ``prompt_estimate`` (:func:`estimate_input`) and ``max_tokens`` (:func:`output_limit`) when asked."""
-    out = {"prompt_estimate": estimate_input(messages)}
+    ``prompt_estimate`` (:func:`estimate_input`, its tools counted) and ``max_tokens``
+    (:func:`output_limit`) when asked."""
+    out = {"prompt_estimate": estimate_input(messages, params.get("tools"))}
     limit = output_limit(params)
     if limit is not None:
         out["max_tokens"] = limit

@@ -99,16 +99,19 @@ def init_app(app: Flask) -> None:
 
 
 def reserve_budget(meta: dict[str, Any], slot: Any = None) -> dict[str, Any]:
-    """``meta`` with the current client's budget reservation for a new stream (``budget``: its
-    token) when it has a budget: its ``max_tokens`` (else ``BUDGET_DEFAULT_MAX_TOKENS``) plus
-    its ``prompt_estimate``. 429 :class:`BudgetExceeded` (counted; ``slot``, a stream slot the
-    caller took, given back) when the budget cannot cover it."""
+    """``meta`` with the current client's budget reservation for a new stream when it has a
+    budget: ``budget`` (its token) and ``budget_output``, the output it reserved (the stream's
+    ``max_tokens``, else ``BUDGET_DEFAULT_MAX_TOKENS``), reserved with its ``prompt_estimate``.
+    The stream then asks the upstream for no more output than that (``launch``) and its
+    producer ends it with ``length`` past it (an upstream that ignores the limit). 429
+    :class:`BudgetExceeded` (counted; ``slot``, a stream slot the caller took, given back)
+    when the budget cannot cover it."""
     usage: UsageObserver | None = current_app.extensions.get(EXTENSION)
     if usage is None:
         return meta
     client = g.get("client")
-    amount = int(meta.get("max_tokens") or current_app.config["BUDGET_DEFAULT_MAX_TOKENS"]) \
-        + int(meta.get("prompt_estimate") or 0)
+    output = int(meta.get("max_tokens") or current_app.config["BUDGET_DEFAULT_MAX_TOKENS"])
+    amount = output + int(meta.get("prompt_estimate") or 0)
     try:
         token = usage.budgets.reserve(client.name if client is not None else ANONYMOUS,
                                       getattr(client, "token_budgets", None), amount)
@@ -117,7 +120,7 @@ def reserve_budget(meta: dict[str, Any], slot: Any = None) -> dict[str, Any]:
         if slot is not None:
             slot.release()
         raise
-    return {**meta, "budget": token} if token else meta
+    return {**meta, "budget": token, "budget_output": output} if token else meta
 
 
 def release_budget(meta: dict[str, Any]) -> None:
