@@ -19,7 +19,9 @@ amount) and a sorted set ``...:leases`` (token -> expiry, Redis time), changed b
 script each, like stream slots' leases: this process renews its reservations every third of
 ``BUDGET_LEASE_S``, so a worker killed mid-stream loses its reservations within one lease.
 Redis out of reach lets streams start (logged), as the stream caps do. Without Redis the
-windows are this process's memory.
+windows are this process's memory. :class:`Budgets` keeps this process's reservations and
+their renewal; the windows are one of two backends, :class:`MemoryWindows` or
+:class:`RedisWindows`.
 """
 
 from __future__ import annotations
@@ -131,70 +133,82 @@ class Reservation:
     ttls: tuple[int, ...]
 
 
-class Budgets:
-    """Every key's token budgets, with ``defaults`` for keys that name none."""
+Window = tuple[str, str, int]  # (key name, period, start)
 
-    def __init__(self, defaults: tuple[Limit, ...], lease_s: float, redis_url: str = "",
-                 prefix: str = "streamapp", clock: Callable[[], float] = time.time) -> None:
-        self.defaults, self.lease_s, self.prefix, self.clock = defaults, lease_s, prefix, clock
-        self._windows: dict[tuple[str, str, int], _Window] = {}  # memory mode
-        self._next_sweep = 0.0  # memory mode: when past windows are next dropped
-        self._held: dict[str, Reservation] = {}  # this process's reservations, by token
-        self._renewer: gevent.Greenlet | None = None
-        self.redis = None
-        if redis_url:
-            self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-                redis_url, max_connections=8, timeout=2, socket_timeout=2, socket_connect_timeout=2))
-            self._reserve = self.redis.register_script(_RESERVE)
-            self._settle = self.redis.register_script(_SETTLE)
-            self._renew = self.redis.register_script(_RENEW)
 
-    def _keys(self, window: tuple[str, str, int]) -> list[str]:
+class MemoryWindows:
+    """The windows in this process's memory (no Redis): nothing to lease, past windows swept."""
+
+    leased = False
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._windows: dict[Window, _Window] = {}
+        self._next_sweep = 0.0  # when past windows are next dropped
+
+    def take(self, token: str, windows: tuple[Window, ...], ttls: tuple[int, ...], limits: list[int],
+             amount: int) -> tuple[int, int] | None:
+        """Reserve in every window or none: ``None``, or the first full window and what it holds."""
+        self._sweep()
+        for i, window in enumerate(windows):
+            w = self._windows.get(window) or _Window()
+            held = w.spent + sum(w.reserved.values())
+            if held + amount > limits[i]:
+                return i, held
+        for window in windows:
+            self._windows.setdefault(window, _Window()).reserved[token] = amount
+        return None
+
+    def settle(self, reservation: Reservation, used: int) -> None:
+        """Give ``reservation`` back and count ``used`` tokens in its windows."""
+        for window in reservation.windows:
+            w = self._windows.setdefault(window, _Window())
+            w.reserved.pop(reservation.token, None)
+            w.spent += used
+
+    def held(self, window: Window) -> int:
+        """What ``window`` holds now, spent and reserved."""
+        w = self._windows.get(window) or _Window()
+        return w.spent + sum(w.reserved.values())
+
+    def renew(self, reservations: list[Reservation]) -> None:
+        pass  # nothing expires here: the process that holds them is the one that counts
+
+    def _sweep(self) -> None:
+        """Drop the windows that ended, once a minute (their streams settle into nothing that
+        is read again)."""
+        now = self.clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 60
+        for window in [w for w in self._windows if w[2] + PERIODS[w[1]] <= now]:
+            if not self._windows[window].reserved:
+                del self._windows[window]
+
+
+class RedisWindows:
+    """The windows in Redis, shared by every worker and host: one Lua script each to reserve,
+    settle and renew; reservations leased (``lease_s``), so a killed worker's expire."""
+
+    leased = True
+
+    def __init__(self, url: str, prefix: str, lease_s: float) -> None:
+        self.prefix, self.lease_s = prefix, lease_s
+        self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            url, max_connections=8, timeout=2, socket_timeout=2, socket_connect_timeout=2))
+        self._reserve = self.redis.register_script(_RESERVE)
+        self._settle = self.redis.register_script(_SETTLE)
+        self._renew = self.redis.register_script(_RENEW)
+
+    def _keys(self, window: Window) -> list[str]:
         key, period, start = window
         base = f"{self.prefix}:budget:{key}:{period}:{start}"
         return [base, f"{base}:leases"]
 
-    def reserve(self, key: str, limits: tuple[Limit, ...] | None, amount: int) -> str | None:
-        """Reserve ``amount`` tokens for a stream of ``key`` in every window of its budgets
-        (``limits``, else the defaults); its token, ``None`` when it has no budget.
-        :class:`BudgetExceeded` when a window cannot cover it."""
-        limits = self.defaults if limits is None else limits
-        if not limits:
-            return None
-        now = self.clock()
-        windows = tuple((key, period, int(now // PERIODS[period]) * PERIODS[period]) for _, period in limits)
-        ttls = tuple(PERIODS[period] * 2 for _, period in limits)
-        token = secrets.token_hex(8)
-        full = self._take(token, windows, ttls, [n for n, _ in limits], amount)
-        if full is not None:
-            index, held = full
-            tokens, period = limits[index]
-            reset = windows[index][2] + PERIODS[period]
-            when = datetime.fromtimestamp(reset, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            raise BudgetExceeded(
-                f"the token budget of {key} is spent: {tokens} tokens a {period}, "
-                f"{max(0, tokens - held)} left, and this stream reserves {amount} (its max_tokens and "
-                f"its input); it resets at {when}",
-                reset - now)
-        reservation = Reservation(token, windows, ttls)
-        self._held[token] = reservation
-        if self.redis is not None and (self._renewer is None or self._renewer.dead):
-            self._renewer = gevent.spawn(self._renew_loop)
-        return token
-
-    def _take(self, token: str, windows: tuple, ttls: tuple, limits: list[int],
-              amount: int) -> tuple[int, int] | None:
-        """Reserve in every window or none: ``None``, or the first full window and what it holds."""
-        if self.redis is None:
-            self._sweep()
-            for i, window in enumerate(windows):
-                w = self._windows.get(window) or _Window()
-                held = w.spent + sum(w.reserved.values())
-                if held + amount > limits[i]:
-                    return i, held
-            for window in windows:
-                self._windows.setdefault(window, _Window()).reserved[token] = amount
-            return None
+    def take(self, token: str, windows: tuple[Window, ...], ttls: tuple[int, ...], limits: list[int],
+             amount: int) -> tuple[int, int] | None:
+        """Reserve in every window or none: ``None``, or the first full window and what it holds.
+        Redis out of reach: ``None`` (logged), the stream not counted."""
         keys = [k for window in windows for k in self._keys(window)]
         args: list[int | str] = [token, amount, int(self.lease_s * 1000)]
         for limit, ttl in zip(limits, ttls, strict=True):
@@ -207,54 +221,84 @@ class Budgets:
             return None
         return (int(index) - 1, int(held)) if index else None
 
-    def _sweep(self) -> None:
-        """Memory mode: drop the windows that ended, once a minute (their streams settle into
-        nothing that is read again)."""
-        now = self.clock()
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + 60
-        for window in [w for w in self._windows if w[2] + PERIODS[w[1]] <= now]:
-            if not self._windows[window].reserved:
-                del self._windows[window]
-
-    def settle(self, token: str, used: int) -> None:
-        """Give reservation ``token`` back and count ``used`` tokens (idempotent)."""
-        reservation = self._held.pop(token, None)
-        if reservation is None:
-            return
-        if self.redis is None:
-            for window in reservation.windows:
-                w = self._windows.setdefault(window, _Window())
-                w.reserved.pop(token, None)
-                w.spent += used
-            return
+    def settle(self, reservation: Reservation, used: int) -> None:
+        """Give ``reservation`` back where it is still held and count ``used`` tokens."""
         keys = [k for window in reservation.windows for k in self._keys(window)]
         try:
-            self._settle(keys=keys, args=[token, used, *reservation.ttls])
+            self._settle(keys=keys, args=[reservation.token, used, *reservation.ttls])
         except redis.RedisError as exc:
             logger.warning("could not settle a token budget reservation (%s); it expires in %.0f s",
                            exc, self.lease_s)
 
-    def held(self, key: str, period: str) -> int:
-        """What ``key``'s current ``period`` window holds now (spent and reserved), for tests and
-        diagnostics; 0 with Redis out of reach."""
-        start = int(self.clock() // PERIODS[period]) * PERIODS[period]
-        if self.redis is None:
-            w = self._windows.get((key, period, start)) or _Window()
-            return w.spent + sum(w.reserved.values())
-        h, _ = self._keys((key, period, start))
+    def held(self, window: Window) -> int:
+        """What ``window`` holds now, spent and reserved."""
+        h, _ = self._keys(window)
         spent, reserved = self.redis.hmget(h, "spent", "reserved")
         return int(spent or 0) + int(reserved or 0)
+
+    def renew(self, reservations: list[Reservation]) -> None:
+        """Extend the leases of ``reservations`` (those still held)."""
+        pairs = [(self._keys(w)[1], r.token) for r in reservations for w in r.windows]
+        if not pairs:
+            return
+        try:
+            self._renew(keys=[k for k, _ in pairs], args=[int(self.lease_s * 1000), *(t for _, t in pairs)])
+        except redis.RedisError as exc:
+            logger.warning("could not renew token budget reservations: %s", exc)
+
+
+class Budgets:
+    """Every key's token budgets, with ``defaults`` for keys that name none, over the windows
+    of :class:`RedisWindows` (with ``redis_url``) or :class:`MemoryWindows`."""
+
+    def __init__(self, defaults: tuple[Limit, ...], lease_s: float, redis_url: str = "",
+                 prefix: str = "streamapp", clock: Callable[[], float] = time.time) -> None:
+        self.defaults, self.lease_s, self.clock = defaults, lease_s, clock
+        self.windows: MemoryWindows | RedisWindows = \
+            RedisWindows(redis_url, prefix, lease_s) if redis_url else MemoryWindows(clock)
+        self._held: dict[str, Reservation] = {}  # this process's reservations, by token
+        self._renewer: gevent.Greenlet | None = None
+
+    def reserve(self, key: str, limits: tuple[Limit, ...] | None, amount: int) -> str | None:
+        """Reserve ``amount`` tokens for a stream of ``key`` in every window of its budgets
+        (``limits``, else the defaults); its token, ``None`` when it has no budget.
+        :class:`BudgetExceeded` when a window cannot cover it."""
+        limits = self.defaults if limits is None else limits
+        if not limits:
+            return None
+        now = self.clock()
+        windows = tuple((key, period, int(now // PERIODS[period]) * PERIODS[period]) for _, period in limits)
+        ttls = tuple(PERIODS[period] * 2 for _, period in limits)
+        token = secrets.token_hex(8)
+        full = self.windows.take(token, windows, ttls, [n for n, _ in limits], amount)
+        if full is not None:
+            index, held = full
+            tokens, period = limits[index]
+            reset = windows[index][2] + PERIODS[period]
+            when = datetime.fromtimestamp(reset, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            raise BudgetExceeded(
+                f"the token budget of {key} is spent: {tokens} tokens a {period}, "
+                f"{max(0, tokens - held)} left, and this stream reserves {amount} (its max_tokens and "
+                f"its input); it resets at {when}",
+                reset - now)
+        self._held[token] = Reservation(token, windows, ttls)
+        if self.windows.leased and (self._renewer is None or self._renewer.dead):
+            self._renewer = gevent.spawn(self._renew_loop)
+        return token
+
+    def settle(self, token: str, used: int) -> None:
+        """Give reservation ``token`` back and count ``used`` tokens (idempotent)."""
+        reservation = self._held.pop(token, None)
+        if reservation is not None:
+            self.windows.settle(reservation, used)
+
+    def held(self, key: str, period: str) -> int:
+        """What ``key``'s current ``period`` window holds now (spent and reserved), for tests and
+        diagnostics."""
+        start = int(self.clock() // PERIODS[period]) * PERIODS[period]
+        return self.windows.held((key, period, start))
 
     def _renew_loop(self) -> None:
         while self._held:
             gevent.sleep(self.lease_s / 3)
-            pairs = [(self._keys(w)[1], token) for token, r in list(self._held.items()) for w in r.windows]
-            if not pairs:
-                continue
-            try:
-                self._renew(keys=[k for k, _ in pairs],
-                            args=[int(self.lease_s * 1000), *(t for _, t in pairs)])
-            except redis.RedisError as exc:
-                logger.warning("could not renew token budget reservations: %s", exc)
+            self.windows.renew(list(self._held.values()))
