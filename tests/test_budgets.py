@@ -116,6 +116,15 @@ def test_a_stream_without_max_tokens_spends_at_most_its_reservation(start_server
     assert upstream_log(fake_upstream, f"{tag}-ollama")[0]["body"]["options"] == {"num_predict": 10}
     _chat_end(server, f"normal?tokens=3&tag={tag}-own", name="bob", max_tokens=4)
     assert upstream_log(fake_upstream, f"{tag}-own")[0]["body"]["max_tokens"] == 4
+    # the /v1 and Responses doors without a limit are capped the same way
+    for door, payload in (("chat/completions", {"messages": [{"role": "user", "content": MESSAGE}],
+                                                "stream": True}),
+                          ("responses", {"input": MESSAGE, "stream": True})):
+        model = f"openai/normal?tokens=3&tag={tag}-{door[:4]}"
+        with requests.post(f"{server.url}/v1/{door}", json={"model": model, **payload}, headers=auth("bob"),
+                           timeout=10) as resp:
+            assert resp.status_code == 200, resp.text
+        assert upstream_log(fake_upstream, f"{tag}-{door[:4]}")[0]["body"]["max_tokens"] == 10, door
 
 
 def test_the_input_estimate_counts_the_tools() -> None:
