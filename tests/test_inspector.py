@@ -18,7 +18,7 @@ import requests
 
 from streamapp.streams.live import Pulse
 from streamapp.streams.store import MemoryStore
-from tests.fake_upstream import token_list
+from tests.fake_upstream import TOOL_CALLS, token_list
 from tests.helpers import SSEClient, first_deltas, poll_until, q, upstream_closed_after, upstream_log
 from tests.redis_helpers import run_patched
 
@@ -327,6 +327,20 @@ def test_the_page_lists_streams_of_both_instances_and_watches_one_live(pair, sig
     page.wait_for_function(f"() => !document.querySelector(\"tr[data-sid='{sid_b}']\")", timeout=5000)
     assert page.locator(f"tr[data-sid='{sid_a}']").count() == 1
     assert set(page.locator("td[data-col='client']").all_text_contents()) == {"alice"}
+
+
+def test_a_watched_streams_tool_calls_are_one_line_each(pair, signed_in, tag) -> None:
+    a, _ = pair
+    page = signed_in
+    with start(a, f"tools?tag={tag}") as client:
+        client.read_all()
+        sid = client.headers["X-Stream-Id"]
+    page.click(f"tr[data-sid='{sid}'] td[data-col='model']", timeout=10000)
+    page.wait_for_function("() => document.querySelector('#detail').dataset.done === 'true'", timeout=10000)
+    lines = page.locator("#d-tools .call").all_text_contents()
+    assert [line.partition("(")[0] for line in lines] == [c["name"] for c in TOOL_CALLS]
+    assert [json.loads(line.partition("(")[2][:-1]) for line in lines] == [c["arguments"] for c in TOOL_CALLS]
+    assert page.locator("#d-end").text_content().startswith("ended: tool_calls")
 
 
 def test_cancel_from_the_page_stops_the_upstream(pair, signed_in, fake_upstream, tag) -> None:
