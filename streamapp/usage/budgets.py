@@ -192,9 +192,10 @@ class RedisWindows:
 
     leased = True
 
-    def __init__(self, url: str, prefix: str, lease_s: float) -> None:
+    def __init__(self, url: str, prefix: str, lease_s: float, client: redis.Redis | None = None) -> None:
         self.prefix, self.lease_s = prefix, lease_s
-        self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+        # ``client``: the app's pool for short commands (the store's), else one of our own.
+        self.redis = client or redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
             url, max_connections=8, timeout=2, socket_timeout=2, socket_connect_timeout=2))
         self._reserve = self.redis.register_script(_RESERVE)
         self._settle = self.redis.register_script(_SETTLE)
@@ -252,10 +253,11 @@ class Budgets:
     of :class:`RedisWindows` (with ``redis_url``) or :class:`MemoryWindows`."""
 
     def __init__(self, defaults: tuple[Limit, ...], lease_s: float, redis_url: str = "",
-                 prefix: str = "streamapp", clock: Callable[[], float] = time.time) -> None:
+                 prefix: str = "streamapp", clock: Callable[[], float] = time.time,
+                 client: redis.Redis | None = None) -> None:
         self.defaults, self.lease_s, self.clock = defaults, lease_s, clock
         self.windows: MemoryWindows | RedisWindows = \
-            RedisWindows(redis_url, prefix, lease_s) if redis_url else MemoryWindows(clock)
+            RedisWindows(redis_url, prefix, lease_s, client) if redis_url else MemoryWindows(clock)
         self._held: dict[str, Reservation] = {}  # this process's reservations, by token
         self._renewer: gevent.Greenlet | None = None
 

@@ -89,7 +89,7 @@ def init_app(app: Flask) -> None:
     ledger: Ledger = RedisLedger(url, prefix, config["USAGE_RETENTION_DAYS"], client=short_client(app)) \
         if url else MemoryLedger()
     budgets = Budgets(budget_limits(config["TOKEN_BUDGET"], "STREAMAPP_TOKEN_BUDGET"),
-                      config["BUDGET_LEASE_S"], url, prefix)
+                      config["BUDGET_LEASE_S"], url, prefix, client=short_client(app))
     fleet = app.extensions.get("upstreams")
     prices = fleet.prices if fleet is not None else None
     observer = UsageObserver(ledger, budgets, prices)
