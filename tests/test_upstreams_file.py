@@ -321,6 +321,22 @@ def test_the_app_keys_providers_and_circuits_on_upstream_names(tmp_path, monkeyp
     assert app.extensions["upstreams"].routes["cheap"].strategy == "weighted"
 
 
+def test_the_wait_for_a_first_event_allows_for_the_slowest_upstreams_own_timeouts(tmp_path,
+                                                                                   monkeypatch) -> None:
+    """An upstream of the file with longer timeouts than the settings' keeps its stream's
+    first-event limit (and a stream's Redis keys) at least that long: the longest over the fleet."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-example")
+    path = tmp_path / "upstreams.toml"
+    path.write_text(FILE.replace("read_timeout_s = 30", "read_timeout_s = 300\nconnect_timeout_s = 20"))
+    app = create_app({"UPSTREAMS_FILE": str(path), "START_BUDGET_S": 10.0, "CONNECT_TIMEOUT_S": 5.0,
+                      "READ_TIMEOUT_S": 120.0})
+    assert app.extensions["lifecycle"].timing.first_limit == 10 + 20 + 300 + 5
+    path.write_text(FILE)  # read_timeout_s = 30 only: the settings' own are longer
+    app = create_app({"UPSTREAMS_FILE": str(path), "START_BUDGET_S": 10.0, "CONNECT_TIMEOUT_S": 5.0,
+                      "READ_TIMEOUT_S": 120.0})
+    assert app.extensions["lifecycle"].timing.first_limit == 10 + 5 + 120 + 5
+
+
 # -- a real server with the file: two upstreams, each a fake upstream of its own ----------------
 
 ALICE = "sk-routes-alice-51c9e0"  # models=local-only
