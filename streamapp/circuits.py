@@ -82,9 +82,9 @@ class MemoryCircuits:
         self.failures, self.cooldown, self.clock = failures, cooldown, clock
         self._circuits: dict[str, _Circuit] = {}
 
-    def allow(self, name: str) -> float:
-        """0 when a start may go to ``name`` now (taking the probe's turn when half-open),
-        else the seconds to wait."""
+    def allow(self, name: str, take: bool = True) -> float:
+        """0 when a start may go to ``name`` now (taking the probe's turn when half-open,
+        unless ``take`` is false: only a look), else the seconds to wait."""
         c = self._circuits.get(name)
         if c is None or not c.open_until:
             return 0.0
@@ -93,7 +93,8 @@ class MemoryCircuits:
             return c.open_until - now
         if now < c.probe_until:
             return c.probe_until - now
-        c.probe_until = now + self.cooldown
+        if take:
+            c.probe_until = now + self.cooldown
         return 0.0
 
     def record(self, name: str, outcome: str) -> None:
@@ -127,8 +128,9 @@ class MemoryCircuits:
         return ("open", left) if left > 0 else ("half_open", 0.0)
 
 
-# KEYS[1] the circuit; ARGV: cool-down. Returns the seconds to wait ("0": go), or "clear" when
-# the circuit has no record at all (closed, no failure counted): the caller may trust that a while.
+# KEYS[1] the circuit; ARGV: cool-down, "1" to take the probe's turn ("0": only a look). Returns
+# the seconds to wait ("0": go), or "clear" when the circuit has no record at all (closed, no
+# failure counted): the caller may trust that a while.
 _ALLOW = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'clear' end
 local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
@@ -138,7 +140,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if now < open_until then return tostring(open_until - now) end
 local probe = tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0')
 if now < probe then return tostring(probe - now) end
-redis.call('HSET', KEYS[1], 'probe_until', tostring(now + tonumber(ARGV[1])))
+if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'probe_until', tostring(now + tonumber(ARGV[1]))) end
 return '0'
 """
 # KEYS[1] the circuit; ARGV: outcome, failures to open, cool-down, TTL.
@@ -202,7 +204,7 @@ class RedisCircuits:
     def _key(self, name: str) -> str:
         return f"{self.prefix}:circuit:{name}"
 
-    def allow(self, name: str) -> float:
+    def allow(self, name: str, take: bool = True) -> float:
         """As :meth:`MemoryCircuits.allow`; every start may go while Redis is out of reach.
 
         A circuit found without any record is trusted clear for ``CLEAR_TRUST_S``: a circuit
@@ -211,7 +213,7 @@ class RedisCircuits:
         if now < self._clear_until.get(name, 0.0):
             return 0.0
         try:
-            answer = self._allow(keys=[self._key(name)], args=[self.cooldown])
+            answer = self._allow(keys=[self._key(name)], args=[self.cooldown, int(take)])
         except self.errors as exc:
             logger.warning("circuit of %s not checked (Redis): %r", name, exc)
             return 0.0
@@ -225,9 +227,9 @@ class RedisCircuits:
         return self.clock() < self._clear_until.get(name, 0.0)
 
     def record(self, name: str, outcome: str) -> None:
-        """As :meth:`MemoryCircuits.record`; a success while the circuit is trusted clear has
-        nothing to reset and costs no Redis call."""
-        if outcome == "success" and self.trusted(name):
+        """As :meth:`MemoryCircuits.record`; a success or no verdict while the circuit is trusted
+        clear has nothing to reset (no probe was taken) and costs no Redis call."""
+        if outcome != "failure" and self.trusted(name):
             return
         if outcome == "failure":
             self._clear_until.pop(name, None)
@@ -255,6 +257,19 @@ class Circuits:
         """0 when a start may go to ``name`` now, else the seconds to wait (its circuit is open,
         or another start is its probe)."""
         return self.backend.allow(name)
+
+    def open_for(self, name: str) -> float:
+        """The seconds left of ``name``'s cool-down when its circuit is open, else 0 (half-open:
+        0); a circuit trusted clear costs no Redis call."""
+        backend = self.backend
+        if isinstance(backend, RedisCircuits) and backend.trusted(name):
+            return 0.0
+        state, left = backend.state(name)
+        return left if state == "open" else 0.0
+
+    def wait(self, name: str) -> float:
+        """As :meth:`allow`, without taking the probe's turn: whether a start could go now."""
+        return self.backend.allow(name, take=False)
 
     def record(self, name: str, outcome: str) -> None:
         """Count a start's outcome: ``success``, ``failure`` or ``none``."""

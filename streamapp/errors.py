@@ -80,6 +80,7 @@ class UpstreamUnavailable(ApiError):
 
     def __init__(self, names: str | list[str], retry_after: float) -> None:
         self.retry_after = max(1, math.ceil(retry_after))
+        self.names = [names] if isinstance(names, str) else list(names)
         if isinstance(names, str) or len(names) == 1:
             name = names if isinstance(names, str) else names[0]
             told = f"the upstream {name} is failing: its circuit is open"

@@ -7,8 +7,10 @@ has reached the client, gives up a target that fails and tries the next. The rul
 - **Order.** ``fallback``: the targets as listed. ``weighted``: the first drawn at random by
   weight, the others after it as listed (fallbacks).
 - **Circuits.** :meth:`Failover.admit` (at the door, before any slot or upstream request) skips
-  the targets whose circuit is open, in order, and keeps the first that lets a start go; none
-  does: :class:`UpstreamUnavailable` (503, ``Retry-After`` the shortest wait). A target reached
+  the targets whose circuit is open, in order, and keeps the first that lets a start go (a
+  half-open circuit's probe); none does: :class:`UpstreamUnavailable` (503, ``Retry-After`` the
+  shortest wait). A stream refused after that (no slot, its client gone) gives the probe's turn
+  back (:meth:`Failover.release`). A target reached
   later whose circuit is open is skipped too (outcome ``circuit_open``). Every attempt's outcome
   is its upstream's circuit's (``circuits.verdict``).
 - **What fails over** is what a circuit counts as the upstream's failure: connection refused or
@@ -23,8 +25,10 @@ has reached the client, gives up a target that fails and tries the next. The rul
 - **Start budget.** No attempt starts later than ``START_BUDGET_S`` after the first one did.
 - **Nothing of a failed attempt reaches the client.** The upstream's ``Opened`` is held back
   until the attempt's first content event (or its proper end) while another attempt may still
-  follow it. An attempt is the *last* when nothing else is left to try, or when its first-token
-  deadline would fall past the start budget (or that timeout is 0): it runs as a lone upstream
+  follow it. An attempt is the *last* when nothing else left could start (a target whose
+  circuit stays open past the attempt's first-token deadline, or a ``Retry-After`` past the
+  start budget, does not count), or when its first-token deadline would fall past the start
+  budget (or that timeout is 0): it runs as a lone upstream
   does, its ``Opened`` passed on at once (the headers and heartbeats of a slow first token)
   and no first-token deadline; once its ``Opened`` is out, it is the stream's, come what may.
 - **After the first token nothing switches**: the attempt's events are the stream's; a cut, a
@@ -125,6 +129,7 @@ class Failover:
         self.upstream_model: str | None = None  # the model it was asked for
         self.began = clock()
         self._admitted = False  # the head of the line passed its circuit
+        self._running = False  # the events began: the attempts judge their circuits
         self.events: Iterator[Event] = self._run()
 
     def cap_output(self, tokens: int | None) -> None:
@@ -138,7 +143,10 @@ class Failover:
     # -- circuits ----------------------------------------------------------------------------
     def admit(self) -> None:
         """Skip the targets whose circuit is open (each an attempt ``circuit_open``) up to the
-        first whose circuit lets a start go; :class:`UpstreamUnavailable` when none does."""
+        first whose circuit lets a start go; :class:`UpstreamUnavailable` when none does.
+        Once admitted, nothing more (until :meth:`release`)."""
+        if self._admitted:
+            return
         waits: list[tuple[str, float]] = []
         while self._line:
             target = self._line[0][0]
@@ -151,6 +159,35 @@ class Failover:
             waits.append((target.upstream, wait))
         names = list(dict.fromkeys(name for name, _ in waits))
         raise UpstreamUnavailable(names, min(wait for _, wait in waits))
+
+    def recheck(self) -> None:
+        """Admitted a while ago (the stream waited for a slot): a head whose circuit opened
+        since is skipped and the rest admitted (:class:`UpstreamUnavailable` when none is
+        left); a head whose circuit is not open goes (its probe's turn, when it took one)."""
+        if not self._admitted or self._running or not self._line or self.circuits is None:
+            return
+        target = self._line[0][0]
+        left = self.circuits.open_for(target.upstream) if target.upstream in self.circuits.names else 0.0
+        if left <= 0:
+            return
+        self._line.pop(0)
+        self._skip(target)
+        self._admitted = False
+        if not self._line:
+            raise UpstreamUnavailable(target.upstream, left)
+        try:
+            self.admit()
+        except UpstreamUnavailable as exc:
+            raise UpstreamUnavailable(list(dict.fromkeys([target.upstream, *exc.names])),
+                                      min(left, exc.retry_after)) from None
+
+    def release(self) -> None:
+        """Give back what :meth:`admit` took for a stream that will not start (no slot, a store
+        error): the head's circuit hears no verdict, so a half-open one lets the next start
+        probe. Nothing once the events began (their attempts judge), or when not admitted."""
+        if self._admitted and not self._running and self._line:
+            self._admitted = False
+            self._judge(self._line[0][0].upstream, None)
 
     def _wait(self, name: str) -> float:
         circuits = self.circuits
@@ -182,7 +219,21 @@ class Failover:
                 "attempts": [a.to_dict() for a in self.attempts]}
 
     # -- the events --------------------------------------------------------------------------
+    def _could_start(self, by: float, end: float) -> bool:
+        """Whether a target left in the line could start after an attempt that fails at ``by``:
+        its ``Retry-After`` over before the start budget's ``end``, its circuit not open then
+        (a look: no probe's turn taken)."""
+        circuits = self.circuits
+        for target, not_before in self._line:
+            if not_before >= end:
+                continue
+            name = target.upstream
+            if circuits is None or name not in circuits.names or self.clock() + circuits.wait(name) <= by:
+                return True
+        return False
+
     def _run(self) -> Iterator[Event]:
+        self._running = True
         if not self._admitted:
             self.admit()
         self.began = self.clock()  # the stream's start (after any wait for a slot)
@@ -203,7 +254,7 @@ class Failover:
             started = self.clock()
             attempt = Attempt(target.upstream, target.model, start_ms=self._ms(started))
             timeout = self.settings.first_token_timeout
-            last = not self._line or not timeout or started + timeout >= end
+            last = not timeout or started + timeout >= end or not self._could_start(started + timeout, end)
             deadline = None if last else started + timeout
             events = self.providers[target.upstream].stream(replace(self.chat, model=target.model))
             held: Event | None = None
@@ -235,10 +286,13 @@ class Failover:
             self._end(attempt, "success", None, started)
             self.upstream, self.upstream_model = target.upstream, target.model
             self._judge(target.upstream, event)  # a success costs no Redis round trip here
-            if held is not None:
-                yield held
-            yield event  # the first content event, or the proper end
-            yield from events  # after the first token, the attempt's events are the stream's
+            try:
+                if held is not None:
+                    yield held
+                yield event  # the first content event, or the proper end
+                yield from events  # after the first token, the attempt's events are the stream's
+            finally:
+                self._close(events)  # closed here at once, not left to finalisation
             return
         if error is None:  # every target's circuit opened since the door let the stream in
             raise UpstreamError("every upstream of this model is failing: their circuits are open",

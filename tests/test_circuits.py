@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 import requests
@@ -212,3 +213,94 @@ def test_a_clear_circuit_is_trusted_a_moment_then_checked_again(redis_url, redis
     assert here.allow("openai") == 0.0  # still trusted, without asking Redis
     now[0] += CLEAR_TRUST_S
     assert here.allow("openai") > 0  # asked again: open
+
+
+# -- a probe's turn, given back by a stream that never starts -------------------------------------
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_probe_not_started_is_given_back(shared, redis_url, redis_prefix) -> None:
+    """The door admits a stream (its half-open circuit's probe) once however often it asks; a
+    stream refused after that (no slot) gives the probe's turn back, so the next start probes."""
+    from streamapp.circuits import Circuits, RedisCircuits
+    from streamapp.errors import UpstreamUnavailable
+    from streamapp.failover import Failover, Settings
+    from streamapp.models import Target
+    from streamapp.providers import ChatRequest
+
+    backend = RedisCircuits(redis_url, redis_prefix, failures=1, cooldown=0.3) if shared \
+        else MemoryCircuits(failures=1, cooldown=0.3)
+    circuits = Circuits(backend, ["a"])
+    circuits.record("a", "failure")
+    poll_until(lambda: backend.state("a")[0] == "half_open", 5, "the cool-down over")
+
+    def stream() -> Failover:
+        return Failover((Target("a", "m", 1),), "fallback", {}, ChatRequest([], model="m"),
+                        Settings(5, 10, 2), circuits=circuits)
+
+    first = stream()
+    first.admit()
+    first.admit()  # the same admission: still the probe
+    with pytest.raises(UpstreamUnavailable):
+        stream().admit()  # the probe's turn is taken
+    first.release()  # never started (no slot): the probe's turn back
+    first.release()
+    stream().admit()  # the next start probes
+
+
+def test_a_probe_refused_a_slot_lets_the_next_start_probe(start_server, tag) -> None:
+    """A start admitted as its circuit's probe and then refused a slot (429) does not hold
+    the probe's turn: once a slot is free, the next start probes (not a 503 for a cool-down)."""
+    from tests.helpers import SSEClient, first_deltas, q
+
+    server = start_server(CIRCUIT_FAILURES=1, CIRCUIT_COOLDOWN_S=3, MAX_STREAMS_PER_PROCESS=1,
+                          HEADER_WAIT_S=0.2, RESUME_GRACE_S=0)
+    fail(server, tag, 1)
+    assert state(server) == "open"
+    poll_until(lambda: state(server) == "half_open", 10, "the cool-down over")
+    holder = SSEClient(f"{server.url}/stream?text={q('w ' * 250)}&delay_ms=100")  # the demo: no circuit
+    assert holder.status == 200
+    first_deltas(holder, 1)  # the only slot is taken
+    resp = requests.post(f"{server.url}/v1/chat/completions", timeout=10, json={
+        "model": f"openai/normal?tag={tag}-v1", "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status_code == 429 and resp.json()["error"]["code"] == "too_many_streams", resp.text
+    resp = chat(server, f"normal?tag={tag}-chat")
+    assert resp.status_code == 429 and resp.json()["error"]["code"] == "too_many_streams", resp.text
+    cancel = requests.post(f"{server.url}/api/streams/{holder.headers['X-Stream-Id']}/cancel", timeout=10)
+    assert cancel.status_code in (200, 202), cancel.text  # the slot frees (within the probe's turn)
+    holder.conn.close()
+    got: list[requests.Response] = []
+    poll_until(lambda: got.append(chat(server, f"normal?tag={tag}-probe")) or got[-1].status_code != 429,
+               10, "the slot freed")
+    assert got[-1].status_code == 200, got[-1].text  # the probe, not a 503 for the rest of its turn
+    poll_until(lambda: state(server) == "closed", 5, "the circuit closed")
+
+
+def test_every_target_open_is_a_503_at_once_even_at_a_full_cap(start_server, tag) -> None:
+    """Circuits are checked before the stream takes a slot or waits for one: at a full cap with
+    a queue, a model whose every target is open is refused at once (not after the wait)."""
+    from tests.helpers import SSEClient, first_deltas, q
+
+    wait = 10
+    server = start_server(CIRCUIT_FAILURES=1, CIRCUIT_COOLDOWN_S=60, MAX_STREAMS_PER_PROCESS=1,
+                          QUEUE_WAIT_S=wait, HEADER_WAIT_S=0.2, RESUME_GRACE_S=0)
+    fail(server, tag, 1)
+    assert state(server) == "open"
+    holder = SSEClient(f"{server.url}/stream?text={q('w ' * 250)}&delay_ms=100")  # the demo: no circuit
+    assert holder.status == 200
+    first_deltas(holder, 1)  # the only slot is taken: a stream now would wait in the queue
+
+    began = time.monotonic()
+    refused_at_once(chat(server, f"normal?tag={tag}-sse"), 60)  # SSE
+    resp = requests.post(f"{server.url}/v1/chat/completions", timeout=wait * 2, json={
+        "model": f"openai/normal?tag={tag}-v1", "messages": [{"role": "user", "content": "hi"}],
+        "stream": True})
+    assert resp.status_code == 503 and resp.headers["Retry-After"], resp.text
+    assert resp.json()["error"]["code"] == "upstream_unavailable"
+    with connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5, close_timeout=2, proxy=None) as ws:
+        ws.send(json.dumps({"type": "chat", "uid": 1, "message": "hi", "provider": "openai",
+                            "model": f"normal?tag={tag}-ws"}))
+        message = json.loads(ws.recv(timeout=wait * 2))
+    assert message["type"] == "error" and message["code"] == "upstream_unavailable", message  # not queued
+    assert 1 <= message["retry_after"] <= 60
+    assert time.monotonic() - began < wait / 2  # none of them waited in the queue
+    holder.conn.close()

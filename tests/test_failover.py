@@ -128,6 +128,50 @@ def test_weighted_picks_the_first_by_weight_and_keeps_the_rest_in_order() -> Non
     assert rest == [u for u in ("a", "b", "c") if u != order[0].upstream]  # the others, as listed
 
 
+class Response:
+    """An upstream response as a provider returns it: its events, and whether it was closed
+    (explicitly: nothing here is closed by a finaliser)."""
+
+    def __init__(self, events: list) -> None:
+        self._events, self.closed = iter(events), False
+
+    def __iter__(self) -> Response:
+        return self
+
+    def __next__(self):
+        return next(self._events)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Upstream:
+    """A provider whose every stream is a :class:`Response` of ``events`` (each kept)."""
+
+    def __init__(self, events: list) -> None:
+        self.events, self.responses = events, []
+
+    def stream(self, chat) -> Response:
+        self.responses.append(Response(self.events))
+        return self.responses[-1]
+
+
+@pytest.mark.parametrize("at", [0, 1, 2])  # the held Opened, the first token, a later event
+def test_closing_the_events_at_any_yield_closes_the_upstream(at) -> None:
+    from streamapp.events import Delta, Done, Opened
+    from streamapp.failover import Failover, Settings
+    from streamapp.providers import ChatRequest
+
+    x, y = Upstream([Opened(), Delta("a"), Delta("b"), Done()]), Upstream([Opened(), Done()])
+    failover = Failover((Target("x", "m", 1), Target("y", "m", 1)), "fallback", {"x": x, "y": y},
+                        ChatRequest(HI, model="m"), Settings(5, 10, 2))
+    events = failover.events
+    got = [next(events) for _ in range(at + 1)]
+    assert type(got[0]) is Opened and not x.responses[0].closed  # x was not the last: its Opened held
+    events.close()  # the stream stopped at this yield
+    assert x.responses[0].closed and not y.responses
+
+
 # -- each rule ------------------------------------------------------------------------------------
 
 def test_a_refused_connection_goes_to_the_next_target(srv, fleet) -> None:
@@ -186,6 +230,37 @@ def test_no_first_token_in_time_goes_to_the_next_target_and_closes_the_first(srv
     assert found["attempts"][0]["ms"] >= 500  # FIRST_TOKEN_TIMEOUT_S
     record = asked(fleet, "a", "slow-a")[0]
     assert record["closed_by_peer"] is not None and record["closed_by_peer"] > began and record["sent"] == 0
+
+
+def test_an_attempt_is_the_last_when_nothing_left_could_start(start_server, fleet, tmp_path_factory) -> None:
+    """A slow target followed only by targets that could not start (a circuit open, a
+    Retry-After past the start budget) is the last attempt: no first-token deadline, its slow
+    first token is the answer (not a 504 with nothing tried after it)."""
+    routes = {"break-c": [f"c/status?status=503&tag={tag('break-c')}"],
+              "slow-then-open": [f"a/silence?at=0&silence_s=1.2&tag={tag('slow-open')}",
+                                 f"c/normal?tokens=4&tag={tag('open-c')}"],
+              "retry-late": [f"b/status?status=503&retry_after=2&tag={tag('late-b')}",
+                             f"a/silence?at=0&silence_s=1.2&tag={tag('late-a')}"]}
+    path = upstreams_file(fleet, tmp_path_factory.mktemp("last"), routes)
+    server = start_server(UPSTREAMS_FILE=path, CIRCUIT_FAILURES=2, CIRCUIT_COOLDOWN_S=60,
+                          FIRST_TOKEN_TIMEOUT_S=0.5, START_BUDGET_S=1.5, RETRY_AFTER_CAP_S=CAP_S,
+                          HEADER_WAIT_S=0.2, READ_TIMEOUT_S=5, CONNECT_TIMEOUT_S=2, RESUME_GRACE_S=0)
+
+    # b's Retry-After (2 s) ends past the start budget (1.5 s): a is the last, however slow.
+    resp = chat(server, "retry-late")
+    assert resp.status_code == 200 and text_of(resp), resp.text
+    assert outcomes(info(server, resp.headers["X-Stream-Id"])) == [
+        ("b", "upstream_http_error", 503), ("a", "success", None)]
+    assert len(asked(fleet, "b", "late-b")) == 1
+
+    # c's circuit open (two failures): a is the last, however slow.
+    for _ in range(2):
+        assert chat(server, "break-c").status_code == 502
+    resp = chat(server, "slow-then-open")
+    assert resp.status_code == 200 and text_of(resp), resp.text
+    found = info(server, resp.headers["X-Stream-Id"])
+    assert outcomes(found) == [("a", "success", None)] and found["attempts"][0]["ms"] >= 1000
+    assert not asked(fleet, "c", "open-c")
 
 
 def test_a_malformed_first_event_goes_to_the_next_target(srv, fleet) -> None:

@@ -3,8 +3,9 @@
 A door turns its request into a model (``routes.model.request_model``) and a chat request,
 and :func:`answer` into the answer's events over the model's targets
 (:class:`~streamapp.failover.Failover`). Starting the stream (:func:`launch`) admits it
-through the targets' circuits, takes the current client's stream slot (waiting in the
-client's queue up to ``QUEUE_WAIT_S`` when its caps are full: :mod:`streamapp.queue`) and
+(:func:`admit`: the key's token budget and the targets' circuits, refused at once, before any
+slot), takes the current client's stream slot (waiting in the client's queue up to
+``QUEUE_WAIT_S`` when its caps are full: :mod:`streamapp.queue`) and
 records the client (an API key's name, never the key) and the request id in the
 stream's metadata; resuming one (:func:`find`) checks that client owns it. The
 lifecycle itself (``streams.lifecycle``) knows nothing of requests.
@@ -18,7 +19,7 @@ import gevent.event
 from flask import current_app, g
 
 from ..auth import require_owner_or_admin
-from ..errors import ApiError, TooManyStreams, UpstreamUnavailable
+from ..errors import ApiError, TooManyStreams
 from ..failover import Failover, Settings
 from ..limits import client_identity
 from ..metrics import EXTENSION as METRICS
@@ -108,27 +109,54 @@ def answer(resolved: Resolved, chat: ChatRequest) -> Failover:
                     observe=metrics.attempted if metrics is not None else None)
 
 
+def admit(events: Failover, meta: dict[str, Any]) -> dict[str, Any]:
+    """Admit a stream before it takes a slot or waits for one: ``meta`` with the current key's
+    token budget reservation (429 ``budget_exceeded``) once the circuits of ``events``' targets
+    let it start (503 ``UpstreamUnavailable`` when every one is open). A stream admitted but
+    not started gives both back (:func:`refuse`)."""
+    meta = reserve_budget(meta)  # 429 when the key's token budget cannot cover the stream
+    try:
+        events.admit()
+    except BaseException:
+        release_budget(meta)
+        raise
+    return meta
+
+
+def refuse(events: Failover, meta: dict[str, Any]) -> None:
+    """Give back what :func:`admit` took for a stream that did not start (no slot, the client
+    left, a store error): its budget reservation and its probe's turn (idempotent)."""
+    release_budget(meta)
+    events.release()
+
+
 def launch(events: Failover, meta: dict[str, Any], on_disconnect: str = "cancel", *,
-           slot: Slot | None = None, gone: gevent.event.Event | None = None) -> str:
+           slot: Slot | None = None, gone: gevent.event.Event | None = None,
+           admitted: bool = False) -> str:
     """Start a stream of ``events`` (:func:`answer`) for the current client in one of its
     stream slots (``slot`` when the caller took it); its id.
 
-    503 (``UpstreamUnavailable``) at once when the circuit of every target is open (``slot``
-    given back). Caps full: waits in the queue up to ``QUEUE_WAIT_S``, then 429
+    Unless ``admitted`` (``meta`` then comes from :func:`admit`; the circuits looked at again:
+    one may have opened while the stream waited for ``slot``), admitted first: 503
+    (``UpstreamUnavailable``) at once when the circuit of every target is open, 429
+    ``budget_exceeded`` when the key's token budget cannot cover it (``slot`` given back).
+    Caps full: waits in the queue up to ``QUEUE_WAIT_S``, then 429
     (``TooManyStreams``); ``LeftQueue`` once ``gone`` is set while it waits. The slot is given
     back when the producer exits, however the stream ends. The upstream attempts go to the
     stream's metadata (``upstream``, ``attempts``) at its first token, or its end before one.
-    A key with a token budget reserves the stream's tokens first (429 ``budget_exceeded``,
-    ``slot`` given back), settled when the stream ends (``usage.service``); the upstream is
-    then asked for no more output than the reservation holds (``budget_output``)."""
-    meta = reserve_budget(meta, slot)  # 429 when the key's token budget cannot cover the stream
-    try:
+    A budget's reservation is settled when the stream ends (``usage.service``); the upstream is
+    then asked for no more output than the reservation holds (``budget_output``). A stream that
+    does not start gives the reservation back, and its probe's turn (:func:`refuse`)."""
+    if not admitted:
         try:
-            events.admit()  # before any slot or upstream request
-        except UpstreamUnavailable:
+            meta = admit(events, meta)  # before any slot or upstream request
+        except BaseException:
             if slot is not None:
                 slot.release()
             raise
+    try:
+        if admitted:
+            events.recheck()  # a circuit that opened while the stream waited for its slot: 503
         if slot is None:
             taken = take_slot(on_disconnect)
             slot = taken if isinstance(taken, Slot) else wait_slot(taken, gone)
@@ -136,7 +164,7 @@ def launch(events: Failover, meta: dict[str, Any], on_disconnect: str = "cancel"
         return get_lifecycle().start(events.events, client_meta(meta), on_disconnect, on_exit=slot.release,
                                      on_first=events.decided)
     except BaseException:
-        release_budget(meta)  # not started: nothing to settle
+        refuse(events, meta)  # not started: nothing to settle
         raise
 
 

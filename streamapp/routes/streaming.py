@@ -5,7 +5,9 @@ Before the first byte, a failure is an HTTP error with a JSON body (502, or
 Headers are held until the upstream accepted the request and produced a first
 token, or ``HEADER_WAIT_S`` after it accepted, whichever comes first.
 
-A stream that waits for a slot at a full cap (``QUEUE_WAIT_S``) holds its headers too,
+A stream is admitted (the key's token budget, the circuits: ``door.admit``) before it takes a
+slot: a refusal is an HTTP error at once, never after a wait in the queue. A stream that
+waits for a slot at a full cap (``QUEUE_WAIT_S``) holds its headers too,
 except an SSE one still waiting after a second: it is answered 200 then, gets a comment
 each second while it waits, and an ``error`` event ``too_many_streams`` when the wait runs
 out; a failure before its first token is then its stream's ``error`` event as well.
@@ -33,7 +35,7 @@ from ..queue import Ticket
 from ..slots import Slot
 from ..streams import get_lifecycle
 from ..wire import Encoder, encoder, parse_event_id
-from .door import LeftQueue, client_meta, find, give_up, launch, take_slot, wait_slot
+from .door import LeftQueue, admit, client_meta, find, give_up, launch, refuse, take_slot, wait_slot
 from .edge import DepartureWatch, http_body
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -123,21 +125,27 @@ def start_stream(events: Failover, fmt: str, meta: dict[str, Any],
     enc = encoder(fmt, config["RETRY_MS"], meta)
     if request.method == "HEAD":
         return Response(status=200, content_type=enc.content_type, headers=STREAM_HEADERS)
+    meta = admit(events, meta)  # 429 (a token budget), 503 (circuits) at once: before any slot
     client_gone = gevent.event.Event()
     watch = _watch_departure(client_gone.set)
     try:
-        taken = take_slot(on_disconnect)
-        if isinstance(taken, Ticket):
-            slot = taken.wait(QUEUED_COMMENT_S, client_gone)
-            if slot is None and enc.content_type == SSE_TYPE and watch is not None \
-                    and not client_gone.is_set() and not taken.expired:
-                body = _queued_body(taken, lambda got: launch(events, meta, on_disconnect, slot=got),
-                                    enc, watch, client_gone)
-                watch = None  # the body watches the client now
-                return Response(stream_with_context(body), content_type=enc.content_type,
-                                headers=STREAM_HEADERS)
-            taken = slot if slot is not None else wait_slot(taken, client_gone)
-        sid = launch(events, meta, on_disconnect, slot=taken)
+        try:
+            taken = take_slot(on_disconnect)
+            if isinstance(taken, Ticket):
+                slot = taken.wait(QUEUED_COMMENT_S, client_gone)
+                if slot is None and enc.content_type == SSE_TYPE and watch is not None \
+                        and not client_gone.is_set() and not taken.expired:
+                    body = _queued_body(taken, lambda got: launch(events, meta, on_disconnect, slot=got,
+                                                                  admitted=True),
+                                        enc, watch, client_gone, lambda: refuse(events, meta))
+                    watch = None  # the body watches the client now
+                    return Response(stream_with_context(body), content_type=enc.content_type,
+                                    headers=STREAM_HEADERS)
+                taken = slot if slot is not None else wait_slot(taken, client_gone)
+        except BaseException:
+            refuse(events, meta)  # no slot: the stream never starts
+            raise
+        sid = launch(events, meta, on_disconnect, slot=taken, admitted=True)
         first = get_lifecycle().decide(sid, client_gone)
     except LeftQueue:
         return Response(status=204)  # the client left while its stream waited: nothing started
@@ -152,10 +160,11 @@ def start_stream(events: Failover, fmt: str, meta: dict[str, Any],
 
 
 def _queued_body(ticket: Ticket, start: Callable[[Slot], str], enc: Encoder, watch: DepartureWatch,
-                 gone: gevent.event.Event) -> Iterator[bytes]:
+                 gone: gevent.event.Event, refuse: Callable[[], None]) -> Iterator[bytes]:
     """An SSE stream that waits for its slot: a comment each second, then the stream, or the
     ``error`` event ``too_many_streams`` when the wait runs out. A client that leaves
-    meanwhile leaves the queue."""
+    meanwhile leaves the queue. A stream that gets no slot gives back what its admission
+    took (``refuse``)."""
     slot = None
     try:
         yield sse.comment("queued: waiting for a stream slot")
@@ -173,9 +182,10 @@ def _queued_body(ticket: Ticket, start: Callable[[Slot], str], enc: Encoder, wat
         watch.stop()
         if slot is None:
             ticket.leave("left")  # closed by the server: idempotent after give_up
+            refuse()
     try:
         sid = start(slot)
-    except (ApiError, StoreError) as exc:  # refused once its turn came (an open circuit): the 200 is out
+    except (ApiError, StoreError) as exc:  # refused once its turn came (a circuit opened): the 200 is out
         yield enc.event("", 0, Failed(exc.code, exc.message, exc.status), True)
         return
     lifecycle = get_lifecycle()

@@ -29,7 +29,7 @@ from flask import current_app
 from flask_limiter.errors import RateLimitExceeded
 from simple_websocket import ConnectionClosed
 
-from ..errors import ApiError, BudgetExceeded, StoreError, log_store_error
+from ..errors import ApiError, BudgetExceeded, StoreError, UpstreamUnavailable, log_store_error
 from ..limits import count_stream_start, retry_after
 from ..queue import Ticket
 from ..schemas import ChatBody, WsResume, load_json, parse
@@ -38,7 +38,7 @@ from ..streams import get_lifecycle
 from ..streams.reader import StreamReader
 from ..wire import ws_message, ws_text
 from .chat import chat_events
-from .door import LeftQueue, find, give_up, launch, take_slot
+from .door import LeftQueue, admit, find, give_up, launch, refuse, take_slot
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ class WsSession:
             refusal = {"type": "error", "code": exc.code, "message": exc.message}
             if exc.field:
                 refusal["field"] = exc.field
-            if isinstance(exc, BudgetExceeded):
-                refusal["retry_after"] = exc.retry_after  # seconds until the budget resets
+            if isinstance(exc, (BudgetExceeded, UpstreamUnavailable)):
+                refusal["retry_after"] = exc.retry_after  # the budget's reset, the circuit's wait
             self.send(refusal)
         except RateLimitExceeded as exc:
             self.send({"type": "error", "code": "rate_limited",
@@ -168,12 +168,19 @@ class WsSession:
         body = parse(ChatBody, message)
         count_stream_start()  # the same rate limit as an HTTP stream start
         meta, events = chat_events(body)
-        slot = take_slot(body.on_disconnect)
-        if isinstance(slot, Ticket):
-            slot = self._queued(slot, body.uid)
-            if slot is None:
-                return
-        sid = launch(events, {"route": "ws", "format": "chat", **meta}, body.on_disconnect, slot=slot)
+        # The token budget and the circuits refuse at once, before any slot or wait for one.
+        meta = admit(events, {"route": "ws", "format": "chat", **meta})
+        try:
+            slot = take_slot(body.on_disconnect)
+            if isinstance(slot, Ticket):
+                slot = self._queued(slot, body.uid)
+        except BaseException:
+            refuse(events, meta)  # no slot: the stream never starts
+            raise
+        if slot is None:
+            refuse(events, meta)  # it left the queue
+            return
+        sid = launch(events, meta, body.on_disconnect, slot=slot, admitted=True)
         try:
             self.lifecycle.publish(sid)
             self.send({"type": "start", "stream_id": sid, "uid": body.uid})
