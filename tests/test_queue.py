@@ -144,3 +144,26 @@ def test_fifo_holds_across_two_instances_sharing_redis(start_server, redis_url, 
     first = long_stream(a, "fleet")
     waiters = [waiter(b, "fleet"), waiter(a, "fleet"), waiter(b, "fleet")]
     starts_in_order(first, waiters)
+
+
+def test_a_stream_its_budget_cannot_cover_is_refused_before_it_queues(start_server) -> None:
+    """The token budget is reserved before a stream takes a slot or waits for one: at a full
+    cap, a stream the budget cannot cover gets its 429 ``budget_exceeded`` at once (SSE: not a
+    200 with ``: queued``; WebSocket: an ``error``, not ``queued``)."""
+    wait = 10
+    server = start_server(MAX_STREAMS_PER_PROCESS=1, QUEUE_WAIT_S=wait, TOKEN_BUDGET="2000/day",
+                          BUDGET_DEFAULT_MAX_TOKENS=1200, RATE_LIMIT="", RESUME_GRACE_S=0,
+                          HEADER_WAIT_S=0.3)
+    running = SSEClient(f"{server.url}/stream?text={q(LONG_TEXT)}&delay_ms=100")
+    assert running.status == 200
+    first_deltas(running, 1)  # the only slot taken, over 1200 of the 2000 tokens reserved
+    refused = SSEClient(f"{server.url}/stream?text=hi", timeout=wait * 2)
+    body = json.loads(refused.resp.read())
+    assert refused.status == 429 and body["error"]["code"] == "budget_exceeded", body
+    assert int(refused.headers["Retry-After"]) >= 1
+    with connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5, close_timeout=2, proxy=None) as ws:
+        ws.send(json.dumps({"type": "chat", "uid": 1, "message": "hi", "provider": "demo"}))
+        message = recv_json(ws, wait * 2)
+    assert message["type"] == "error" and message["code"] == "budget_exceeded", message
+    assert waits_ended(server, "timeout") == waits_ended(server, "left") == 0  # nobody queued
+    running.close()
