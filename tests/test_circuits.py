@@ -197,6 +197,8 @@ def test_a_stream_queued_when_its_circuit_opens_ends_with_an_error_event(start_s
     errors = [e for e in queued.iter_events() if e.event == "error"]
     assert errors and json.loads(errors[-1].data)["code"] == "upstream_unavailable", errors
     assert not upstream_log(fake_upstream, f"{tag}-q")
+    again = SSEClient(f"{server.url}/stream?text=hi", headers=auth)  # the refused stream's slot is free
+    assert again.status == 200 and not next(again.iter_chunks()).startswith(b": queued")
 
 
 def test_a_clear_circuit_is_trusted_a_moment_then_checked_again(redis_url, redis_prefix) -> None:

@@ -155,11 +155,15 @@ def launch(events: Failover, meta: dict[str, Any], on_disconnect: str = "cancel"
                 slot.release()
             raise
     try:
-        if admitted:
-            events.recheck()  # a circuit that opened while the stream waited for its slot: 503
         if slot is None:
             taken = take_slot(on_disconnect)
             slot = taken if isinstance(taken, Slot) else wait_slot(taken, gone)
+        if admitted:
+            try:
+                events.recheck()  # a circuit that opened while the stream waited for its slot: 503
+            except BaseException:
+                slot.release()  # the stream's own until its producer has it
+                raise
         events.cap_output(meta.get("budget_output"))  # a budget's reservation: no more output asked
         return get_lifecycle().start(events.events, client_meta(meta), on_disconnect, on_exit=slot.release,
                                      on_first=events.decided)
