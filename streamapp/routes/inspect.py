@@ -19,7 +19,7 @@ import gevent.event
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 
 from .. import sse
-from ..auth import page_viewer, require_admin
+from ..auth import is_admin, page_viewer, require_admin
 from ..errors import ApiError, Forbidden, StoreError
 from ..openapi import describe
 from ..openapi.models import StreamFailure, StreamList, StreamsDiff
@@ -84,7 +84,7 @@ def streams() -> Response:
     query = parse(StreamsQuery, request.args.to_dict())
     key = query.key
     client = g.get("client")
-    admin = client is None or client.admin
+    admin = is_admin()
     if not admin:
         if key is not None and key != client.name:
             raise Forbidden("only an admin key may list another key's streams", code="admin_only")
