@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from .pausing import PAUSE
+
 # The longest line the decoders take from an upstream: past it, LineTooLong. An upstream's
 # line is one event or NDJSON object; a line that never ends would otherwise grow forever.
 MAX_LINE_BYTES = 1 << 20
@@ -201,16 +203,21 @@ class EventParser:
 
 def iter_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[str]:
     """Lines of a byte stream, each handed over as soon as it is complete; a line
-    longer than ``max_line`` bytes raises :class:`LineTooLong`."""
+    longer than ``max_line`` bytes raises :class:`LineTooLong`. :data:`~streamapp.pausing.PAUSE`
+    is handed on as it is."""
     splitter = LineSplitter(max_line)
     for chunk in chunks:
+        if chunk is PAUSE:
+            yield chunk  # type: ignore[misc]
+            continue
         yield from splitter.feed(chunk)
     yield from splitter.flush()
 
 
 def iter_events(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[ServerSentEvent]:
     """Decode a byte stream into events (an unterminated last event is dropped); a line
-    longer than ``max_line`` bytes raises :class:`LineTooLong`.
+    longer than ``max_line`` bytes raises :class:`LineTooLong`. :data:`~streamapp.pausing.PAUSE`
+    is handed on as it is.
 
     The whole events of a chunk (LF endings, no longer than ``max_line``) are decoded a
     block at a time, each ``data: ...`` line a default event: an upstream's usual
@@ -229,6 +236,9 @@ def iter_events(chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES) -> Iter
                 yield event
 
     for chunk in chunks:
+        if chunk is PAUSE:
+            yield chunk  # type: ignore[misc]  # a pump stepped out: handed on as it is
+            continue
         if b"\r" in chunk or len(chunk) > max_line:
             yield from by_line(chunk)
             continue

@@ -15,6 +15,9 @@ from collections.abc import Callable, Iterator
 
 from urllib3.exceptions import ProtocolError
 
+from .. import pausing
+from ..pausing import PAUSE
+
 MAX_HEAD_BYTES = 65536  # the longest chunk-size line (with extensions) or trailer section taken
 
 
@@ -29,14 +32,20 @@ def _size(line: bytes) -> int:
     return size
 
 
-def dechunk(read1: Callable[[int], bytes], read_size: int) -> Iterator[bytes]:
+def dechunk(read1: Callable[[int], bytes], read_size: int, timeout: float | None = None) -> Iterator[bytes]:
     """The data of a chunked body read by ``read1``, one block per read; returns after the
-    last chunk and its trailer section, which is left read to its end."""
+    last chunk and its trailer section, which is left read to its end. Each read of a body
+    chunk is a pause point (:mod:`streamapp.pausing`): :data:`PAUSE` where a pump steps out;
+    ``timeout`` is the socket's read timeout (kept across pauses)."""
+    read = pausing.read
     left = 0  # data bytes of the current chunk still to come
     head = b""  # the start of a size line (or of the CRLF before it) not yet whole
     first = True  # no CRLF precedes the first size line
     while True:
-        data = read1(read_size)
+        data = read(read1, read_size, timeout)
+        if data is None:
+            yield PAUSE  # type: ignore[misc]  # handed up as it is; read again when pulled
+            continue
         if not data:
             raise ProtocolError("Response ended prematurely")
         if head:

@@ -256,7 +256,7 @@ def iter_chunks(resp: requests.Response, what: str) -> Iterator[bytes]:
     reader = None if decode or not raw.chunked else _socket_reader(raw)
     with translate_errors(what):
         if reader is not None:
-            yield from dechunk(reader.read1, READ_SIZE)
+            yield from dechunk(reader.read1, READ_SIZE, _read_timeout(reader))
             raw._original_response.close()  # http.client's end of body: the socket stays open
             raw.release_conn()
             return
@@ -268,6 +268,15 @@ def iter_chunks(resp: requests.Response, what: str) -> Iterator[bytes]:
             if not chunk:
                 return
             yield chunk
+
+
+def _read_timeout(reader: Any) -> float | None:
+    """The read timeout of the socket under http.client's buffered reader (``None``: none known)."""
+    sock = getattr(getattr(reader, "raw", None), "_sock", None)
+    try:
+        return sock.gettimeout() if sock is not None else None
+    except OSError:
+        return None
 
 
 def _socket_reader(raw: urllib3.HTTPResponse) -> Any:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import time
 from array import array
 from collections.abc import Iterator
 from typing import Any
 
+from .. import pausing
 from ..errors import ApiError
 from ..events import Delta, Done, Event, Opened
 from .base import ChatRequest, EmbedRequest, content_text
@@ -80,7 +80,7 @@ class DemoProvider:
         yield Opened()
         for index, token in enumerate(tokens):
             if delay and index:  # the pace is between tokens; the first comes at once
-                time.sleep(delay)  # gevent-patched in the server: yields to the hub
+                yield from pausing.sleep(delay)  # a pause point (streamapp.pausing)
             yield Delta(token, index)
         prompt = sum(len(tokenize(content_text(m.get("content")))) for m in request.messages)
         yield Done(reason, {"prompt_tokens": prompt, "completion_tokens": len(tokens),

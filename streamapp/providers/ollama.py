@@ -32,6 +32,7 @@ import requests
 from .. import sse
 from ..errors import ApiError, UpstreamError
 from ..events import Delta, Done, Event, Reasoning, ToolCall
+from ..pausing import PAUSE
 from ._http import (
     bad_shape,
     new_session,
@@ -199,6 +200,9 @@ class OllamaProvider:
         index = 0
         calls = 0  # tool calls so far: the next one's index
         for line in lines:
+            if line is PAUSE:
+                yield line  # type: ignore[misc]  # the pump stepped out (streamapp.pausing)
+                continue
             if not line.strip():
                 continue
             obj = parse_object(line, self.what)

@@ -28,6 +28,7 @@ import requests
 from .. import sse
 from ..errors import UpstreamError
 from ..events import Delta, Done, Event, Reasoning, ToolCall
+from ..pausing import PAUSE
 from ._http import (
     bad_shape,
     new_session,
@@ -124,6 +125,9 @@ class OpenAIProvider:
         usage: dict[str, Any] | None = None  # None until a usage chunk: unknown, never zeros
         try:
             for event in events:
+                if event is PAUSE:
+                    yield event  # type: ignore[misc]  # the pump stepped out (streamapp.pausing)
+                    continue
                 if event.data == "[DONE]":
                     yield Done(finish_reason or "stop", usage)
                     return
