@@ -82,6 +82,10 @@ EXTENSION = "streamapp.metrics"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OUTCOMES = ("completed", "cancelled", "client_gone", "upstream_error", "error", "shutdown")
 REJECTIONS = ("rate_limited", "too_many_streams", "budget_exceeded")
+# Where a stream's generation moved, and why (streams.producer): to its only reader's greenlet when
+# that reader has read everything; back to its own greenlet on anything else.
+MOVES = (("reader", "alone"),) + tuple(("greenlet", reason) for reason in (
+    "second_reader", "reader_left", "slow_client", "read_elsewhere", "stopped", "shutdown"))
 # LLM streams: a first token in tens of milliseconds (a local model) to many seconds (a long
 # prompt, a reasoning model); answers from a fraction of a second to the hour STREAM_MAX_DURATION_S allows.
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -138,6 +142,9 @@ class StreamMetrics:
         self.attempts = Counter("streamapp_upstream_attempts_total",
                                 "Stream starts on an upstream (each target tried or skipped), by outcome.",
                                 ["upstream", "outcome"], registry=own)
+        self.moves = Counter("streamapp_stream_moves_total",
+                             "Moves of a stream's generation to its only reader's greenlet (to=reader) or "
+                             "to its own greenlet (to=greenlet), by reason.", ["to", "reason"], registry=own)
         self.usage_tokens = Counter("streamapp_usage_tokens_total", "Tokens of streams' usage records, by "
                                     "key name and kind (prompt, completion).", ["key", "kind"],
                                     registry=own) if by_key else None
@@ -151,6 +158,8 @@ class StreamMetrics:
             self.streams.labels(outcome)
         for reason in REJECTIONS:
             self.rejections.labels(reason)
+        for to, reason in MOVES:
+            self.moves.labels(to, reason)
         for provider in self.providers:
             self.ttft.labels(provider)
             self.duration.labels(provider)
@@ -162,6 +171,9 @@ class StreamMetrics:
 
     def stream_resumed(self, sid: str, meta: dict[str, Any]) -> None:
         self.resumes.inc()
+
+    def generation_moved(self, to: str, reason: str) -> None:
+        self.moves.labels(to, reason).inc()
 
     def stream_ended(self, s: StreamSummary) -> None:
         provider = self._provider(s.meta)

@@ -38,6 +38,7 @@ from .store import Store
 
 logger = logging.getLogger(__name__)
 PUBLISH_WAIT_S = 5.0  # at most this long a new stream's id waits for other processes to know it
+SLOW_WRITE_S = 0.5  # a reader driving its stream whose write is blocked this long gives generation up
 
 
 class StreamManager:
@@ -81,6 +82,7 @@ class StreamManager:
         while True:
             gevent.sleep(self.tick)
             self.renew_leases(self.clock())
+            self._check_drivers(self.clock())
             self.store.heartbeat()
             try:
                 # Cancels travel as messages; this poll catches one that was lost.
@@ -119,8 +121,8 @@ class StreamManager:
         for sid, producer in list(self._producers.items()):
             if self.max_duration and now - producer.started_at >= self.max_duration:
                 producer.stop("length")
-            elif producer.on_disconnect == "cancel" and sid not in self._held:
-                watched.append(sid)
+            elif sid not in self._held and (producer.on_disconnect == "cancel" or producer.driver):
+                watched.append(sid)  # its readers counted: the grace, or a reader elsewhere too
         if not watched:
             return
         try:
@@ -131,6 +133,11 @@ class StreamManager:
         for sid, count in zip(watched, counts, strict=True):
             producer = self._producers.get(sid)
             if producer is None:
+                continue
+            if count > producer.local_readers and producer.driver is not None:
+                producer.shared_read = True  # read elsewhere too (a resume on another process)
+                producer.release("read_elsewhere")
+            if producer.on_disconnect != "cancel":
                 continue
             if count:
                 producer.unread_since = None
@@ -157,7 +164,7 @@ class StreamManager:
         producer = Producer(
             sid, events, self.store, self._producer_exit, max_events=self.max_events,
             max_bytes=self.max_bytes, on_disconnect=on_disconnect, started_at=self.clock(),
-            meta=meta, stall=self.stall, clock=self.clock, on_first=on_first)
+            meta=meta, stall=self.stall, clock=self.clock, on_first=on_first, on_move=self._moved)
         try:
             self.store.create(sid, {**meta, "state": "running", "on_disconnect": on_disconnect,
                                     "started": round(time.time(), 3), "process": self.process})
@@ -182,10 +189,17 @@ class StreamManager:
             logger.warning("could not count a resume of stream %s: %s", sid, exc)
         self._notify("stream_resumed", sid, meta)
 
+    def _moved(self, to: str, reason: str) -> None:
+        """A stream's generation moved ``to`` its reader's greenlet or its own (``reason``)."""
+        self._notify("generation_moved", to, reason)
+
     def _notify(self, method: str, *args: Any) -> None:
         for observer in self.observers:
+            call = getattr(observer, method, None)
+            if call is None:
+                continue  # an observer of some events only
             try:
-                getattr(observer, method)(*args)
+                call(*args)
             except Exception:  # noqa: BLE001 - an observer must never break a stream
                 logger.exception("a stream observer failed in %s", method)
 
@@ -226,6 +240,54 @@ class StreamManager:
         producer = self._producers.get(sid)
         if producer is not None:
             producer.unread_since = None
+
+    # -- who generates: a stream's producer greenlet, or its only reader here (``Producer.pump``) --
+    def reader_joined(self, reader: StreamReader) -> None:
+        """A leased reader follows ``reader.sid`` here: a second one takes generation back to the
+        stream's own greenlet (neither waits for the other's client)."""
+        producer = self._producers.get(reader.sid)
+        if producer is not None:
+            producer.local_readers += 1
+            if producer.local_readers > 1:
+                producer.release("second_reader")
+
+    def reader_left(self, reader: StreamReader) -> None:
+        """A leased reader stopped following its stream here."""
+        producer = self._producers.get(reader.sid)
+        if producer is not None:
+            producer.local_readers -= 1
+            if producer.involves(reader):
+                producer.release("reader_left")
+
+    def undrive(self, reader: StreamReader) -> None:
+        """``reader`` drives its stream no more (its client left): generation moves now."""
+        producer = self._producers.get(reader.sid)
+        if producer is not None and producer.involves(reader):
+            producer.release("reader_left")
+
+    def driven_by(self, reader: StreamReader) -> Producer | None:
+        """The producer ``reader`` drives now, or ``None``: only a stream generated here, its only
+        leased reader here, not while this process shuts down (``Producer.offer``)."""
+        producer = self._producers.get(reader.sid)
+        if producer is None or producer.local_readers != 1 or self.stopping.is_set():
+            return None
+        return producer if producer.offer(reader) else None
+
+    def _check_drivers(self, now: float) -> None:
+        """The tick's look at streams driven by their readers: one whose heartbeat is due steps out
+        of its upstream wait; one whose client is slow (a write blocked ``SLOW_WRITE_S``) gives
+        generation back to the stream's own greenlet, for good."""
+        for reader in list(self.readers):
+            if not reader.drives:
+                continue
+            producer = self._producers.get(reader.sid)
+            if producer is None or producer.driver is not reader:
+                continue
+            if reader.writing and now - reader.last_yield >= SLOW_WRITE_S:
+                reader.drives = False
+                producer.release("slow_client")
+            elif reader.pumping and now - reader.last_yield >= reader.idle:
+                producer.pause()
 
     def attach(self, sid: str, after: int = 0, **options: Any) -> StreamReader:
         """A new reader of ``sid`` after event ``after`` (it must be closed)."""
@@ -333,6 +395,8 @@ class StreamManager:
     def begin_shutdown(self) -> None:
         """Wake every reader; those whose client can resume elsewhere end cleanly."""
         self.stopping.set()
+        for producer in list(self._producers.values()):
+            producer.release("shutdown")  # generation in the streams' own greenlets: drained as before
         for reader in list(self.readers):
             reader.wake.set()
 
@@ -341,13 +405,20 @@ class StreamManager:
         then stop them; with ``close``, then close the store."""
         deadline = time.monotonic() + timeout
         while self._producers and time.monotonic() < deadline:
-            gevent.joinall([p.greenlet for p in self._producers.values()],
-                           timeout=max(0.0, deadline - time.monotonic()))
+            running = self._greenlets()
+            if not running:  # a driver is stepping out of its pump (begin_shutdown)
+                gevent.sleep(0.01)
+                continue
+            gevent.joinall(running, timeout=max(0.0, deadline - time.monotonic()))
         for producer in list(self._producers.values()):
             producer.stop("shutdown")
-        gevent.joinall([p.greenlet for p in self._producers.values()], timeout=2)
+        gevent.joinall(self._greenlets(), timeout=2)
         if close:
             self.store.close()
+
+
+    def _greenlets(self) -> list[gevent.Greenlet]:
+        return [p.greenlet for p in self._producers.values() if p.greenlet is not None]
 
 
 def end_figures(producer: Producer, summary: StreamSummary) -> dict[str, Any]:

@@ -34,8 +34,10 @@ from typing import Any
 
 import gevent
 
+from .. import pausing
 from ..errors import UpstreamError
 from ..events import Delta, Done, Event, Failed, Opened, Reasoning, ToolCall, content_bytes, is_terminal
+from ..pausing import PAUSE
 from ..usage.record import final_usage
 from .observe import StreamSummary, outcome_of
 from .store import Store
@@ -59,6 +61,7 @@ class StreamStalled(Exception):
 
 
 STALL_CHECKS = 4  # quiet checks in a row that make a stall: one every stall / STALL_CHECKS
+_END = object()  # a step found the stream's end
 
 
 class Producer:
@@ -81,7 +84,8 @@ class Producer:
                  max_bytes: int = 0, on_disconnect: str = "cancel", started_at: float = 0.0,
                  meta: dict[str, Any] | None = None, stall: float = 0.0,
                  clock: Callable[[], float] = time.monotonic,
-                 on_first: Callable[[Event | None], dict[str, Any] | None] | None = None) -> None:
+                 on_first: Callable[[Event | None], dict[str, Any] | None] | None = None,
+                 on_move: Callable[[str, str], None] | None = None) -> None:
         self.sid = sid
         self.store = store
         self.on_disconnect = on_disconnect
@@ -109,99 +113,250 @@ class Producer:
         self.ended_at: float | None = None
         self._stop_reason: str | None = None
         self.seq = 0
+        self._counted = self._others = self._size = 0  # content events (others: not text), their bytes
+        self._final: Event | None = None  # the end still to record, once a step found it
         self.stall = stall
         self._watch: Any = None  # the stall timer, armed at the first token
         self._seen = 0  # the event count at the stall timer's last change
         self._quiet = 0  # the stall timer's wakes since then
-        self.greenlet = gevent.spawn(self._run)
+        # Who generates: this producer's own greenlet, or the reader that drives the stream in
+        # its greenlet (``driver``, :meth:`pump`); never both. ``_runner`` is the greenlet in a
+        # step now, ``_pump`` its pump's state when a driver pumps.
+        self.driver: object | None = None
+        self.local_readers = 0  # readers attached in this process (the manager counts them)
+        self.shared_read = False  # read elsewhere too: never driven by a reader again
+        self._handoff: Any = None  # a reader asking to drive: given at the next event
+        self._release_wanted = ""  # why the driver is to give generation back when it steps out
+        self._ending = False  # the end was found: the finish runs (or ran)
+        self._runner: Any = None
+        self._pump: pausing.Pump | None = None
+        self._on_move = on_move  # told (to, reason) each time generation moves
+        self.greenlet: gevent.Greenlet | None = gevent.spawn(self._run)
 
+    # -- stopping ----------------------------------------------------------------------------
     def stop(self, reason: str) -> None:
         """End generation with ``finish_reason=reason`` (idempotent)."""
-        if self._stop_reason is not None or self.greenlet.dead:
+        if self._stop_reason is not None or self._ending:
             return
         self._stop_reason = reason
-        if self._in_upstream:
-            # Interrupt the wait for the upstream; never a store write half done.
-            self.greenlet.kill(StreamStopped(reason), block=False)
+        if self.driver is not None and self._runner is None:
+            self._to_greenlet("stopped")  # the driver is writing: the stream's own greenlet ends it now
+        elif self._in_upstream:
+            self._interrupt(StreamStopped(reason))  # never a store write half done
 
+    def _interrupt(self, exc: BaseException) -> None:
+        """Throw ``exc`` into the greenlet waiting for the upstream, from the hub, if it still
+        waits there then (``Paused`` only at a pause point)."""
+        gevent.get_hub().loop.run_callback(self._throw, exc)
+
+    def _throw(self, exc: BaseException) -> None:
+        runner = self._runner
+        if runner is None or not self._in_upstream or runner.dead:
+            return
+        if isinstance(exc, pausing.Paused):
+            pump = self._pump
+            if pump is None or not pump.waiting or self.driver is None:
+                return
+        runner.throw(exc)
+
+    # -- who generates -------------------------------------------------------------------------
+    def offer(self, reader: object) -> bool:
+        """``reader`` (this stream's only reader here) has nothing left to read: whether it drives
+        the stream now (:meth:`pump`). Generation moves to it at its producer greenlet's next event
+        after the first token; until then it waits for events as any reader does."""
+        if self.driver is reader:
+            return True
+        if self.driver is not None or self._ending or self._stop_reason is not None \
+                or self.first_at is None or self.shared_read:
+            return False
+        self._handoff = reader
+        return False
+
+    def involves(self, reader: object) -> bool:
+        """Whether ``reader`` drives this stream, or asked to."""
+        return self.driver is reader or self._handoff is reader
+
+    def release(self, reason: str) -> None:
+        """Generation moves to the stream's own greenlet (``reason``, for the metrics): at once when
+        its driver is not in a step, else as soon as the driver steps out (woken at a pause point;
+        after its event otherwise)."""
+        self._handoff = None
+        if self.driver is None:
+            return
+        if self._runner is None:
+            self._to_greenlet(reason)
+        else:
+            self._release_wanted = reason
+            self._interrupt(pausing.Paused())
+
+    def pause(self) -> None:
+        """Have the driver step out of an upstream wait (a heartbeat is due, its client left)."""
+        if self.driver is not None and self._runner is not None:
+            self._interrupt(pausing.Paused())
+
+    def _to_greenlet(self, reason: str) -> None:
+        self.driver = self._pump = None
+        self._release_wanted = ""
+        self.greenlet = gevent.spawn(self._run)
+        self._moved("greenlet", reason)
+
+    def _moved(self, to: str, reason: str) -> None:
+        if self._on_move is not None:
+            try:
+                self._on_move(to, reason)
+            except Exception:  # noqa: BLE001 - a hook must never break a stream
+                logger.exception("stream %s: the move hook failed", self.sid)
+
+    def pump(self, driver: object) -> bool:
+        """Generate in the calling greenlet, ``driver``'s: pull upstream events into the log until
+        some were appended and the upstream would make it wait, or the end (its finish then runs
+        in a greenlet of its own, the final event appended as usual). Returns whether it stopped
+        at ``FAIR_EVENTS`` events without waiting (the caller lets other greenlets run)."""
+        if self.driver is not driver:
+            return False
+        pump = self._pump
+        if pump is None:  # one per driver: a read's wait is counted across its pauses
+            pump = self._pump = pausing.Pump()
+        pump.step_out = False
+        token = pausing.CURRENT.set(pump)
+        self._runner = gevent.getcurrent()
+        full = False
+        try:
+            for _ in range(FAIR_EVENTS):
+                if self._stop_reason is not None:
+                    self._final = Done(self._stop_reason)
+                    self._end_in_greenlet()
+                    return False
+                got = self._step()
+                if got is _END:
+                    self._end_in_greenlet()
+                    return False
+                if got is PAUSE or self._release_wanted:
+                    return False
+                pump.step_out = True
+            full = True
+        finally:
+            pausing.CURRENT.reset(token)
+            self._runner = None
+            if self._release_wanted:
+                self._to_greenlet(self._release_wanted)
+        return full
+
+    def _end_in_greenlet(self) -> None:
+        """A driver found the end: it records it in a greenlet of its own, so the driver writes
+        the end without waiting for the upstream's close or the exit hooks."""
+        self.driver = self._pump = None
+        self._release_wanted = ""
+        self._ending = True
+        self.greenlet = gevent.spawn(self._finish, self._final)
+
+    # -- generating ----------------------------------------------------------------------------
     def _append(self, event: Event, final: bool = False) -> None:
         self.seq += 1
         self.store.append(self.sid, self.seq, event, final=final)
 
     def _run(self) -> None:
-        final: Event | None = None
-        events = self._events
-        counted = others = size = run = 0  # content events (others: not text), their bytes
-        max_events, max_bytes = self.max_events, self.max_bytes
+        """The producer greenlet: steps until the end, or until a reader takes the stream over."""
+        self._runner = gevent.getcurrent()
+        run = 0
         try:
-            while self._stop_reason is None:
-                self._in_upstream = True
-                try:
-                    event = next(events, None)
-                finally:
-                    self._in_upstream = False
-                if event is None:
-                    final = Failed("upstream_bad_response", "the provider ended without a result")
+            while True:
+                if self._stop_reason is not None:
+                    self._final = Done(self._stop_reason)
                     break
-                cls = type(event)
-                if cls is Delta or cls is Reasoning or cls is ToolCall:
-                    if cls is Delta:
-                        text = event.text
-                        if not text:
-                            continue
-                        size += len(text.encode("utf-8", "replace"))
-                    else:
-                        others += 1
-                        size += content_bytes(event)
-                    counted += 1
-                    if (max_events and counted > max_events) or (max_bytes and size > max_bytes):
-                        final = Done("length")  # this stream's limits: the upstream is closed below
-                        break
-                if is_terminal(event):
-                    # Readers get the end now; closing the provider may still tidy
-                    # the upstream connection up for reuse.
-                    self.chunks = counted
-                    event = self._with_usage(event, from_upstream=True)
-                    self._append(event, final=True)
-                    self._ended_with = event
+                handoff = self._handoff
+                if handoff is not None:
+                    self._handoff = None
+                    if self._stop_reason is None and not self.shared_read:
+                        self.driver = handoff  # it pumps from its next read on
+                        self._runner = None
+                        handoff.wake.set()  # it may wait with nothing new to read
+                        self._moved("reader", "alone")
+                        return
+                got = self._step()
+                if got is _END:
                     break
-                self._append(event)
-                if cls is Opened:
-                    self.opened = True
-                elif self.first_at is None:
-                    self.first_at = self.clock()  # the first token (text, reasoning or a tool call)
-                    self.first_seq = self.seq
-                    if self._on_first is not None:
-                        self._annotate(self._on_first(event))
                 run += 1
                 if self.seq == 2:
                     # The first token: its reader writes it now, and whatever it waits for
                     # on a socket (the stream's publication) is answered before we go on.
                     run = 0
-                    if self.stall:
-                        self._arm_stall_timer()
                     gevent.sleep(IO_YIELD_S)
                 elif run >= FAIR_EVENTS:
                     run = 0
                     gevent.sleep(0)  # readers woken by the appends write now
-            else:
-                final = Done(self._stop_reason)
+        finally:
+            if self.driver is None:
+                self._runner = None
+                self._ending = True
+                self._finish(self._final)
+
+    def _step(self) -> object:
+        """One upstream event into the log: ``None`` to go on, ``PAUSE`` when a pump stepped out,
+        or ``_END`` with ``_final`` the end still to record (``None``: the upstream's own end,
+        appended already)."""
+        try:
+            self._in_upstream = True
+            try:
+                event = next(self._events, None)
+            finally:
+                self._in_upstream = False
+            if event is PAUSE:
+                return PAUSE
+            if event is None:
+                self._final = Failed("upstream_bad_response", "the provider ended without a result")
+                return _END
+            cls = type(event)
+            if cls is Delta or cls is Reasoning or cls is ToolCall:
+                if cls is Delta:
+                    text = event.text
+                    if not text:
+                        return None
+                    self._size += len(text.encode("utf-8", "replace"))
+                else:
+                    self._others += 1
+                    self._size += content_bytes(event)
+                self._counted += 1
+                if (self.max_events and self._counted > self.max_events) or \
+                        (self.max_bytes and self._size > self.max_bytes):
+                    self._final = Done("length")  # this stream's limits: the upstream is closed below
+                    return _END
+            if is_terminal(event):
+                # Readers get the end now; closing the provider may still tidy
+                # the upstream connection up for reuse.
+                self.chunks = self._counted
+                event = self._with_usage(event, from_upstream=True)
+                self._append(event, final=True)
+                self._ended_with = event
+                self._final = None
+                return _END
+            self._append(event)
+            if cls is Opened:
+                self.opened = True
+            elif self.first_at is None:
+                self.first_at = self.clock()  # the first token (text, reasoning or a tool call)
+                self.first_seq = self.seq
+                if self.stall:
+                    self._arm_stall_timer()
+                if self._on_first is not None:
+                    self._annotate(self._on_first(event))
+            return None
         except StreamStopped as stop:
-            final = Done(stop.args[0])
+            self._final = Done(stop.args[0])
         except StreamStalled:
             logger.warning("stream %s: upstream_stalled: no event for %g s", self.sid, self.stall,
                            extra={"stream_id": self.sid, "request_id": self.meta.get("request_id")})
-            final = Failed("upstream_stalled", f"the upstream sent no event for {self.stall:g} s", 504)
+            self._final = Failed("upstream_stalled", f"the upstream sent no event for {self.stall:g} s", 504)
+        except pausing.Paused:  # thrown where the provider has no pause point: not expected
+            logger.error("stream %s: a pause reached a provider without a pause point", self.sid)
+            self._final = Failed("internal_error", "internal error: Paused", 500)
         except Exception as exc:  # noqa: BLE001 - stopped: whatever the upstream's close raised
             if self._stop_reason is None:
-                final = self._failure(exc)
+                self._final = self._failure(exc)
             else:
                 logger.warning("stream %s: the upstream failed while stopping: %r", self.sid, exc)
-                final = Done(self._stop_reason)
-        finally:
-            self.tokens = counted - others  # text deltas
-            self.chunks = counted
-            self._finish(final)
+                self._final = Done(self._stop_reason)
+        return _END
 
     def _arm_stall_timer(self) -> None:
         """Start the stall check (once, at the first token): no work per event."""
@@ -215,11 +370,13 @@ class Producer:
         if self.seq != self._seen:
             self._seen, self._quiet = self.seq, 0
             return
+        if not self._in_upstream:  # a driver writing to its client: not the upstream's silence
+            self._quiet = 0
+            return
         self._quiet += 1
-        # Only while it waits for the upstream (a store write is never interrupted).
-        if self._quiet >= STALL_CHECKS and self._in_upstream and self._stop_reason is None:
+        if self._quiet >= STALL_CHECKS and self._stop_reason is None:
             self._watch.stop()
-            self.greenlet.kill(StreamStalled(), block=False)
+            self._interrupt(StreamStalled())
 
     def _annotate(self, fields: dict[str, Any] | None) -> None:
         """Add ``fields`` to the stream's metadata (the store's and ``meta``)."""
@@ -246,6 +403,8 @@ class Producer:
     def _finish(self, final: Event | None) -> None:
         """Close the upstream, record the end, tell the manager: each step whatever the others do."""
         self.ended_at = self.clock()  # the stream's end; closing may still read the upstream's tail
+        self.tokens = self._counted - self._others  # text deltas
+        self.chunks = self._counted
         if self._watch is not None:
             self._watch.close()
         if self.first_at is None and self._on_first is not None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import gevent
 import gevent.event
@@ -62,6 +62,18 @@ class ReaderHost(Protocol):
     def reader_attached(self, sid: str) -> None:
         """A reader in this process holds ``sid``: it is being read."""
 
+    def reader_joined(self, reader: StreamReader) -> None:
+        """``reader`` follows its stream from this process now (a leased one)."""
+
+    def reader_left(self, reader: StreamReader) -> None:
+        """``reader`` (a leased one) stopped following its stream."""
+
+    def undrive(self, reader: StreamReader) -> None:
+        """``reader`` drives its stream no more: generation goes on in a greenlet of its own."""
+
+    def driven_by(self, reader: StreamReader) -> Any:
+        """The producer ``reader`` drives now (it has nothing left to read), or ``None``."""
+
 
 class StreamReader:
     """One reader of stream ``sid`` from event ``after`` on (0: the start)."""
@@ -79,6 +91,9 @@ class StreamReader:
         self.writing = False  # a batch is out with the transport (which may be blocked writing it)
         self.closed = False
         self.delivered = 0  # events handed to the transport
+        self.last_yield = 0.0  # when a batch (or a heartbeat) last went to the transport
+        self.drives = lease  # may drive its stream (pump it in this greenlet) when alone on it
+        self.pumping = False  # in a pump of its stream now (waiting for the upstream, maybe)
         self._attached = False
         self._renewed_at = 0.0
         self._departing: gevent.Greenlet | None = None
@@ -89,12 +104,15 @@ class StreamReader:
         self._attached = True
         self.manager.readers.add(self)
         store.watch(self.sid, self.wake)
+        if self.lease:
+            self.manager.reader_joined(self)
         self._renew(self.manager.clock())
 
     def lease_due(self, now: float) -> bool:
-        """Whether the host must renew this reader's lease: its transport is blocked in a write
-        (so the reader does not iterate and renew it itself) and a third of the lease passed."""
-        return self.writing and self._attached and not self.closed and \
+        """Whether the host must renew this reader's lease: its transport is blocked in a write,
+        or it waits for the upstream in a pump (so it does not iterate and renew it itself), and a
+        third of the lease passed."""
+        return (self.writing or self.pumping) and self._attached and not self.closed and \
             now - self._renewed_at >= self.manager.store.lease / 3
 
     def renew(self, now: float) -> None:
@@ -116,6 +134,9 @@ class StreamReader:
         """The client went away: stop at once, and detach without blocking the caller."""
         self.gone = True
         self.wake.set()
+        if self.drives:
+            self.drives = False
+            self.manager.undrive(self)  # out of a pump: generation goes on in a greenlet of its own
         if self._departing is None and self._attached and not self.closed:
             # Detach now (a zero grace stops the upstream now); it may talk to Redis.
             self._departing = gevent.spawn(self.close)
@@ -132,6 +153,7 @@ class StreamReader:
         manager.store.unwatch(self.sid, self.wake)
         if not self.lease:
             return
+        manager.reader_left(self)
         try:
             if manager.stopping.is_set() and self.leave_at_shutdown:
                 # Leaving only so the client resumes elsewhere: not a departure.
@@ -167,7 +189,7 @@ class StreamReader:
         manager, sid, wake = self.manager, self.sid, self.wake
         store, clock = manager.store, manager.clock
         renew_every = store.lease / 3
-        last_yield = checked_at = clock()
+        self.last_yield = checked_at = clock()
         while not self.gone and not self._shutting_down():
             now = clock()
             if now - self._renewed_at >= renew_every:
@@ -181,13 +203,30 @@ class StreamReader:
             if batch:
                 out, ended = self._take(batch)
                 self.delivered += len(out)
-                last_yield = clock()
+                self.last_yield = clock()
                 self.writing = True  # until the transport has written it and asks for more
                 yield out
                 self.writing = False
                 if ended:
                     return
                 continue
+            if self.drives:
+                producer = manager.driven_by(self)
+                if producer is not None:  # alone on a stream generated here: it runs in this greenlet
+                    if now - self.last_yield >= self.idle:
+                        self.last_yield = now
+                        self.writing = True
+                        yield []  # the upstream is silent: a heartbeat first
+                        self.writing = False
+                        continue
+                    self.pumping = True
+                    try:
+                        full = producer.pump(self)  # its next events into the log
+                    finally:
+                        self.pumping = False
+                    if full:
+                        gevent.sleep(0)  # a burst: other streams' greenlets run too
+                    continue
             local = store.is_local(sid)
             if local or now - checked_at >= REMOTE_CHECK_S:  # local: a dict lookup
                 checked_at = now
@@ -200,8 +239,8 @@ class StreamReader:
                         self.delivered += 1
                         yield end
                     return
-            if now - last_yield >= self.idle:
-                last_yield = now
+            if now - self.last_yield >= self.idle:
+                self.last_yield = now
                 self.writing = True
                 yield []
                 self.writing = False
