@@ -1,10 +1,24 @@
-"""The producer: one greenlet per stream pulling provider events into a store.
+"""The producer: pulls a stream's provider events into a store, in one greenlet per stream.
 
 It numbers events from 1 and appends each to the stream's log; readers follow
-the log on their own. ``stop(reason)`` ends generation at once, even while the
-upstream is silent: the greenlet is interrupted where it waits for the
-upstream, the provider's ``finally`` closes the upstream response, and the
-stream ends with ``Done(finish_reason=reason)``. A stream that reaches its
+the log on their own. Who runs the provider is the producer's business:
+
+- its own greenlet (:meth:`Producer._run`), from the start to the first token, and whenever
+  the stream is not read by exactly one reader in this process;
+- after the first token, the stream's only reader here, in its own greenlet
+  (:meth:`Producer.pump`, offered by the manager through :meth:`Producer.offer`): it pulls
+  the upstream's next events into the log, reads them back and writes them, with no wake-up
+  hand-off. The producer greenlet gives the stream to it at its next event and exits, so a
+  stream waiting for its upstream holds one greenlet, not two. The provider's waits are pause
+  points (:mod:`streamapp.pausing`): the reader steps out of them to write what it has, for
+  a heartbeat, or to give generation back. Anything else (a second reader, the reader leaving,
+  a slow client, a reader on another process, a stop, shutdown) moves generation back to a
+  greenlet of its own (:meth:`Producer.release`) between two events: nothing is lost, doubled
+  or reordered, and the upstream sees one connection read on.
+
+``stop(reason)`` ends generation at once, even while the upstream is silent: whichever greenlet
+waits for the upstream is interrupted there, the provider's ``finally`` closes the upstream
+response, and the stream ends with ``Done(finish_reason=reason)``. A stream that reaches its
 limits ends the same way with ``finish_reason: "length"``: ``max_events``
 events that carry content (text, reasoning, tool-call fragments), or
 ``max_bytes`` of that content (UTF-8, :func:`~streamapp.events.content_bytes`), or more
@@ -16,12 +30,8 @@ accepted the request, how many content chunks it produced and how the stream end
 ``meta["prompt_estimate"]``, when the door put it there, is the input's estimate.
 
 After the first token the stream never ends silently: with ``stall`` set, an upstream
-that yields no event for that long (silent, or sending only keep-alive bytes, which the
-socket's per-read timeout does not see) ends the stream with ``Failed("upstream_stalled")``,
-and so does a read timeout after the first token. The check costs nothing per event: a
-timer armed once, at the first token, wakes every ``stall / 4`` and compares the event
-count with the one it saw last; four quiet wakes in a row are a stall, so a stall ends
-between ``stall`` and ``1.25 * stall`` after the last event.
+that yields no event for that long ends the stream with ``Failed("upstream_stalled")``
+(:mod:`.stall`, nothing per event), and so does a read timeout after the first token.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from ..events import Delta, Done, Event, Failed, Opened, Reasoning, ToolCall, co
 from ..pausing import PAUSE
 from ..usage.record import final_usage
 from .observe import StreamSummary, outcome_of
+from .stall import StallWatch
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -60,7 +71,6 @@ class StreamStalled(Exception):
     """Thrown into a producer whose upstream yielded no event for its stall timeout."""
 
 
-STALL_CHECKS = 4  # quiet checks in a row that make a stall: one every stall / STALL_CHECKS
 _END = object()  # a step found the stream's end
 
 
@@ -116,12 +126,10 @@ class Producer:
         self._counted = self._others = self._size = 0  # content events (others: not text), their bytes
         self._final: Event | None = None  # the end still to record, once a step found it
         self.stall = stall
-        self._watch: Any = None  # the stall timer, armed at the first token
-        self._seen = 0  # the event count at the stall timer's last change
-        self._quiet = 0  # the stall timer's wakes since then
+        self._watch: StallWatch | None = None  # armed at the first token (streams.stall)
         # Who generates: this producer's own greenlet, or the reader that drives the stream in
         # its greenlet (``driver``, :meth:`pump`); never both. ``_runner`` is the greenlet in a
-        # step now, ``_pump`` its pump's state when a driver pumps.
+        # step now.
         self.driver: object | None = None
         self.local_readers = 0  # readers attached in this process (the manager counts them)
         self.shared_read = False  # read elsewhere too: never driven by a reader again
@@ -129,7 +137,7 @@ class Producer:
         self._release_wanted = ""  # why the driver is to give generation back when it steps out
         self._ending = False  # the end was found: the finish runs (or ran)
         self._runner: Any = None
-        self._pump: pausing.Pump | None = None
+        self._pump = pausing.Pump()  # the pause points' state, for whichever greenlet runs the provider
         self._on_move = on_move  # told (to, reason) each time generation moves
         self.greenlet: gevent.Greenlet | None = gevent.spawn(self._run)
 
@@ -153,23 +161,24 @@ class Producer:
         runner = self._runner
         if runner is None or not self._in_upstream or runner.dead:
             return
-        if isinstance(exc, pausing.Paused):
-            pump = self._pump
-            if pump is None or not pump.waiting or self.driver is None:
-                return
+        if isinstance(exc, pausing.Paused) and not self._pump.waiting:
+            return  # only at a pause point
         runner.throw(exc)
 
     # -- who generates -------------------------------------------------------------------------
     def offer(self, reader: object) -> bool:
         """``reader`` (this stream's only reader here) has nothing left to read: whether it drives
-        the stream now (:meth:`pump`). Generation moves to it at its producer greenlet's next event
-        after the first token; until then it waits for events as any reader does."""
+        the stream now (:meth:`pump`). After the first token, generation moves to it once the
+        producer greenlet steps out of its upstream wait (asked to, at a pause point) or has
+        its next event; until then it waits for events as any reader does."""
         if self.driver is reader:
             return True
         if self.driver is not None or self._ending or self._stop_reason is not None \
                 or self.first_at is None or self.shared_read:
             return False
         self._handoff = reader
+        if self._pump.waiting:
+            self._interrupt(pausing.Paused())  # the producer greenlet waits for the upstream: now
         return False
 
     def involves(self, reader: object) -> bool:
@@ -195,7 +204,7 @@ class Producer:
             self._interrupt(pausing.Paused())
 
     def _to_greenlet(self, reason: str) -> None:
-        self.driver = self._pump = None
+        self.driver = None
         self._release_wanted = ""
         self.greenlet = gevent.spawn(self._run)
         self._moved("greenlet", reason)
@@ -215,8 +224,6 @@ class Producer:
         if self.driver is not driver:
             return False
         pump = self._pump
-        if pump is None:  # one per driver: a read's wait is counted across its pauses
-            pump = self._pump = pausing.Pump()
         pump.step_out = False
         token = pausing.CURRENT.set(pump)
         self._runner = gevent.getcurrent()
@@ -245,7 +252,7 @@ class Producer:
     def _end_in_greenlet(self) -> None:
         """A driver found the end: it records it in a greenlet of its own, so the driver writes
         the end without waiting for the upstream's close or the exit hooks."""
-        self.driver = self._pump = None
+        self.driver = None
         self._release_wanted = ""
         self._ending = True
         self.greenlet = gevent.spawn(self._finish, self._final)
@@ -258,6 +265,8 @@ class Producer:
     def _run(self) -> None:
         """The producer greenlet: steps until the end, or until a reader takes the stream over."""
         self._runner = gevent.getcurrent()
+        self._pump.step_out = False
+        token = pausing.CURRENT.set(self._pump)  # its waits are pause points: a reader may take over
         run = 0
         try:
             while True:
@@ -276,6 +285,8 @@ class Producer:
                 got = self._step()
                 if got is _END:
                     break
+                if got is PAUSE:
+                    continue  # stepped out of the upstream wait: a reader asks to drive
                 run += 1
                 if self.seq == 2:
                     # The first token: its reader writes it now, and whatever it waits for
@@ -286,6 +297,7 @@ class Producer:
                     run = 0
                     gevent.sleep(0)  # readers woken by the appends write now
         finally:
+            pausing.CURRENT.reset(token)
             if self.driver is None:
                 self._runner = None
                 self._ending = True
@@ -337,7 +349,8 @@ class Producer:
                 self.first_at = self.clock()  # the first token (text, reasoning or a tool call)
                 self.first_seq = self.seq
                 if self.stall:
-                    self._arm_stall_timer()
+                    self._watch = StallWatch(self.stall, lambda: self.seq, lambda: self._in_upstream,
+                                             self._stalled)
                 if self._on_first is not None:
                     self._annotate(self._on_first(event))
             return None
@@ -358,24 +371,8 @@ class Producer:
                 self._final = Done(self._stop_reason)
         return _END
 
-    def _arm_stall_timer(self) -> None:
-        """Start the stall check (once, at the first token): no work per event."""
-        period = self.stall / STALL_CHECKS
-        self._seen = self.seq
-        self._watch = gevent.get_hub().loop.timer(period, period)
-        self._watch.start(self._check_stall)
-
-    def _check_stall(self) -> None:
-        """The stall timer's wake: a stall after ``STALL_CHECKS`` wakes without a new event."""
-        if self.seq != self._seen:
-            self._seen, self._quiet = self.seq, 0
-            return
-        if not self._in_upstream:  # a driver writing to its client: not the upstream's silence
-            self._quiet = 0
-            return
-        self._quiet += 1
-        if self._quiet >= STALL_CHECKS and self._stop_reason is None:
-            self._watch.stop()
+    def _stalled(self) -> None:
+        if self._stop_reason is None:
             self._interrupt(StreamStalled())
 
     def _annotate(self, fields: dict[str, Any] | None) -> None:

@@ -24,6 +24,12 @@ never counts as gone. Transports (the HTTP edge, WebSocket) wrap it: they own
 their sockets, call :meth:`leave` when their client goes, and :meth:`close`
 when they are done.
 
+A leased reader that has read everything of a stream generated in its process, and is its
+only reader there, *drives* it: it pulls the upstream's next events itself
+(``Producer.pump``, through :meth:`ReaderHost.driven_by`) instead of waiting to be woken;
+while it waits for the upstream there, the host's tick renews its lease and asks it to step
+out when a heartbeat is due. Leaving, it hands generation back (:meth:`ReaderHost.undrive`).
+
 A reader made with ``lease=False`` (the inspector's) takes no lease: it reads and waits like
 any other, but no stream counts it as a reader, so it keeps none alive
 (``on_disconnect=cancel``) and its leaving tells nobody anything.
@@ -214,10 +220,7 @@ class StreamReader:
                 producer = manager.driven_by(self)
                 if producer is not None:  # alone on a stream generated here: it runs in this greenlet
                     if now - self.last_yield >= self.idle:
-                        self.last_yield = now
-                        self.writing = True
-                        yield []  # the upstream is silent: a heartbeat first
-                        self.writing = False
+                        yield from self._beat(now)  # the upstream is silent: a heartbeat first
                         continue
                     self.pumping = True
                     try:
@@ -240,10 +243,7 @@ class StreamReader:
                         yield end
                     return
             if now - self.last_yield >= self.idle:
-                self.last_yield = now
-                self.writing = True
-                yield []
-                self.writing = False
+                yield from self._beat(now)
                 continue
             # The manager's tick wakes us for leases, heartbeats and the checks above.
             try:
@@ -251,6 +251,13 @@ class StreamReader:
             except StoreError:
                 yield self._fail("store_unavailable", "the stream store is unavailable")
                 return
+
+    def _beat(self, now: float) -> Iterator[Batch]:
+        """An empty batch: nothing new for ``idle`` seconds (the transport may send a heartbeat)."""
+        self.last_yield = now
+        self.writing = True
+        yield []
+        self.writing = False
 
     def _take(self, batch: Batch) -> tuple[Batch, bool]:
         """The events of ``batch`` up to the end or a hole; whether the stream ended."""
