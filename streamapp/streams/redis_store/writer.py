@@ -12,10 +12,12 @@ import redis
 from ...events import Event
 from .codec import encode, meta_fields
 from .health import Health
-from .scripts import Scripts
+from .scripts import WRITE_EVENTS, Scripts
 
 logger = logging.getLogger(__name__)
-BATCH_EVENTS = 64  # this many pending appends are written at once, without the commit window
+# This many pending appends are written at once, without waiting out the commit window: as many
+# as one write call takes, so a burst of a few hundred tokens is one script call, not one per 64.
+BATCH_EVENTS = WRITE_EVENTS
 MAX_UNRECORDED_ENDS = 10_000  # ends of streams still to be written to Redis after a lost batch
 
 Item = tuple[str, int, bytes, bool]  # (sid, seq, event JSON, final)
