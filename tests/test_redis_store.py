@@ -204,14 +204,32 @@ def scenario_pages_and_mirror(url: str, prefix: str) -> None:
     assert [seq for seq, _ in remote.read("m1", 3, 4)] == [4, 5, 6, 7]
     assert remote.count("m1") == last == 10
     assert store.is_local("m1")
+    store.attach("m1", "r1")
     store.append("m1", 11, deltas("end")[0], final=True)
-    wake.clear()  # set by the append; now set again only by the mirror being freed
     store.flush()
-    # Once its end is in Redis the mirror is freed; readers here go on from Redis.
-    assert not store.is_local("m1") and not store.mirror.holds("m1")
-    assert wake.is_set()
+    # Its end is in Redis, but a reader here still reads it: the mirror stays until it leaves,
+    # so that it never turns to Redis for the last events, nor to leave.
+    assert store.is_local("m1") and [seq for seq, _ in store.read("m1", 9)] == [10, 11]
+    store.unwatch("m1", wake)
+    assert store.is_local("m1")  # its lease is still there
+    assert store.detach("m1", "r1") == 0
+    assert not store.is_local("m1") and not store.mirror.holds("m1")  # freed as it left
     assert [seq for seq, _ in store.read("m1", 9)] == [10, 11]
     assert store.count("m1") == 11 and store.meta("m1")["last"] == 11
+    # A stream nobody here reads is freed once its end is in Redis; one whose reader here
+    # never leaves, after a lease (kept_for) at most: that reader goes on from Redis.
+    store.create("m2", META)
+    append_all(store, "m2", deltas("a"))
+    store.create("m3", META)
+    store.watch("m3", wake)
+    append_all(store, "m3", deltas("a"))
+    store.flush()
+    assert not store.is_local("m2") and store.is_local("m3")
+    wake.clear()
+    store.mirror.kept_for = 0
+    store.mirror.tidy()
+    assert not store.is_local("m3") and wake.is_set()  # woken to read on from Redis
+    assert texts(store.read("m3", 0)) == ["a", "done"]
 
 
 def test_reads_page_count_uses_xlen_and_the_mirror_is_freed(redis_url, prefix) -> None:

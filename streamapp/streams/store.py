@@ -317,6 +317,11 @@ class MemoryStore(Store):
         log = self._get(sid)
         return 0 if log is None else self._live(log)
 
+    def in_use(self, sid: str) -> bool:
+        """Whether a reader holds a live lease on ``sid`` or watches it."""
+        log = self._get(sid)
+        return log is not None and bool(log.watchers or self._live(log))
+
     def request_cancel(self, sid: str) -> None:
         log = self._get(sid)
         if log is not None:

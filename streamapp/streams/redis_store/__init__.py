@@ -43,7 +43,7 @@ wait on Redis. A stream's events wait for its metadata, and its id reaches no
 client before it is in (``published``); a stream whose metadata Redis does not
 take is served by this process only, and never reaches Redis (what may have, a
 reply lost, is deleted). The mirror is freed once the stream's final event is
-in Redis.
+in Redis and no reader here uses it (a reader stuck for a lease goes on from Redis).
 
 When Redis is down, operations on streams that live only in Redis raise
 ``StoreError``; streams produced here go on for their local readers, and a

@@ -60,7 +60,7 @@ class RedisStore(Store):
                                    self.health, give_up=self.mirror.keep_local, done=self._published_round)
         self.writer = Writer(lambda: clients.own("write"), self.scripts, self.health,
                              commit_window=commit_window, held=self.publisher.publishing,
-                             local_only=self.mirror.local_only, ended=self.mirror.drop,
+                             local_only=self.mirror.local_only, ended=self.mirror.ended,
                              lost=self._republish, progress=self._progress)
         # The append path, without a lookup per event.
         self._logs, self._local_only = self.mirror.logs, self.mirror.local_only

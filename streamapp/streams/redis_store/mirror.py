@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+import gevent.event
 import redis
 
 from ...events import Event
@@ -23,7 +25,9 @@ class Mirror:
     counts add Redis's, the other processes' readers). A stream is *shared* when Redis
     should hear about it now: not local-only (created while Redis was down, or its
     metadata given up) and Redis not down. ``notify(kind, sid)`` tells the producer
-    ("idle", "cancel"). The writer frees a stream (``drop``) once its end is in Redis."""
+    ("idle", "cancel"). Once a stream's end is in Redis (``ended``) its mirror is freed,
+    as soon as no reader here uses it: a reader here never turns to Redis for the last events
+    of a stream it reads, nor to leave it (a reader stuck longer than ``lease`` does)."""
 
     def __init__(self, ttl: float, lease: float, health: Health, control: ControlChannel,
                  notify: Callable[[str, str], None]) -> None:
@@ -32,10 +36,12 @@ class Mirror:
         self.local_only: set[str] = set()  # never sent to Redis
         self._held: set[str] = set()  # created here and not dropped (some may have expired)
         self._prune_at = 1024  # _held is pruned of expired mirrors when it grows past this
+        self.kept_for = lease  # seconds an ended mirror is kept at most for its readers here
+        self._over: dict[str, float] = {}  # sid -> when its end reached Redis (monotonic)
         # The operations that are the log's own: the memory store's, without a call between.
         self.meta, self.read, self.count = logs.meta, logs.read, logs.count
-        self.watch, self.unwatch, self.wait = logs.watch, logs.unwatch, logs.wait
-        self.attach, self.detach_quietly, self.readers = logs.attach, logs.detach_quietly, logs.readers
+        self.watch, self.wait = logs.watch, logs.wait
+        self.attach, self.readers = logs.attach, logs.readers
 
     def holds(self, sid: str) -> bool:
         """Whether this process produces ``sid`` (its log is mirrored here)."""
@@ -60,14 +66,32 @@ class Mirror:
         self.local_only.update(sids)
 
     def drop(self, sid: str) -> None:
-        """Free ``sid``'s mirror (its log is whole in Redis); its readers here go on from Redis."""
+        """Free ``sid``'s mirror now (forgotten); its readers here go on from Redis."""
         self.logs.drop(sid)
         self._held.discard(sid)
+        self._over.pop(sid, None)
+
+    def ended(self, sid: str) -> None:
+        """``sid``'s end is in Redis (its log is whole there): free its mirror, now or once
+        the last reader here leaves it."""
+        if self.logs.in_use(sid):
+            self._over[sid] = time.monotonic()
+        else:
+            self.drop(sid)
+
+    def _left(self, sid: str) -> None:
+        if sid in self._over and not self.logs.in_use(sid):
+            self.drop(sid)
 
     def tidy(self) -> None:
-        """Forget the local-only streams whose mirror expired."""
+        """Forget the local-only streams whose mirror expired; free the ended mirrors kept
+        ``kept_for`` for a reader here that has not left."""
         if self.local_only:
             self.local_only.difference_update([sid for sid in self.local_only if self.logs.meta(sid) is None])
+        if self._over:
+            due = time.monotonic() - self.kept_for
+            for sid in [sid for sid, at in self._over.items() if at <= due]:
+                self.drop(sid)
 
     def shared_streams(self) -> list[str]:
         """The shared streams mirrored here."""
@@ -83,13 +107,25 @@ class Mirror:
 
     # -- the per-stream operations beyond the log's own (the facade routes here for
     # -- the streams it holds)
+    def unwatch(self, sid: str, wake: gevent.event.Event) -> None:
+        self.logs.unwatch(sid, wake)
+        if self._over:
+            self._left(sid)
+
     def detach(self, sid: str, reader: str) -> int:
         # The last of our readers: "idle" to the producer; the grace's end counts Redis's too.
         before = self.logs.readers(sid)
         left = self.logs.detach(sid, reader)
         if left < before and not left:
             self.notify("idle", sid)
+        if self._over:
+            self._left(sid)
         return left
+
+    def detach_quietly(self, sid: str, reader: str) -> None:
+        self.logs.detach_quietly(sid, reader)
+        if self._over:
+            self._left(sid)
 
     def request_cancel(self, sid: str) -> None:
         self.logs.request_cancel(sid)
