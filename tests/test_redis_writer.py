@@ -84,7 +84,8 @@ def test_the_writer_survives_a_refused_batch_and_records_its_end() -> None:
 
 
 def scenario_commit_window() -> None:
-    """Appends of every stream within the commit window go in one script call."""
+    """Appends of every stream within the commit window, and metadata fields added meanwhile,
+    go in one script call."""
     import gevent
     import redis
 
@@ -107,8 +108,10 @@ def scenario_commit_window() -> None:
         store.append(sid, 2 if sid == "c1" else 1, Delta(sid, n), final=False)
         gevent.idle()
         assert store.read(sid, 0)  # readers in this process have it at once
+    store.annotate("c2", {"upstream": "u"})  # metadata fields go in the same call
     store.flush()
     assert evalsha_calls() - before == 1  # one write for all three
+    assert remote.meta("c2")["upstream"] == "u"
     assert texts(remote.read("c1", 0)) == ["warm", "c1"]
     assert all(texts(remote.read(sid, 0)) == [sid] for sid in sids[1:])
     server.stop()

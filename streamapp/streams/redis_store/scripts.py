@@ -19,19 +19,25 @@ WRITE_EVENTS = 512  # events per write call at most: a long log is split over se
 
 # The writer's one command per batch, for every stream in it: KEYS are each stream's log, meta,
 # readers and cancel keys; ARGV[1] and ARGV[2] the TTLs of a running and of an ended stream; then
-# per stream: how many events follow, its final seq (0 while it runs), and the events' seq, JSON
-# pairs. A stream whose meta is missing (Redis lost it: a restart) is left untouched and its
-# position returned, so that nothing of it lands without its metadata. Otherwise the script
-# appends the events (one already there, after a retry, is skipped; any other refusal, out of
-# memory say, fails the call), records the end, and gives every key of the stream the log's TTL,
-# so its meta, readers and cancel keys never expire before its log.
+# per stream: how many events follow, its final seq (0 while it runs), how many metadata fields
+# follow (``annotate``), the events' seq, JSON pairs and the fields' name, JSON pairs. A stream
+# whose meta is missing (Redis lost it: a restart) is left untouched, and its position returned
+# when it came with events or its end, so that nothing of it lands without its metadata (fields
+# alone for a missing meta, a stream forgotten or expired, are dropped: no hash without a TTL).
+# Otherwise the script appends the events (one already there, after a retry, is skipped; any other
+# refusal, out of memory say, fails the call), records the end, gives every key of the stream the
+# log's TTL (so its meta, readers and cancel keys never expire before its log), then sets the
+# fields.
 WRITE = b"""
 local a, lost = 3, {}
 for k = 1, #KEYS, 4 do
-  local nevents, last = tonumber(ARGV[a]), ARGV[a + 1]
-  a = a + 2
+  local nevents, last, nfields = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  local log = nevents > 0 or last ~= '0'
   if redis.call('EXISTS', KEYS[k + 1]) == 0 then
-    lost[#lost + 1] = (k + 3) / 4
+    if log then
+      lost[#lost + 1] = (k + 3) / 4
+    end
   else
     for i = a, a + 2 * nevents - 1, 2 do
       local r = redis.pcall('XADD', KEYS[k], '0-' .. ARGV[i], 'e', ARGV[i + 1])
@@ -39,16 +45,21 @@ for k = 1, #KEYS, 4 do
         return redis.error_reply(r.err)
       end
     end
-    local ttl = ARGV[1]
-    if last ~= '0' then
-      redis.call('HSET', KEYS[k + 1], 'state', '"finished"', 'last', last)
-      ttl = ARGV[2]
+    if log then
+      local ttl = ARGV[1]
+      if last ~= '0' then
+        redis.call('HSET', KEYS[k + 1], 'state', '"finished"', 'last', last)
+        ttl = ARGV[2]
+      end
+      for i = k, k + 3 do
+        redis.call('EXPIRE', KEYS[i], ttl)
+      end
     end
-    for i = k, k + 3 do
-      redis.call('EXPIRE', KEYS[i], ttl)
+    for i = a + 2 * nevents, a + 2 * (nevents + nfields) - 1, 2 do
+      redis.call('HSET', KEYS[k + 1], ARGV[i], ARGV[i + 1])
     end
   end
-  a = a + 2 * nevents
+  a = a + 2 * (nevents + nfields)
 end
 return lost
 """
@@ -78,21 +89,6 @@ redis.call('EXPIRE', recent, ARGV[1])
 RESUMED = b"""
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'resumes', 1)
-end
-"""
-# Fields added to streams' metadata: KEYS are their meta keys; then per stream: how many field,
-# value pairs follow, and the pairs. A stream whose meta is missing (expired, forgotten, lost) is
-# left alone: a hash made here would have no TTL.
-ANNOTATE = b"""
-local a = 1
-for k = 1, #KEYS do
-  local n = tonumber(ARGV[a])
-  if redis.call('EXISTS', KEYS[k]) == 1 then
-    for i = a + 1, a + 2 * n, 2 do
-      redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1])
-    end
-  end
-  a = a + 1 + 2 * n
 end
 """
 # A reader's lease (KEYS[1]: the readers key; ARGV: reader, lease expiry, the key's least TTL,
@@ -133,10 +129,11 @@ return out
 """
 
 Write = tuple[str, int, list]  # (sid, final seq or 0, [seq, event JSON, seq, event JSON, ...])
+_Entry = tuple[str, int, list, list]  # a Write and its metadata fields [field, JSON, ...]
 
 
 class Scripts:
-    """The five scripts, registered on ``client``; ``write`` and ``publish`` run on the
+    """The scripts, registered on ``client``; ``write`` and ``publish`` run on the
     connection they are given (the writer's, the publisher's)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, ttl: int, running_ttl: int,
@@ -148,23 +145,28 @@ class Scripts:
         self._resumed = client.register_script(RESUMED)
         self._count = client.register_script(COUNT)
         self._attach = client.register_script(ATTACH)
-        self._annotate = client.register_script(ANNOTATE)
 
-    def write(self, client: redis.Redis, writes: list[Write]) -> list[str]:
-        """Append and end streams, at most ``WRITE_CHUNK`` streams and ``WRITE_EVENTS``
-        events a call (a long log goes in parts, its end with the last); the sids left
-        untouched because Redis has no metadata for them (and none of their later parts)."""
+    def write(self, client: redis.Redis, writes: list[Write],
+              fields: dict[str, list[str]] | None = None) -> list[str]:
+        """Append and end streams, and add metadata ``fields`` (sid -> field, JSON value, ...;
+        after the events), at most ``WRITE_CHUNK`` streams and ``WRITE_EVENTS`` events a call
+        (a long log goes in parts, its end with the last); the sids left untouched because
+        Redis has no metadata for them (and none of their later parts)."""
         p = self.keys.prefix
+        entries: list[_Entry] = [(sid, last, events, []) for sid, last, events in writes]
+        if fields:
+            entries += [(sid, 0, [], pairs) for sid, pairs in fields.items()]
         lost: dict[str, None] = {}
-        for chunk in _calls(writes):
+        for chunk in _calls(entries):
             if lost:
-                chunk = [write for write in chunk if write[0] not in lost]
+                chunk = [entry for entry in chunk if entry[0] not in lost]
             keys: list = []
             args: list = [self.running_ttl, self.ttl]
-            for sid, last, events in chunk:
+            for sid, last, events, pairs in chunk:
                 keys += (f"{p}:log:{sid}", f"{p}:meta:{sid}", f"{p}:readers:{sid}", f"{p}:cancel:{sid}")
-                args += (len(events) // 2, last)
+                args += (len(events) // 2, last, len(pairs) // 2)
                 args += events
+                args += pairs
             missing = self._write(keys, args, client=client) if chunk else None
             if missing:
                 lost.update((chunk[int(i) - 1][0], None) for i in missing)
@@ -186,16 +188,6 @@ class Scripts:
         """Count one more resume of ``sid``."""
         self._resumed([self.keys("meta", sid)])
 
-    def annotate(self, client: redis.Redis, batch: list[tuple[str, list[str]]]) -> None:
-        """Add ``(sid, meta fields and values)`` to streams' metadata, ``WRITE_CHUNK`` a call."""
-        for start in range(0, len(batch), WRITE_CHUNK):
-            chunk = batch[start:start + WRITE_CHUNK]
-            args: list[Any] = []
-            for _, fields in chunk:
-                args.append(len(fields) // 2)
-                args += fields
-            self._annotate([self.keys("meta", sid) for sid, _ in chunk], args, client=client)
-
     def attach(self, key: str, reader: str, now: float, lease: float, ttl: int) -> None:
         """Record or renew ``reader``'s lease in readers key ``key``, unless it left."""
         self._attach([key], [reader, now + lease, ttl, lease - now])
@@ -205,18 +197,18 @@ class Scripts:
         return self._count([self.keys("readers", sid) for sid in sids], [now])
 
 
-def _calls(writes: list[Write]) -> Iterator[list[Write]]:
-    """``writes`` in calls of at most ``WRITE_CHUNK`` streams and ``WRITE_EVENTS`` events,
+def _calls(entries: list[_Entry]) -> Iterator[list[_Entry]]:
+    """``entries`` in calls of at most ``WRITE_CHUNK`` streams and ``WRITE_EVENTS`` events,
     a stream with more events than fit split into parts (only the last carries its end)."""
-    call: list[Write] = []
+    call: list[_Entry] = []
     room = WRITE_EVENTS
-    for sid, last, events in writes:
+    for sid, last, events, pairs in entries:
         while True:
             if len(events) <= 2 * room:
                 part, events = events, []
             else:
                 part, events = events[:2 * room], events[2 * room:]
-            call.append((sid, 0 if events else last, part))
+            call.append((sid, 0 if events else last, part, [] if events else pairs))
             room -= len(part) // 2
             if room <= 0 or len(call) >= WRITE_CHUNK:
                 yield call

@@ -36,10 +36,10 @@ class Writer:
     times, then dropped (logged as an error); the end of a stream in a dropped batch is
     recorded as soon as Redis takes it. ``progress`` is set after every round.
 
-    Fields added to a stream's metadata (:meth:`annotate`) go in the same rounds, after the
-    round's events, and wait as its events do; a stream Redis has no metadata for gets none
-    of them (no hash without a TTL). A round of them Redis refuses is dropped (logged): they
-    describe the stream, its log does not depend on them."""
+    Fields added to a stream's metadata (:meth:`annotate`) go in the same script call as the
+    round's events, after them, and wait as its events do; a stream Redis has no metadata
+    for gets none of them (no hash without a TTL). They are retried and dropped with the
+    round's events."""
 
     tries = 5
     backoff = 0.1  # seconds before the second try; doubles each time
@@ -135,10 +135,9 @@ class Writer:
                 batch, self.pending = self.pending, []
                 if self.local_only or self.held:
                     batch = self._sendable(batch)
-                if batch:
-                    self._write(batch)
-                if self.annotations:
-                    self._annotate()
+                fields = self._ready_fields() if self.annotations else {}
+                if batch or fields:
+                    self._write(batch, fields)
                 if self._ends:
                     self._record_ends()
             except Exception:  # noqa: BLE001 - the last line: a writer that dies loses every stream
@@ -159,33 +158,24 @@ class Writer:
         self.pending[:0] = held
         return out
 
-    def _annotate(self) -> None:
-        """Send the metadata fields of the streams whose metadata is in Redis (held ones wait;
-        local-only ones are dropped)."""
+    def _ready_fields(self) -> dict[str, list[str]]:
+        """The metadata fields to send now (field, JSON value, ...): those of the streams whose
+        metadata is in Redis (held ones wait; local-only ones are dropped)."""
         ready = {sid: fields for sid, fields in self.annotations.items() if sid not in self.held}
         for sid in ready:
             del self.annotations[sid]
-        ready = {sid: fields for sid, fields in ready.items() if sid not in self.local_only}
-        if not ready:
-            return
-        try:
-            self.scripts.annotate(self._client(), [(sid, meta_fields(f)) for sid, f in ready.items()])
-        except redis.RedisError as exc:
-            self.health.lost(exc)
-            logger.warning("the metadata fields of %d streams were not written to Redis: %s", len(ready), exc)
-            return
-        self.health.back()
+        return {sid: meta_fields(fields) for sid, fields in ready.items() if sid not in self.local_only}
 
     def _client(self) -> redis.Redis:
         if self._own is None:
             self._own = self.connect()
         return self._own
 
-    def _write(self, batch: list[Item]) -> None:
+    def _write(self, batch: list[Item], fields: dict[str, list[str]]) -> None:
         problem: Exception | None = None
         for attempt in range(self.tries):
             try:
-                ended, lost = self._commit(batch)
+                ended, lost = self._commit(batch, fields)
             except Exception as exc:  # noqa: BLE001 - Redis or a bad event: retried, then dropped
                 problem = exc
                 if isinstance(exc, redis.RedisError):
@@ -205,15 +195,16 @@ class Writer:
                 self.lost(lost)
             return
         streams = {sid for sid, _, _, _ in batch}
-        logger.error("dropped %d events of %d streams that Redis would not take (%s); their "
-                     "remote readers will find a gap", len(batch), len(streams), problem)
+        logger.error("dropped %d events of %d streams (and the metadata fields of %d) that Redis "
+                     "would not take (%s); their remote readers will find a gap", len(batch),
+                     len(streams), len(fields), problem)
         for sid, seq, _, final in batch:
             if final:
                 self._remember_end(sid, seq)
 
-    def _commit(self, batch: list[Item]) -> tuple[list[str], list[str]]:
-        """One script call per batch (every stream's events and end): the sids ended, and
-        those Redis had no metadata for (untouched)."""
+    def _commit(self, batch: list[Item], fields: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+        """One script call per batch (every stream's events, end and metadata fields): the
+        sids ended, and those Redis had no metadata for (untouched)."""
         streams: dict[str, list] = {}  # sid -> [seq, event, seq, event, ...]
         ends: dict[str, int] = {}  # sid -> its final seq
         for sid, seq, data, final in batch:
@@ -223,8 +214,8 @@ class Writer:
             events += (seq, data)
             if final:
                 ends[sid] = seq
-        lost = self.scripts.write(self._client(),
-                                  [(sid, ends.get(sid, 0), events) for sid, events in streams.items()])
+        writes = [(sid, ends.get(sid, 0), events) for sid, events in streams.items()]
+        lost = self.scripts.write(self._client(), writes, fields)
         if lost:
             return [sid for sid in ends if sid not in lost], lost
         return list(ends), lost
