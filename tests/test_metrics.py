@@ -214,7 +214,7 @@ def test_counts_match_what_was_done_summed_over_two_workers(start_server, redis_
     assert final[key("streamapp_tokens_total", **openai)] == 0
     # Low-cardinality labels only: no stream id, no model.
     labels = {(name, value) for (_, pairs) in final for name, value in pairs}
-    assert {name for name, _ in labels} <= {"outcome", "provider", "code", "reason", "le", "upstream"}
+    assert {name for name, _ in labels} <= {"outcome", "provider", "code", "reason", "le", "upstream", "to"}
     assert {v for n, v in labels if n == "provider"} <= {"demo", "openai", "ollama"}
     assert {v for n, v in labels if n == "upstream"} <= {"demo", "openai", "ollama"}  # attempts: every start
 

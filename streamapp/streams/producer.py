@@ -70,7 +70,6 @@ class StreamStopped(Exception):
 class StreamStalled(Exception):
     """Thrown into a producer whose upstream yielded no event for its stall timeout."""
 
-
 _END = object()  # a step found the stream's end
 
 
@@ -211,10 +210,7 @@ class Producer:
 
     def _moved(self, to: str, reason: str) -> None:
         if self._on_move is not None:
-            try:
-                self._on_move(to, reason)
-            except Exception:  # noqa: BLE001 - a hook must never break a stream
-                logger.exception("stream %s: the move hook failed", self.sid)
+            self._on_move(to, reason)  # the manager's: it tells observers, who never raise
 
     def pump(self, driver: object) -> bool:
         """Generate in the calling greenlet, ``driver``'s: pull upstream events into the log until
