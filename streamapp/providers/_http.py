@@ -100,7 +100,7 @@ def post_stream(session: requests.Session, what: str, url: str, payload: dict[st
         resp = session.post(url, json=payload, headers=headers, stream=True, timeout=timeouts,
                             allow_redirects=False)
         if 200 <= resp.status_code < 300:
-            return resp
+            return _streaming(resp)
         try:
             body = resp.raw.read(65536, decode_content=True) or b""
         finally:
@@ -115,6 +115,15 @@ def post_stream(session: requests.Session, what: str, url: str, payload: dict[st
     raise UpstreamError(message, code=code, upstream_status=status,
                         detail=f"{message} (POST {url}: {body[:500]!r})",
                         retry_after=retry_after(resp.headers.get("Retry-After")))
+
+
+def _streaming(resp: requests.Response) -> requests.Response:
+    """``resp`` without what only its start needed, as an answer may stream for minutes: the
+    request that was sent (its headers, JSON body and cookie jar) and the answer's cookie jar.
+    Nothing reads them afterwards."""
+    resp.request = None  # type: ignore[assignment]
+    resp.cookies = None  # type: ignore[assignment]
+    return resp
 
 
 def retry_after(value: str | None) -> float | None:
