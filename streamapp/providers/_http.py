@@ -41,7 +41,10 @@ from ..sse import LineTooLong
 from ._chunked import dechunk
 from .base import has_surrogate_escape, well_formed
 
-READ_SIZE = 65536
+# The most one read of an upstream body takes. A stream waiting on a silent upstream holds a
+# buffer of this size for as long as it waits (read1 allocates it before the socket read), so
+# it is the socket reader's own buffer size rather than more: a burst costs a few more reads.
+READ_SIZE = 8192
 MESSAGE_CHARS = 500  # the longest upstream error message relayed to clients
 MAX_ANSWER_BYTES = 256 << 20  # a whole JSON answer larger than this is refused
 
