@@ -285,6 +285,9 @@ class Failover:
                 raise
             self._end(attempt, "success", None, started)
             self.upstream, self.upstream_model = target.upstream, target.model
+            # No attempt follows: the conversation is not kept for an answer that may stream
+            # for minutes (the provider sent it; the usage estimate was made at the door).
+            self.chat = replace(self.chat, messages=[])
             self._judge(target.upstream, event)  # a success costs no Redis round trip here
             try:
                 if held is not None:

@@ -170,6 +170,7 @@ class OllamaProvider:
                    **ollama_params(request.params)}
         resp = post_stream(self.session, self.what, self.url, payload,
                            {"Accept": "application/x-ndjson"}, self.timeouts)
+        del request, payload  # sent: the conversation is not kept while the answer streams
         yield from stream_response(resp, self.what, lambda chunks: self._events(sse.iter_lines(chunks)))
 
     def embed(self, request: EmbedRequest) -> dict[str, Any]:

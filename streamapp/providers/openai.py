@@ -81,6 +81,7 @@ class OpenAIProvider:
         }
         headers = {"Accept": "text/event-stream", **self._auth()}
         resp = post_stream(self.session, self.what, self.url, payload, headers, self.timeouts)
+        del request, payload  # sent: the conversation is not kept while the answer streams
         yield from stream_response(resp, self.what, lambda chunks: self._events(sse.iter_events(chunks)))
 
     def _auth(self) -> dict[str, str]:
