@@ -196,6 +196,7 @@ class StreamReader:
         store, clock = manager.store, manager.clock
         renew_every = store.lease / 3
         self.last_yield = checked_at = clock()
+        driving = None  # the producer this reader drove last (``Producer.pump``)
         while not self.gone and not self._shutting_down():
             now = clock()
             if now - self._renewed_at >= renew_every:
@@ -215,21 +216,25 @@ class StreamReader:
                 self.writing = False
                 if ended:
                     return
-                continue
-            if self.drives:
-                producer = manager.driven_by(self)
-                if producer is not None:  # alone on a stream generated here: it runs in this greenlet
-                    if now - self.last_yield >= self.idle:
-                        yield from self._beat(now)  # the upstream is silent: a heartbeat first
-                        continue
-                    self.pumping = True
-                    try:
-                        full = producer.pump(self)  # its next events into the log
-                    finally:
-                        self.pumping = False
-                    if full:
-                        gevent.sleep(0)  # a burst: other streams' greenlets run too
+                if driving is None or driving.driver is not self or self.gone:
                     continue
+                # Driving: nobody else appends to the log, so it has nothing new: pump at once.
+            elif self.drives and (driving := manager.driven_by(self)) is not None:
+                # Alone on a stream generated here: it runs in this greenlet.
+                if now - self.last_yield >= self.idle:
+                    yield from self._beat(now)  # the upstream is silent: a heartbeat first
+                    continue
+            else:
+                driving = None
+            if driving is not None:
+                self.pumping = True
+                try:
+                    full = driving.pump(self)  # its next events into the log
+                finally:
+                    self.pumping = False
+                if full:
+                    gevent.sleep(0)  # a burst: other streams' greenlets run too
+                continue
             local = store.is_local(sid)
             if local or now - checked_at >= REMOTE_CHECK_S:  # local: a dict lookup
                 checked_at = now
