@@ -5,24 +5,22 @@ the log on their own. Who runs the provider is the producer's business:
 
 - its own greenlet (:meth:`Producer._run`), from the start to the first token, and whenever
   the stream is not read by exactly one reader in this process;
-- after the first token, the stream's only reader here, in its own greenlet
-  (:meth:`Producer.pump`, offered by the manager through :meth:`Producer.offer`): it pulls
-  the upstream's next events into the log, reads them back and writes them, with no wake-up
-  hand-off. The producer greenlet gives the stream to it at its next event and exits, so a
-  stream waiting for its upstream holds one greenlet, not two. The provider's waits are pause
-  points (:mod:`streamapp.pausing`): the reader steps out of them to write what it has, for
-  a heartbeat, or to give generation back. Anything else (a second reader, the reader leaving,
-  a slow client, a reader on another process, a stop, shutdown) moves generation back to a
-  greenlet of its own (:meth:`Producer.release`) between two events: nothing is lost, doubled
-  or reordered, and the upstream sees one connection read on.
+- after the first token, the stream's only reader here, in its greenlet (:meth:`Producer.pump`,
+  :meth:`Producer.offer`): it pulls the upstream's next events into the log, reads them back
+  and writes them, with no hand-off; the producer greenlet exits, so a stream waiting for its
+  upstream holds one greenlet. The provider's waits are pause points (:mod:`streamapp.pausing`)
+  the reader steps out of (to write, for a heartbeat, to give generation back). Anything else
+  (a second reader, the reader leaving, a slow client, a reader elsewhere, a stop, shutdown)
+  moves generation back to a greenlet of its own (:meth:`Producer.release`) between two
+  events: nothing lost, doubled or reordered; the upstream sees one connection read on.
 
 ``stop(reason)`` ends generation at once, even while the upstream is silent: whichever greenlet
 waits for the upstream is interrupted there, the provider's ``finally`` closes the upstream
 response, and the stream ends with ``Done(finish_reason=reason)``. A stream that reaches its
-limits ends the same way with ``finish_reason: "length"``: ``max_events``
-events that carry content (text, reasoning, tool-call fragments), or
-``max_bytes`` of that content (UTF-8, :func:`~streamapp.events.content_bytes`), or more
-content events than its budget reservation's output (``meta["budget_output"]``).
+limits ends the same way with ``finish_reason: "length"``: ``max_events`` events that carry
+content (text, reasoning, tool-call fragments), or ``max_bytes`` of that content (UTF-8,
+:func:`~streamapp.events.content_bytes`), or more content events than its budget reservation's
+output (``meta["budget_output"]``).
 Whatever happens, the exit path runs to its end: the final event is appended
 and ``on_exit`` is called. The final event, the upstream's or ours, carries the stream's usage
 record (:func:`streamapp.usage.record.final_usage`): the producer knows whether the upstream
@@ -76,17 +74,22 @@ _END = object()  # a step found the stream's end
 class Producer:
     """Runs ``events`` into ``store`` under stream id ``sid``.
 
-    ``on_disconnect`` is ``"cancel"`` (stop once nobody reads, after the grace)
-    or ``"finish"`` (generate to the end; the manager bounds its duration).
-    ``unread_since`` is when the manager last saw it without readers. ``stall`` (seconds,
-    0: none) ends it with ``upstream_stalled`` when no event comes for that long after the
-    first token. On exit,
-    ``on_exit(sid, summary)`` gets the stream's :class:`StreamSummary` (``meta`` is
-    the stream's metadata, for it). ``on_first`` is called once with the first token
-    (it must be quick), or with the final event before it is appended when the stream ends
-    before a token (the start's outcome); the fields it returns, if any, are added to the
-    stream's metadata (``Store.annotate``: the upstream attempts), and to ``meta``.
+    ``on_disconnect`` is ``"cancel"`` (stop once nobody reads, after the grace) or ``"finish"``
+    (generate to the end; the manager bounds its duration). ``unread_since`` is when the manager
+    last saw it without readers. ``stall`` (seconds, 0: none) ends it with ``upstream_stalled``
+    when no event comes for that long after the first token. On exit, ``on_exit(sid, summary)``
+    gets the stream's :class:`StreamSummary` (``meta``: the stream's metadata). ``on_first`` is
+    called once with the first token (it must be quick), or with the final event before it is
+    appended when the stream ends before a token (the start's outcome); the fields it returns,
+    if any, are added to the stream's metadata (``Store.annotate``: the upstream attempts) and
+    ``meta``. ``on_move(to, reason)`` is told each move of generation.
     """
+
+    __slots__ = tuple(  # one per stream: no __dict__ (about 1.2 KB less per stream)
+        "sid store on_disconnect started_at unread_since meta max_events max_bytes clock first_at "
+        "first_seq tokens chunks opened usage _events _on_exit _on_first _in_upstream _ended_with "
+        "ended_at _stop_reason seq _counted _others _size _final stall _watch driver local_readers "
+        "shared_read _handoff _release_wanted _ending _runner _pump _on_move greenlet".split())
 
     def __init__(self, sid: str, events: Iterator[Event], store: Store,
                  on_exit: Callable[[str, StreamSummary], None], *, max_events: int = 0,
@@ -157,12 +160,10 @@ class Producer:
         gevent.get_hub().loop.run_callback(self._throw, exc)
 
     def _throw(self, exc: BaseException) -> None:
-        runner = self._runner
-        if runner is None or not self._in_upstream or runner.dead:
-            return
-        if isinstance(exc, pausing.Paused) and not self._pump.waiting:
-            return  # only at a pause point
-        runner.throw(exc)
+        runner = self._runner  # Paused only at a pause point
+        if runner is not None and self._in_upstream and not runner.dead and \
+                (self._pump.waiting or not isinstance(exc, pausing.Paused)):
+            runner.throw(exc)
 
     # -- who generates -------------------------------------------------------------------------
     def offer(self, reader: object) -> bool:
