@@ -14,7 +14,8 @@ generator goes on from the same place when it is next pulled.
   without reading; while it waits, :class:`Paused` thrown into the greenlet (only there,
   :attr:`Pump.waiting`) makes it return ``None``. A read's timeout counts from when the
   wait began, across the pauses that broke it up (each new read would start the socket's
-  timeout again): past it, the read raises ``TimeoutError`` as the socket would have.
+  timeout again): past it, the next read raises ``TimeoutError`` as the socket would have
+  (late by at most the time to the next pause: a heartbeat's interval).
 - :func:`sleep` is the same for a cooperative pause.
 
 Outside a pump (a stream in its own greenlet, or any other caller) both are the plain read
@@ -48,12 +49,15 @@ PAUSE = _Pause()  # handed up by every layer of a provider: the pump stepped out
 class Pump:
     """The state of one pump call, seen by the pause points of its greenlet."""
 
-    __slots__ = ("step_out", "waiting", "since")
+    __slots__ = ("step_out", "waiting", "since", "pausable")
 
     def __init__(self) -> None:
         self.step_out = False  # events wait to be written: step out rather than wait for more
         self.waiting = False  # at a pause point, waiting: ``Paused`` may be thrown in now
         self.since = 0.0  # when the read a pause broke up began waiting (0: none was)
+        # The provider waited at a pause point: its waits are pause points (a body read by
+        # urllib3, compressed or not chunked, has none: a reader never drives such a stream).
+        self.pausable = False
 
 
 # The pump of the current greenlet (each greenlet has its own context), or None.
@@ -66,16 +70,19 @@ def read(read1: Callable[[int], T], size: int, timeout: float | None = None) -> 
     pump = CURRENT.get()
     if pump is None:
         return read1(size)
+    pump.pausable = True
     if pump.step_out:
         return None
-    if pump.since and timeout is not None and time.monotonic() - pump.since >= timeout:
+    now = time.monotonic()
+    since = pump.since or now  # when this read's wait began, across the pauses that broke it up
+    if timeout is not None and now - since >= timeout:
         pump.since = 0.0
         raise TimeoutError(f"the read timed out ({timeout:g} s, across pauses)")
     pump.waiting = True
     try:
         data = read1(size)
     except Paused:
-        pump.since = pump.since or time.monotonic()
+        pump.since = since
         return None
     finally:
         pump.waiting = False
@@ -95,6 +102,7 @@ def sleep(seconds: float) -> Iterator[_Pause]:
         if pump is None:
             time.sleep(left)  # gevent-patched in the server: yields to the hub
             return
+        pump.pausable = True
         if pump.step_out:
             yield PAUSE
             continue

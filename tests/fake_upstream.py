@@ -41,7 +41,8 @@ Modes:
 - ``gzip``        the ``normal`` answer with ``Content-Encoding: gzip`` (a compressing
                   proxy), the gzip stream flushed after each event, one HTTP chunk each
 - ``unchunked``   the ``normal`` answer without chunked encoding: the body ends where the
-                  connection closes (an HTTP/1.0 proxy's way)
+                  connection closes (an HTTP/1.0 proxy's way); both: ``delay_ms`` between
+                  events, ``silence_s`` after ``at`` tokens
 - ``status`` with ``message=bad``: the error body's message holds a lone surrogate
   escape and bytes that are not UTF-8
 - ``tools``       200, the two calls of ``TOOL_CALLS``. OpenAI: a first chunk with
@@ -488,15 +489,23 @@ def serve(sock: socket.socket, record: dict, api: str, mode: str, p: dict, keep:
     if mode in ("gzip", "unchunked"):
         ctype = "text/event-stream" if api == "openai" else "application/x-ndjson"
         events = [token_event(api, t) for t in token_list(n)] + end_events(api, n)
+
+        def pace(i: int) -> None:  # delay_ms between events; silence_s after ``at`` tokens
+            if i and delay:
+                gevent.sleep(delay)
+            if i == at:
+                gevent.sleep(float(p.get("silence_s", 0)))
         if mode == "unchunked":
             sock.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nConnection: close\r\n\r\n".encode())
-            for event in events:
+            for i, event in enumerate(events):
+                pace(i)
                 sock.sendall(event)
             record["sent"] = n
             return
         gz = zlib.compressobj(wbits=31)  # 31: the gzip container
         sock.sendall(head(200, ctype, extra=("Content-Encoding: gzip",)))
-        for event in events:
+        for i, event in enumerate(events):
+            pace(i)
             sock.sendall(http_chunk(gz.compress(event) + gz.flush(zlib.Z_SYNC_FLUSH)))
         sock.sendall(http_chunk(gz.flush()) + END)
         record["sent"] = n

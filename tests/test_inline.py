@@ -72,6 +72,23 @@ def test_heartbeats_while_the_reader_waits_for_a_silent_upstream(inline_server, 
     assert "".join(e.data for e in data_events(events)) == "".join(token_list(4))
 
 
+@pytest.mark.parametrize("mode", ["gzip", "unchunked"])
+def test_a_body_without_pause_points_is_never_driven_and_keeps_its_pace(inline_server, tag, mode):
+    """A body urllib3 reads (compressed, or not chunked) has no pause point: its reader never
+    drives it (it could not step out to write or beat), so each event still comes as sent and
+    heartbeats fill the upstream's silence (review finding: driven, they came 16 at a time)."""
+    before = moves(inline_server)
+    model = q(f"{mode}?tokens=8&delay_ms=50&at=3&silence_s=1.5&tag={tag}-{mode}")
+    with SSEClient(f"{inline_server.url}/ai-stream?prompt=hi&model={model}") as client:
+        events = client.read_all()
+    assert "".join(e.data for e in data_events(events)) == "".join(token_list(8))
+    tokens = [t for t, e in client.events if e.event == "message"]
+    assert tokens[2] - tokens[0] < 1.0, tokens  # before the silence: not held back behind it
+    beats = [t for t, chunk in client.chunks if b": keep-alive" in chunk and tokens[2] < t < tokens[3]]
+    assert len(beats) >= 2, (beats, tokens)
+    assert moves(inline_server).get(("reader", "alone"), 0) == before.get(("reader", "alone"), 0)
+
+
 def test_a_second_reader_takes_generation_back_without_loss(inline_server, tag):
     before = moves(inline_server)
     model = q(f"slow?tokens=30&delay_ms=40&tag={tag}")

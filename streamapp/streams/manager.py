@@ -406,7 +406,7 @@ class StreamManager:
         deadline = time.monotonic() + timeout
         while self._producers and time.monotonic() < deadline:
             running = self._greenlets()
-            if not running:  # a driver is stepping out of its pump (begin_shutdown)
+            if not running:  # a driver is stepping out of its pump (begin_shutdown): timers and I/O run
                 gevent.sleep(0.01)
                 continue
             gevent.joinall(running, timeout=max(0.0, deadline - time.monotonic()))
@@ -418,7 +418,8 @@ class StreamManager:
 
 
     def _greenlets(self) -> list[gevent.Greenlet]:
-        return [p.greenlet for p in self._producers.values() if p.greenlet is not None]
+        greenlets = [p.greenlet for p in self._producers.values()]
+        return [g for g in greenlets if g is not None and not g.dead]  # none: a stream its reader drives
 
 
 def end_figures(producer: Producer, summary: StreamSummary) -> dict[str, Any]:

@@ -47,15 +47,12 @@ from ..errors import UpstreamError
 from ..events import Delta, Done, Event, Failed, Opened, Reasoning, ToolCall, content_bytes, is_terminal
 from ..pausing import PAUSE
 from ..usage.record import final_usage
+from .driving import END, FAIR_EVENTS, Driving
 from .observe import StreamSummary, outcome_of
 from .stall import StallWatch
 from .store import Store
 
 logger = logging.getLogger(__name__)
-# Fairness: a producer that finds a burst of upstream data (one read holding many events)
-# lets readers write after the first token and then after every FAIR_EVENTS events, so the
-# first event of a burst reaches its client at once and other streams' gaps stay short.
-FAIR_EVENTS = 16
 # gevent.sleep(0) lets other greenlets run but polls no socket (gevent runs its callbacks for up
 # to its switch interval, 5 ms, before it polls); the shortest timer lets the loop poll once.
 IO_YIELD_S = 1e-6
@@ -68,10 +65,9 @@ class StreamStopped(Exception):
 class StreamStalled(Exception):
     """Thrown into a producer whose upstream yielded no event for its stall timeout."""
 
-_END = object()  # a step found the stream's end
 
 
-class Producer:
+class Producer(Driving):
     """Runs ``events`` into ``store`` under stream id ``sid``.
 
     ``on_disconnect`` is ``"cancel"`` (stop once nobody reads, after the grace) or ``"finish"``
@@ -89,7 +85,7 @@ class Producer:
         "sid store on_disconnect started_at unread_since meta max_events max_bytes clock first_at "
         "first_seq tokens chunks opened usage _events _on_exit _on_first _in_upstream _ended_with "
         "ended_at _stop_reason seq _counted _others _size _final stall _watch driver local_readers "
-        "shared_read _handoff _release_wanted _ending _runner _pump _on_move greenlet".split())
+        "shared_read _handoff _release_wanted _ending _runner _pump _on_move greenlet _stall_hit".split())
 
     def __init__(self, sid: str, events: Iterator[Event], store: Store,
                  on_exit: Callable[[str, StreamSummary], None], *, max_events: int = 0,
@@ -129,6 +125,7 @@ class Producer:
         self._final: Event | None = None  # the end still to record, once a step found it
         self.stall = stall
         self._watch: StallWatch | None = None  # armed at the first token (streams.stall)
+        self._stall_hit = False  # it found a stall: the stream ends
         # Who generates: this producer's own greenlet, or the reader that drives the stream in
         # its greenlet (``driver``, :meth:`pump`); never both. ``_runner`` is the greenlet in a
         # step now.
@@ -165,95 +162,6 @@ class Producer:
                 (self._pump.waiting or not isinstance(exc, pausing.Paused)):
             runner.throw(exc)
 
-    # -- who generates -------------------------------------------------------------------------
-    def offer(self, reader: object) -> bool:
-        """``reader`` (this stream's only reader here) has nothing left to read: whether it drives
-        the stream now (:meth:`pump`). After the first token, generation moves to it once the
-        producer greenlet steps out of its upstream wait (asked to, at a pause point) or has
-        its next event; until then it waits for events as any reader does."""
-        if self.driver is reader:
-            return True
-        if self.driver is not None or self._ending or self._stop_reason is not None \
-                or self.first_at is None or self.shared_read:
-            return False
-        self._handoff = reader
-        if self._pump.waiting:
-            self._interrupt(pausing.Paused())  # the producer greenlet waits for the upstream: now
-        return False
-
-    def involves(self, reader: object) -> bool:
-        """Whether ``reader`` drives this stream, or asked to."""
-        return self.driver is reader or self._handoff is reader
-
-    def release(self, reason: str) -> None:
-        """Generation moves to the stream's own greenlet (``reason``, for the metrics): at once when
-        its driver is not in a step, else as soon as the driver steps out (woken at a pause point;
-        after its event otherwise)."""
-        self._handoff = None
-        if self.driver is None:
-            return
-        if self._runner is None:
-            self._to_greenlet(reason)
-        else:
-            self._release_wanted = reason
-            self._interrupt(pausing.Paused())
-
-    def pause(self) -> None:
-        """Have the driver step out of an upstream wait (a heartbeat is due, its client left)."""
-        if self.driver is not None and self._runner is not None:
-            self._interrupt(pausing.Paused())
-
-    def _to_greenlet(self, reason: str) -> None:
-        self.driver = None
-        self._release_wanted = ""
-        self.greenlet = gevent.spawn(self._run)
-        self._moved("greenlet", reason)
-
-    def _moved(self, to: str, reason: str) -> None:
-        if self._on_move is not None:
-            self._on_move(to, reason)  # the manager's: it tells observers, who never raise
-
-    def pump(self, driver: object) -> bool:
-        """Generate in the calling greenlet, ``driver``'s: pull upstream events into the log until
-        some were appended and the upstream would make it wait, or the end (its finish then runs
-        in a greenlet of its own, the final event appended as usual). Returns whether it stopped
-        at ``FAIR_EVENTS`` events without waiting (the caller lets other greenlets run)."""
-        if self.driver is not driver:
-            return False
-        pump = self._pump
-        pump.step_out = False
-        token = pausing.CURRENT.set(pump)
-        self._runner = gevent.getcurrent()
-        full = False
-        try:
-            for _ in range(FAIR_EVENTS):
-                if self._stop_reason is not None:
-                    self._final = Done(self._stop_reason)
-                    self._end_in_greenlet()
-                    return False
-                got = self._step()
-                if got is _END:
-                    self._end_in_greenlet()
-                    return False
-                if got is PAUSE or self._release_wanted:
-                    return False
-                pump.step_out = True
-            full = True
-        finally:
-            pausing.CURRENT.reset(token)
-            self._runner = None
-            if self._release_wanted:
-                self._to_greenlet(self._release_wanted)
-        return full
-
-    def _end_in_greenlet(self) -> None:
-        """A driver found the end: it records it in a greenlet of its own, so the driver writes
-        the end without waiting for the upstream's close or the exit hooks."""
-        self.driver = None
-        self._release_wanted = ""
-        self._ending = True
-        self.greenlet = gevent.spawn(self._finish, self._final)
-
     # -- generating ----------------------------------------------------------------------------
     def _append(self, event: Event, final: bool = False) -> None:
         self.seq += 1
@@ -265,22 +173,25 @@ class Producer:
         self._pump.step_out = False
         token = pausing.CURRENT.set(self._pump)  # its waits are pause points: a reader may take over
         run = 0
+        handed = False
         try:
             while True:
-                if self._stop_reason is not None:
-                    self._final = Done(self._stop_reason)
+                halt = self._halt()
+                if halt is not None:
+                    self._final = halt
                     break
                 handoff = self._handoff
                 if handoff is not None:
                     self._handoff = None
-                    if self._stop_reason is None and not self.shared_read:
+                    if not self.shared_read:
+                        handed = True
                         self.driver = handoff  # it pumps from its next read on
-                        self._runner = None
+                        self._runner = self.greenlet = None
                         handoff.wake.set()  # it may wait with nothing new to read
                         self._moved("reader", "alone")
                         return
                 got = self._step()
-                if got is _END:
+                if got is END:
                     break
                 if got is PAUSE:
                     continue  # stepped out of the upstream wait: a reader asks to drive
@@ -295,14 +206,14 @@ class Producer:
                     gevent.sleep(0)  # readers woken by the appends write now
         finally:
             pausing.CURRENT.reset(token)
-            if self.driver is None:
+            if not handed:
                 self._runner = None
                 self._ending = True
                 self._finish(self._final)
 
     def _step(self) -> object:
         """One upstream event into the log: ``None`` to go on, ``PAUSE`` when a pump stepped out,
-        or ``_END`` with ``_final`` the end still to record (``None``: the upstream's own end,
+        or ``END`` with ``_final`` the end still to record (``None``: the upstream's own end,
         appended already)."""
         try:
             self._in_upstream = True
@@ -314,7 +225,7 @@ class Producer:
                 return PAUSE
             if event is None:
                 self._final = Failed("upstream_bad_response", "the provider ended without a result")
-                return _END
+                return END
             cls = type(event)
             if cls is Delta or cls is Reasoning or cls is ToolCall:
                 if cls is Delta:
@@ -329,7 +240,7 @@ class Producer:
                 if (self.max_events and self._counted > self.max_events) or \
                         (self.max_bytes and self._size > self.max_bytes):
                     self._final = Done("length")  # this stream's limits: the upstream is closed below
-                    return _END
+                    return END
             if is_terminal(event):
                 # Readers get the end now; closing the provider may still tidy
                 # the upstream connection up for reuse.
@@ -338,7 +249,7 @@ class Producer:
                 self._append(event, final=True)
                 self._ended_with = event
                 self._final = None
-                return _END
+                return END
             self._append(event)
             if cls is Opened:
                 self.opened = True
@@ -354,9 +265,7 @@ class Producer:
         except StreamStopped as stop:
             self._final = Done(stop.args[0])
         except StreamStalled:
-            logger.warning("stream %s: upstream_stalled: no event for %g s", self.sid, self.stall,
-                           extra={"stream_id": self.sid, "request_id": self.meta.get("request_id")})
-            self._final = Failed("upstream_stalled", f"the upstream sent no event for {self.stall:g} s", 504)
+            self._final = self._halt()
         except pausing.Paused:  # thrown where the provider has no pause point: not expected
             logger.error("stream %s: a pause reached a provider without a pause point", self.sid)
             self._final = Failed("internal_error", "internal error: Paused", 500)
@@ -366,11 +275,23 @@ class Producer:
             else:
                 logger.warning("stream %s: the upstream failed while stopping: %r", self.sid, exc)
                 self._final = Done(self._stop_reason)
-        return _END
+        return END
 
     def _stalled(self) -> None:
+        """The stall check's verdict: ends the stream between two steps, or now in a wait."""
         if self._stop_reason is None:
+            self._stall_hit = True
             self._interrupt(StreamStalled())
+
+    def _halt(self) -> Event | None:
+        """The end a stop or a stall asked for (checked between steps), if any."""
+        if self._stop_reason is not None:
+            return Done(self._stop_reason)
+        if self._stall_hit:  # the stream ends with the first end returned: logged once
+            logger.warning("stream %s: upstream_stalled: no event for %g s", self.sid, self.stall,
+                           extra={"stream_id": self.sid, "request_id": self.meta.get("request_id")})
+            return Failed("upstream_stalled", f"the upstream sent no event for {self.stall:g} s", 504)
+        return None
 
     def _annotate(self, fields: dict[str, Any] | None) -> None:
         """Add ``fields`` to the stream's metadata (the store's and ``meta``)."""
