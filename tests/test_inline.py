@@ -89,24 +89,29 @@ def test_a_body_without_pause_points_is_never_driven_and_keeps_its_pace(inline_s
     assert moves(inline_server).get(("reader", "alone"), 0) == before.get(("reader", "alone"), 0)
 
 
-def test_a_second_reader_takes_generation_back_without_loss(inline_server, tag):
-    before = moves(inline_server)
-    model = q(f"slow?tokens=30&delay_ms=40&tag={tag}")
-    first = SSEClient(f"{inline_server.url}/ai-stream?prompt=hi&model={model}")
+def two_readers(first_server, second_server, model: str, reason: str) -> None:
+    """A stream started on ``first_server`` and driven by its reader, resumed from its fourth
+    token by a second reader on ``second_server`` while the first reads on: generation moves back
+    for ``reason``, and both readers get everything after their point, once and in order."""
+    before = moves(first_server)
+    first = SSEClient(f"{first_server.url}/ai-stream?prompt=hi&model={model}")
     try:
-        got = first_deltas(first, 5)
-        moved(inline_server, before, ("reader", "alone"))
-        # A second client on the same worker, from the fifth event on, while the first reads on.
-        with SSEClient(f"{inline_server.url}/ai-stream?prompt=hi&model={model}",
+        got = first_deltas(first, 4)
+        moved(first_server, before, ("reader", "alone"))
+        with SSEClient(f"{second_server.url}/ai-stream?prompt=hi&model={model}",
                        headers={"Last-Event-ID": got[-1].id}) as second:
+            moved(first_server, before, ("greenlet", reason))
             rest = second.read_all()
         events = first.read_all()
     finally:
         first.close()
-    moved(inline_server, before, ("greenlet", "second_reader"))
     everything = "".join(token_list(30))
     assert "".join(e.data for e in data_events(events)) == everything
     assert "".join(e.data for e in got + data_events(rest)) == everything
+
+
+def test_a_second_reader_takes_generation_back_without_loss(inline_server, tag):
+    two_readers(inline_server, inline_server, q(f"slow?tokens=30&delay_ms=40&tag={tag}"), "second_reader")
 
 
 def test_a_slow_client_hands_generation_back_and_still_gets_everything(inline_server, tag):
@@ -161,20 +166,5 @@ def test_a_reader_on_another_process_takes_generation_back(start_server, redis_u
     prefix = f"streamapp-test-{uuid.uuid4().hex[:8]}"
     settings = dict(REDIS_URL=redis_url, REDIS_PREFIX=prefix, RESUME_GRACE_S=5, HEARTBEAT_S=0.5,
                     HEADER_WAIT_S=0.2)
-    a, b = start_server(**settings), start_server(**settings)
-    before = moves(a)
     model = q(f"slow?tokens=30&delay_ms=50&tag={tag}")
-    first = SSEClient(f"{a.url}/ai-stream?prompt=hi&model={model}")
-    try:
-        got = first_deltas(first, 4)
-        moved(a, before, ("reader", "alone"))
-        with SSEClient(f"{b.url}/ai-stream?prompt=hi&model={model}",
-                       headers={"Last-Event-ID": got[-1].id}) as second:
-            moved(a, before, ("greenlet", "read_elsewhere"))
-            rest = second.read_all()
-        events = first.read_all()
-    finally:
-        first.close()
-    everything = "".join(token_list(30))
-    assert "".join(e.data for e in data_events(events)) == everything
-    assert "".join(e.data for e in got + data_events(rest)) == everything
+    two_readers(start_server(**settings), start_server(**settings), model, "read_elsewhere")
