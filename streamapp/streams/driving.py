@@ -112,10 +112,10 @@ class Driving:
         self._runner = gevent.getcurrent()
         try:
             for _ in range(FAIR_EVENTS):
-                halt = self._halt()
-                got = END if halt is not None else self._step()
+                halt = self._halt()  # a stop or a stall found between steps
                 if halt is not None:
                     self._final = halt
+                got = END if halt is not None else self._step()
                 if got is END:
                     self._end_in_greenlet()
                     return False

@@ -256,8 +256,7 @@ class StreamManager:
         producer = self._producers.get(reader.sid)
         if producer is not None:
             producer.local_readers -= 1
-            if producer.involves(reader):
-                producer.release("reader_left")
+            self.undrive(reader)
 
     def undrive(self, reader: StreamReader) -> None:
         """``reader`` drives its stream no more (its client left): generation moves now."""
@@ -415,7 +414,6 @@ class StreamManager:
         gevent.joinall(self._greenlets(), timeout=2)
         if close:
             self.store.close()
-
 
     def _greenlets(self) -> list[gevent.Greenlet]:
         greenlets = [p.greenlet for p in self._producers.values()]
