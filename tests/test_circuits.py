@@ -128,7 +128,7 @@ def test_a_refusing_upstream_is_skipped_on_every_door(start_server) -> None:
 
 
 def test_open_then_half_open_then_closed(start_server, fake_upstream, tag) -> None:
-    cooldown = 0.5
+    cooldown = 3  # the refusals and checks below take four round trips within it, on a busy machine too
     server = start_server(CIRCUIT_FAILURES=3, CIRCUIT_COOLDOWN_S=cooldown, HEADER_WAIT_S=0.2)
     fail(server, tag, 3)
     resp = chat(server, f"normal?tag={tag}-refused")
@@ -229,8 +229,9 @@ def test_a_probe_not_started_is_given_back(shared, redis_url, redis_prefix) -> N
     from streamapp.models import Target
     from streamapp.providers import ChatRequest
 
-    backend = RedisCircuits(redis_url, redis_prefix, failures=1, cooldown=0.3) if shared \
-        else MemoryCircuits(failures=1, cooldown=0.3)
+    # The probe's turn lasts the cool-down: the admits below must fit in it, on a busy machine too.
+    backend = RedisCircuits(redis_url, redis_prefix, failures=1, cooldown=2) if shared \
+        else MemoryCircuits(failures=1, cooldown=2)
     circuits = Circuits(backend, ["a"])
     circuits.record("a", "failure")
     poll_until(lambda: backend.state("a")[0] == "half_open", 5, "the cool-down over")
