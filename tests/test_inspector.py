@@ -70,8 +70,9 @@ def row_of(server, sid: str, auth: dict[str, str] = ROOT) -> dict | None:
 
 def test_streams_of_two_instances_are_listed_with_their_figures(pair, tag) -> None:
     a, b = pair
-    with start(a, f"slow?tokens=30&delay_ms=60&tag={tag}-a", ALICE) as on_a, \
-            start(b, f"slow?tokens=30&delay_ms=60&tag={tag}-b") as on_b:
+    # 6 s each: still running when their figures (sampled once a second) are listed, however late.
+    with start(a, f"slow?tokens=30&delay_ms=200&tag={tag}-a", ALICE) as on_a, \
+            start(b, f"slow?tokens=30&delay_ms=200&tag={tag}-b") as on_b:
         sid_a, sid_b = on_a.headers["X-Stream-Id"], on_b.headers["X-Stream-Id"]
         first_deltas(on_a, 3)
         first_deltas(on_b, 3)
