@@ -254,7 +254,12 @@ def test_a_client_that_stops_reading_is_dropped(start_server, tag):
     sock.settimeout(10)
     sock.connect(("127.0.0.1", server.port))
     sock.sendall(f"GET /ai-stream?prompt=hi&model={model} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    head = sock.recv(2048).decode("latin-1")
+    head = b""
+    while b"\r\n\r\n" not in head:  # the headers, however the reads split them (bounded: the timeout)
+        more = sock.recv(2048 - len(head))
+        assert more, "closed before the headers"
+        head += more
+    head = head.decode("latin-1")
     sid = head.split("X-Stream-Id: ")[1].split("\r\n")[0]
     # The worker keeps serving others while this client reads nothing.
     assert requests.get(f"{server.url}/healthz", timeout=2).status_code == 200
@@ -351,7 +356,8 @@ def test_client_leaving_before_the_first_token_closes_the_upstream(zero_grace, f
 
 
 def test_cancelled_text_answer_says_so(server):
-    body = {"uid": 1, "message": "stop soon"}
+    # The demo echoes the message: about 240 tokens, 5 s at 20 ms, so the cancel lands before the end.
+    body = {"uid": 1, "message": "stop soon " + "word " * 200}
     with SSEClient(f"{server.url}/api/chat?format=text", "POST", body) as client:
         sid = client.headers["X-Stream-Id"]
         next(client.iter_chunks())
