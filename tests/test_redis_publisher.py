@@ -72,9 +72,10 @@ def scenario_publication_given_up() -> None:
     publisher.announce("warm", meta_fields(META, "o"))  # the script is loaded
     publisher.published("warm", 5)
     assert client.exists("g:meta:warm") and given_up == []
-    # Redis asleep for 2 s: the three tries (0.1 s each) time out, their commands queued.
+    # Redis asleep for 3 s: the three tries (0.1 s each) time out, their commands queued. Asleep
+    # means a ping unanswered for 0.5 s (a shorter wait could be a busy machine's, before the sleep).
     sleeper = threading.Thread(target=lambda: redis.Redis.from_url(server.url).execute_command(
-        "DEBUG", "SLEEP", "2"))
+        "DEBUG", "SLEEP", "3"))
     sleeper.start()
     poll_until(lambda: not server_answers(server.url), 5, "Redis to sleep")
     publisher.announce("g1", meta_fields(META, "o"))
@@ -91,7 +92,7 @@ def server_answers(url: str) -> bool:
     import redis
 
     try:
-        return redis.Redis.from_url(url, socket_timeout=0.05).ping()
+        return redis.Redis.from_url(url, socket_timeout=0.5).ping()
     except redis.RedisError:
         return False
 
